@@ -1,0 +1,325 @@
+//! Turns raw ring-buffer records into [`Record`]s: names, addresses in `ss`
+//! notation, times in seconds, keepalive settings resolved against the
+//! namespace sysctls, the owner from the socket table, and the cause of a
+//! connection's death.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use keepalive_common::{
+    Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON,
+    KeepaliveSettings, TIMER_KEEPALIVE, TIMER_WRITE,
+};
+use serde::Serialize;
+
+use crate::sockets::{Owner, SocketTable};
+
+pub const ETIMEDOUT: u32 = 110;
+const AF_INET6: u16 = 10;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
+
+/// Copies a record out of ring-buffer memory; `None` when it is too short
+/// (an object built from other sources).
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < core::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// Converts kernel clocks to wall-clock seconds and jiffies to seconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime - monotonic, in ns, sampled at start.
+    pub offset_ns: i128,
+    pub hz: u32,
+}
+
+impl Clock {
+    pub fn new(hz: u32) -> Self {
+        let now = |clock| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes into the timespec we pass.
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        Clock {
+            offset_ns: now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC),
+            hz,
+        }
+    }
+
+    pub fn wall_seconds(&self, mono_ns: u64) -> f64 {
+        (mono_ns as i128 + self.offset_ns) as f64 / 1e9
+    }
+
+    pub fn seconds(&self, jiffies: u32) -> f64 {
+        jiffies as f64 / self.hz as f64
+    }
+}
+
+/// Where an effective keepalive value comes from, as `ss`/`sysctl` users say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT on the socket.
+    Socket,
+    /// net.ipv4.tcp_keepalive_* of the socket's namespace.
+    Sysctl,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Keepalive {
+    pub enabled: bool,
+    pub idle_s: f64,
+    pub idle_source: Source,
+    pub interval_s: f64,
+    pub interval_source: Source,
+    pub count: u32,
+    pub count_source: Source,
+    /// idle + interval × count: how long a dead peer goes unnoticed.
+    pub detection_s: f64,
+}
+
+impl Keepalive {
+    pub fn from_kernel(s: &KeepaliveSettings, enabled: bool, clock: &Clock) -> Self {
+        let pick = |sock: u32, net: u32| {
+            if sock != 0 {
+                (sock, Source::Socket)
+            } else {
+                (net, Source::Sysctl)
+            }
+        };
+        let (idle, idle_source) = pick(s.sock_time, s.net_time);
+        let (intvl, interval_source) = pick(s.sock_intvl, s.net_intvl);
+        let (count, count_source) = pick(s.sock_probes, s.net_probes);
+        let idle_s = clock.seconds(idle);
+        let interval_s = clock.seconds(intvl);
+        Keepalive {
+            enabled,
+            idle_s,
+            idle_source,
+            interval_s,
+            interval_source,
+            count,
+            count_source,
+            detection_s: idle_s + interval_s * count as f64,
+        }
+    }
+}
+
+/// One line of the agent's output (JSON, or text).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Record {
+    /// Unix time, seconds.
+    pub time: f64,
+    pub event: &'static str,
+    pub cookie: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Keepalive>,
+    /// Unanswered probes outstanding (`icsk_probes_out`, `ss`'s timer retrans).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_out: Option<u32>,
+    /// Probes this socket sent since the agent saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<f64>,
+    /// Seconds since the socket last received anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For errors: keepalive, retransmit, user_timeout, syn or other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_timeout_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// Wire probes: sent by the keepalive timer (false: a zero-window probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_probe: Option<bool>,
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    // Names as `ss` prints them.
+    match state {
+        1 => "ESTAB",
+        2 => "SYN-SENT",
+        3 => "SYN-RECV",
+        4 => "FIN-WAIT-1",
+        5 => "FIN-WAIT-2",
+        6 => "TIME-WAIT",
+        7 => "UNCONN",
+        8 => "CLOSE-WAIT",
+        9 => "LAST-ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW-SYN-RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub fn errno_name(errno: u32) -> String {
+    match errno {
+        110 => "ETIMEDOUT".into(),
+        104 => "ECONNRESET".into(),
+        111 => "ECONNREFUSED".into(),
+        113 => "EHOSTUNREACH".into(),
+        101 => "ENETUNREACH".into(),
+        32 => "EPIPE".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// `ss` notation: 127.0.0.1:22, [::1]:22.
+pub fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
+    match ip(family, addr) {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+pub fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// Which timer killed a connection (policy: the kernel only reports the
+/// timer that was running and the socket's state and options).
+pub fn cause(ev: &Event) -> &'static str {
+    match ev.timer {
+        TIMER_KEEPALIVE if ev.user_timeout_ms != 0 => "user_timeout",
+        TIMER_KEEPALIVE => "keepalive",
+        TIMER_WRITE if ev.old_state == TCP_SYN_SENT || ev.state == TCP_SYN_SENT => "syn",
+        TIMER_WRITE if ev.user_timeout_ms != 0 => "user_timeout",
+        TIMER_WRITE => "retransmit",
+        _ => "other",
+    }
+}
+
+/// Builds the record for `ev`, updating `table` (owners, close).
+pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<Record> {
+    let kind = EventKind::from_u32(ev.kind)?;
+    let mut r = Record {
+        time: clock.wall_seconds(ev.ts_ns),
+        cookie: ev.cookie,
+        ..Default::default()
+    };
+    if ev.flags & FLAG_HAS_TUPLE != 0 || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck)
+    {
+        r.local = Some(endpoint(ev.family, &ev.saddr, ev.sport));
+        r.remote = Some(endpoint(ev.family, &ev.daddr, ev.dport));
+    }
+    if ev.flags & FLAG_HAS_TUPLE != 0 {
+        r.netns = Some(ev.netns);
+        r.state = Some(state_name(ev.state));
+    }
+    let keepalive_on = ev.flags & FLAG_KEEPALIVE_ON != 0;
+    match kind {
+        EventKind::TimerFired => {
+            r.event = "keepalive_timer";
+            r.keepalive = Some(Keepalive::from_kernel(&ev.settings, keepalive_on, clock));
+            r.probes_out = Some(ev.probes_out);
+            r.probes = Some(ev.probes_total);
+            r.idle_s = Some(clock.seconds(ev.idle_jiffies));
+        }
+        EventKind::ProbeSent => {
+            r.event = "probe_sent";
+            r.keepalive = Some(Keepalive::from_kernel(&ev.settings, keepalive_on, clock));
+            r.probes_out = Some(ev.probes_out);
+            r.probes = Some(ev.probes_total);
+            r.acks = Some(ev.acks_total);
+            r.seq = Some(ev.seq);
+        }
+        EventKind::WireProbe => {
+            r.event = "wire_probe";
+            r.seq = Some(ev.seq);
+            r.ifindex = Some(ev.ifindex);
+            r.keepalive_probe = Some(ev.flags & FLAG_IN_KEEPALIVE_TIMER != 0);
+        }
+        EventKind::ProbeAck => {
+            r.event = "probe_ack";
+            r.seq = Some(ev.seq);
+            r.rtt_us = Some(ev.rtt_ns as f64 / 1e3);
+            r.acks = Some(ev.acks_total);
+            r.ifindex = Some(ev.ifindex);
+        }
+        EventKind::SocketError => {
+            let cause = cause(ev);
+            r.event = if ev.err == ETIMEDOUT && cause == "keepalive" {
+                "keepalive_timeout"
+            } else {
+                "socket_error"
+            };
+            r.errno = Some(ev.err);
+            r.error = Some(errno_name(ev.err));
+            r.cause = Some(cause);
+            r.keepalive = Some(Keepalive::from_kernel(&ev.settings, keepalive_on, clock));
+            r.probes_out = Some(ev.probes_out);
+            r.probes = Some(ev.probes_total);
+            r.acks = Some(ev.acks_total);
+            r.retransmits = Some(ev.retransmits);
+            r.user_timeout_ms = Some(ev.user_timeout_ms);
+            r.idle_s = Some(clock.seconds(ev.idle_jiffies));
+        }
+        EventKind::StateChange => {
+            r.event = if ev.state == TCP_CLOSE {
+                "socket_closed"
+            } else {
+                "state_change"
+            };
+            r.old_state = Some(state_name(ev.old_state));
+            if ev.state == TCP_SYN_SENT {
+                // connect() runs in the owner's context: the only reliable
+                // moment to learn who owns an outgoing connection.
+                table.set_owner(ev.cookie, Owner::from_event(ev));
+            }
+            r.probes = Some(ev.probes_total);
+            r.acks = Some(ev.acks_total);
+        }
+    }
+    // Timer and softirq context has no meaningful current task: the owner
+    // is the one recorded for the socket.
+    if let Some(owner) = table.owner(ev.cookie) {
+        r.pid = Some(owner.pid);
+        r.comm = Some(owner.comm.clone());
+        r.cgroup_id = Some(owner.cgroup_id);
+    }
+    if kind == EventKind::StateChange && ev.state == TCP_CLOSE {
+        table.remove(ev.cookie);
+    }
+    Some(r)
+}

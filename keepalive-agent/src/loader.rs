@@ -1,0 +1,202 @@
+//! Loads the kernel programs with this kernel's offsets and attaches the
+//! tracing hooks, choosing per hook the best mode the kernel permits:
+//! fentry/fexit on the timer callbacks where allowed, else the
+//! `timer_expire_entry/exit` BTF tracepoints filtered on the callback
+//! address. What is live, and why a mode was skipped, is returned so the
+//! agent can log it and export it.
+
+use aya::{
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, FEntry, FExit, ProgramError},
+};
+use keepalive_common::KernelConfig;
+use serde::Serialize;
+
+/// The kernel object, built by build.rs.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/keepalive-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading kernel BTF for program loading: {0}")]
+    Btf(#[from] aya::BtfError),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {0} missing from the eBPF object (agent and kernel programs out of sync)")]
+    MissingProgram(&'static str),
+    #[error("hook {hook} could not be attached in any mode: {reason}")]
+    Hook { hook: &'static str, reason: String },
+}
+
+/// How the keepalive timer is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerMode {
+    /// fentry where the kernel permits it, else the tracepoints.
+    Auto,
+    Fentry,
+    Tracepoint,
+}
+
+/// One hook's state, for logs, `/metrics` and the `ready` event.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub hook: &'static str,
+    /// "fentry", "tp_btf", "tcx", "netlink" … or "none".
+    pub mode: String,
+    pub live: bool,
+    /// Why a better mode was not used, or why the hook is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub max_sockets: u32,
+    pub timer_mode: TimerMode,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<HookStatus>,
+}
+
+pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let btf = AyaBtf::from_sys_fs()?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("SOCKETS", opts.max_sockets)
+        .load(EBPF_OBJECT)?;
+    let mut hooks = Vec::new();
+    hooks.push(attach_timers(&mut ebpf, &btf, opts.timer_mode)?);
+    for (prog, tracepoint) in [
+        ("inet_sock_set_state", "inet_sock_set_state"),
+        ("inet_sk_error_report", "inet_sk_error_report"),
+    ] {
+        attach_tp_btf(&mut ebpf, &btf, prog, tracepoint)
+            .map_err(|reason| LoadError::Hook { hook: prog, reason })?;
+        hooks.push(HookStatus {
+            hook: prog,
+            mode: "tp_btf".into(),
+            live: true,
+            note: None,
+        });
+    }
+    Ok(Loaded { ebpf, hooks })
+}
+
+fn attach_timers(ebpf: &mut Ebpf, btf: &AyaBtf, mode: TimerMode) -> Result<HookStatus, LoadError> {
+    const HOOK: &str = "keepalive_timer";
+    let mut note = None;
+    if mode != TimerMode::Tracepoint {
+        match attach_fentry_pairs(ebpf, btf) {
+            Ok(()) => {
+                return Ok(HookStatus {
+                    hook: HOOK,
+                    mode: "fentry".into(),
+                    live: true,
+                    note,
+                });
+            }
+            Err(reason) if mode == TimerMode::Fentry => {
+                return Err(LoadError::Hook { hook: HOOK, reason });
+            }
+            Err(reason) => note = Some(format!("fentry refused, using tracepoints: {reason}")),
+        }
+    }
+    for prog in ["timer_expire_entry", "timer_expire_exit"] {
+        attach_tp_btf(ebpf, btf, prog, prog)
+            .map_err(|reason| LoadError::Hook { hook: HOOK, reason })?;
+    }
+    Ok(HookStatus {
+        hook: HOOK,
+        mode: "tp_btf".into(),
+        live: true,
+        note,
+    })
+}
+
+/// fentry+fexit on both timer callbacks, all or nothing.
+fn attach_fentry_pairs(ebpf: &mut Ebpf, btf: &AyaBtf) -> Result<(), String> {
+    let pairs = [
+        (
+            "keepalive_timer_entry",
+            "keepalive_timer_exit",
+            "tcp_keepalive_timer",
+        ),
+        ("write_timer_entry", "write_timer_exit", "tcp_write_timer"),
+    ];
+    let result = (|| {
+        for (entry, exit, function) in pairs {
+            let p: &mut FEntry = program(ebpf, entry)?;
+            p.load(function, btf).map_err(short)?;
+            p.attach().map_err(short)?;
+            let p: &mut FExit = program(ebpf, exit)?;
+            p.load(function, btf).map_err(short)?;
+            p.attach().map_err(short)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Leave nothing half attached: the tracepoints take over.
+        for (entry, exit, _) in pairs {
+            if let Ok(p) = program::<FEntry>(ebpf, entry) {
+                let _ = p.unload();
+            }
+            if let Ok(p) = program::<FExit>(ebpf, exit) {
+                let _ = p.unload();
+            }
+        }
+    }
+    result
+}
+
+fn attach_tp_btf(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    prog: &str,
+    tracepoint: &str,
+) -> Result<(), String> {
+    let p: &mut BtfTracePoint = program(ebpf, prog)?;
+    p.load(tracepoint, btf).map_err(short)?;
+    p.attach().map_err(short)?;
+    Ok(())
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the eBPF object"))?;
+    p.try_into().map_err(short)
+}
+
+/// One line for a program error: the verifier log, when there is one, is
+/// cut to its last lines (the rejection reason) instead of dumped whole.
+pub fn short(err: ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(2)
+                .collect();
+            if tail.is_empty() {
+                format!("BPF_PROG_LOAD: {io_error} (no verifier log)")
+            } else {
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("BPF_PROG_LOAD: {io_error}; verifier: {}", tail.join(" / "))
+            }
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,43 @@
+//! keepalive-agent: loads the kernel programs, follows their events and
+//! reports TCP keepalive per socket.
+
+mod btf;
+mod cli;
+mod counters;
+mod events;
+mod hz;
+mod kallsyms;
+mod loader;
+mod netns;
+mod offsets;
+mod output;
+mod run;
+mod sockets;
+mod tc;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version on stdout with exit 0, errors with 2.
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(&cli.log_level)
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::main(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keepalive-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

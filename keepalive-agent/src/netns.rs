@@ -1,0 +1,130 @@
+//! Network namespaces: finding every one on the node (through the processes
+//! that live in them and `ip netns` bind mounts) and running a closure
+//! inside one. `setns` changes only the calling thread, so each visit runs
+//! on a short-lived thread of its own and the agent's threads stay in the
+//! namespace they started in.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("opening network namespace {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("entering network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: io::Error },
+    #[error("the thread working in network namespace {0} panicked")]
+    Panicked(PathBuf),
+}
+
+/// A namespace by inode (what `ls -l /proc/<pid>/ns/net` and `lsns` show)
+/// and a path that opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    pub inode: u64,
+    pub path: PathBuf,
+}
+
+/// The agent's own namespace.
+pub fn current() -> io::Result<Netns> {
+    let path = PathBuf::from("/proc/self/ns/net");
+    Ok(Netns {
+        inode: fs::metadata(&path)?.ino(),
+        path,
+    })
+}
+
+/// Every namespace reachable now, one path each, ordered by inode.
+/// Processes that exit while we look are skipped.
+pub fn all() -> Vec<Netns> {
+    let mut found = BTreeMap::new();
+    let mut add = |path: PathBuf| {
+        if let Ok(meta) = fs::metadata(&path) {
+            found.entry(meta.ino()).or_insert(path);
+        }
+    };
+    if let Ok(named) = fs::read_dir("/run/netns") {
+        for entry in named.flatten() {
+            add(entry.path());
+        }
+    }
+    if let Ok(procs) = fs::read_dir("/proc") {
+        for entry in procs.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                add(entry.path().join("ns/net"));
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(inode, path)| Netns { inode, path })
+        .collect()
+}
+
+/// Runs `work` on a thread inside the namespace at `path`.
+pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+    let file = File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain syscall on an fd we own; affects this thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(NetnsError::Enter {
+                        path: path.to_owned(),
+                        source: io::Error::last_os_error(),
+                    });
+                }
+                Ok(work())
+            })
+            .join()
+            .map_err(|_| NetnsError::Panicked(path.to_owned()))?
+    })
+}
+
+/// Interfaces of the calling thread's namespace, as (index, name).
+pub fn interfaces() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns a list terminated by a zero entry, which
+    // we free with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut cur = list;
+        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*cur).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push(((*cur).if_index, name));
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_namespace_is_listed() {
+        let me = current().unwrap();
+        assert!(all().iter().any(|ns| ns.inode == me.inode));
+    }
+
+    #[test]
+    fn loopback_is_an_interface() {
+        assert!(interfaces().iter().any(|(_, name)| name == "lo"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Types shared by the kernel programs and the agent: the load-time
+//! configuration (kernel struct offsets resolved from BTF), the ring-buffer
+//! event, the per-socket counters kept in a kernel map and the indices of the
+//! global counters.
+//!
+//! Everything here is `#[repr(C)]`, fixed-size and explicitly padded, because
+//! the same bytes are written by BPF code and read by userspace.
+#![no_std]
+
+/// Offsets (bytes from the start of `struct sock`, or of the struct named in
+/// the field's comment) and addresses the kernel programs need. The agent
+/// fills this from the running kernel's BTF and `/proc/kallsyms` and passes
+/// it as a read-only global; a zeroed config (`enabled == 0`) makes every
+/// program a no-op.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Address of `tcp_keepalive_timer`, the callback of the socket's keepalive timer.
+    pub keepalive_timer_fn: u64,
+    /// Address of `tcp_write_timer`, the callback of the retransmit timer.
+    pub write_timer_fn: u64,
+    /// `struct sock`: the keepalive `timer_list` (`sk_timer`, renamed in newer kernels).
+    pub sock_keepalive_timer: u32,
+    /// `struct inet_connection_sock`: `icsk_retransmit_timer`.
+    pub icsk_retransmit_timer: u32,
+    /// `struct timer_list`: `function`.
+    pub timer_function: u32,
+    pub skc_cookie: u32,
+    pub skc_net: u32,
+    /// `struct net`: `ns.inum`.
+    pub net_ns_inum: u32,
+    /// `struct net`: `ipv4.sysctl_tcp_keepalive_time` / `_intvl` / `_probes`.
+    pub net_keepalive_time: u32,
+    pub net_keepalive_intvl: u32,
+    pub net_keepalive_probes: u32,
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_flags: u32,
+    pub sk_err: u32,
+    pub sk_protocol: u32,
+    pub icsk_probes_out: u32,
+    pub icsk_retransmits: u32,
+    pub icsk_user_timeout: u32,
+    pub icsk_ack_lrcvtime: u32,
+    pub tp_keepalive_time: u32,
+    pub tp_keepalive_intvl: u32,
+    pub tp_keepalive_probes: u32,
+    pub tp_snd_una: u32,
+    pub tp_rcv_tstamp: u32,
+    /// Sizes in bytes (1 or 4) of members whose type changed across kernels.
+    pub tp_keepalive_probes_size: u8,
+    pub net_keepalive_probes_size: u8,
+    pub icsk_retransmits_size: u8,
+    /// Bit number of `SOCK_KEEPOPEN` in `skc_flags`.
+    pub sock_keepopen_bit: u8,
+    /// 0 until the agent has filled the struct.
+    pub enabled: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What an [`Event`] reports.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The keepalive timer of a socket with SO_KEEPALIVE fired.
+    TimerFired = 1,
+    /// The keepalive timer sent a probe (`icsk_probes_out` grew).
+    ProbeSent = 2,
+    /// A TC egress classifier saw a probe-shaped segment on the wire.
+    WireProbe = 3,
+    /// A TC ingress classifier saw the peer's ACK of a probe.
+    ProbeAck = 4,
+    /// `sk_err` was reported on a socket (ETIMEDOUT and others).
+    SocketError = 5,
+    /// A TCP state change (`inet_sock_set_state`).
+    StateChange = 6,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::TimerFired,
+            2 => Self::ProbeSent,
+            3 => Self::WireProbe,
+            4 => Self::ProbeAck,
+            5 => Self::SocketError,
+            6 => Self::StateChange,
+            _ => return None,
+        })
+    }
+}
+
+/// Which kernel timer was running on this CPU when an event happened; lets
+/// userspace tell a keepalive kill from a retransmission kill.
+pub const TIMER_NONE: u8 = 0;
+pub const TIMER_KEEPALIVE: u8 = 1;
+pub const TIMER_WRITE: u8 = 2;
+
+/// `Event::flags` bits.
+/// SO_KEEPALIVE was set on the socket.
+pub const FLAG_KEEPALIVE_ON: u8 = 1;
+/// A wire probe seen while this socket's keepalive timer ran on this CPU
+/// (a keepalive probe, not a zero-window probe).
+pub const FLAG_IN_KEEPALIVE_TIMER: u8 = 2;
+/// The socket's tuple/netns fields are filled.
+pub const FLAG_HAS_TUPLE: u8 = 4;
+
+/// Keepalive settings as the kernel holds them. Socket values of 0 mean
+/// "not set on the socket: use the namespace's sysctl".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepaliveSettings {
+    /// `tcp_sock.keepalive_time` (jiffies), 0 = sysctl.
+    pub sock_time: u32,
+    /// `tcp_sock.keepalive_intvl` (jiffies), 0 = sysctl.
+    pub sock_intvl: u32,
+    /// `tcp_sock.keepalive_probes`, 0 = sysctl.
+    pub sock_probes: u32,
+    /// The namespace's `net.ipv4.tcp_keepalive_time` (jiffies).
+    pub net_time: u32,
+    pub net_intvl: u32,
+    pub net_probes: u32,
+}
+
+/// One ring-buffer record. The fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `bpf_jiffies64`, to convert jiffies fields to time.
+    pub jiffies: u64,
+    pub cookie: u64,
+    /// Network namespace inode (as in `/proc/<pid>/ns/net`).
+    pub netns: u32,
+    /// tgid of the current task (meaningful in process context only).
+    pub pid: u32,
+    pub cgroup_id: u64,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// Local and remote port, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP state (as in `ss`: 1 ESTABLISHED … 7 CLOSE).
+    pub state: u8,
+    pub old_state: u8,
+    /// Addresses in network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+    pub settings: KeepaliveSettings,
+    /// `icsk_probes_out` at the event.
+    pub probes_out: u32,
+    /// Probe sequence number (snd_una - 1), or the ACK number for acks.
+    pub seq: u32,
+    /// Probe round-trip time (ProbeAck).
+    pub rtt_ns: u64,
+    /// Jiffies since the last segment was received (timer events).
+    pub idle_jiffies: u32,
+    /// `sk_err` (SocketError).
+    pub err: u32,
+    pub user_timeout_ms: u32,
+    pub retransmits: u32,
+    /// Interface index (TC events).
+    pub ifindex: u32,
+    /// Probes counted for this socket in the kernel map so far.
+    pub probes_total: u32,
+    pub acks_total: u32,
+    /// One of `TIMER_*`: the timer running on this CPU when the event fired.
+    pub timer: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 10],
+}
+
+pub const EVENT_SIZE: usize = 184;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 144);
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            kind: 0,
+            cpu: 0,
+            ts_ns: 0,
+            jiffies: 0,
+            cookie: 0,
+            netns: 0,
+            pid: 0,
+            cgroup_id: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            state: 0,
+            old_state: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; 16],
+            settings: KeepaliveSettings {
+                sock_time: 0,
+                sock_intvl: 0,
+                sock_probes: 0,
+                net_time: 0,
+                net_intvl: 0,
+                net_probes: 0,
+            },
+            probes_out: 0,
+            seq: 0,
+            rtt_ns: 0,
+            idle_jiffies: 0,
+            err: 0,
+            user_timeout_ms: 0,
+            retransmits: 0,
+            ifindex: 0,
+            probes_total: 0,
+            acks_total: 0,
+            timer: 0,
+            flags: 0,
+            _pad: [0; 10],
+        }
+    }
+}
+
+/// Exact per-socket counters, kept in the `SOCKETS` hash map keyed by socket
+/// cookie; created at the first keepalive timer run, removed at close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCounters {
+    pub timer_fires: u64,
+    pub probes: u64,
+    pub wire_probes: u64,
+    pub acks: u64,
+    pub last_probe_ns: u64,
+    pub last_rtt_ns: u64,
+}
+
+/// Key of the probes in flight, as the local side sees the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// A probe seen on egress, waiting for its ACK on ingress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeInFlight {
+    pub cookie: u64,
+    pub sent_ns: u64,
+    pub seq: u32,
+    pub _pad: u32,
+}
+
+/// Indices of the per-CPU `COUNTERS` array; userspace sums over CPUs.
+pub mod counter {
+    pub const TIMER_FIRES: u32 = 0;
+    pub const PROBES: u32 = 1;
+    pub const WIRE_PROBES: u32 = 2;
+    pub const WIRE_ZERO_WINDOW_PROBES: u32 = 3;
+    pub const ACKS: u32 = 4;
+    pub const TIMEOUTS: u32 = 5;
+    /// Ring-buffer reservations that failed: events lost.
+    pub const EVENTS_LOST: u32 = 6;
+    /// Sockets not tracked because `SOCKETS` was full.
+    pub const SOCKET_MAP_FULL: u32 = 7;
+    /// Kernel memory reads that failed.
+    pub const READ_ERRORS: u32 = 8;
+    /// Probes in flight that could not be recorded (`IN_FLIGHT` full).
+    pub const IN_FLIGHT_FULL: u32 = 9;
+    /// Timer runs whose socket had no cookie yet (predates the agent and
+    /// was not yet inventoried); such a socket's probes are still counted.
+    pub const NO_COOKIE: u32 = 10;
+    /// Sockets whose exit-time read was skipped because the socket closed
+    /// inside the timer run.
+    pub const CLOSED_IN_TIMER: u32 = 11;
+    pub const COUNT: u32 = 12;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::KernelConfig {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::SocketCounters {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ProbeInFlight {}
+}

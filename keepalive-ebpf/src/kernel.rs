@@ -1,0 +1,122 @@
+//! Reading kernel memory at offsets the agent resolved from BTF (no CO-RE in
+//! Rust eBPF), and filling the socket part of an event.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use keepalive_common::{Event, KeepaliveSettings, KernelConfig, counter};
+
+use crate::maps::count;
+
+/// Filled by the agent through `EbpfLoader::override_global`.
+#[unsafe(no_mangle)]
+pub static CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
+
+/// One field of [`CONFIG`], read volatile so the compiler cannot fold the
+/// zero it was compiled with.
+macro_rules! config {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const crate::kernel::CONFIG.$field) }
+    };
+}
+pub(crate) use config;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const TCP_CLOSE: u8 = 7;
+pub const ETIMEDOUT: u32 = 110;
+
+#[inline(always)]
+pub fn read<T: Copy>(base: u64, offset: u32) -> Result<T, i64> {
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| {
+        count(counter::READ_ERRORS, 1);
+        e as i64
+    })
+}
+
+/// A member that is `u8` on some kernels and `int` on others.
+#[inline(always)]
+pub fn read_sized(base: u64, offset: u32, size: u8) -> Result<u32, i64> {
+    if size == 1 {
+        read::<u8>(base, offset).map(u32::from)
+    } else {
+        read::<u32>(base, offset)
+    }
+}
+
+/// `sk->sk_cookie`; 0 when nothing generated it yet.
+#[inline(always)]
+pub fn cookie(sk: u64) -> Result<u64, i64> {
+    read::<u64>(sk, config!(skc_cookie))
+}
+
+#[inline(always)]
+pub fn probes_out(sk: u64) -> Result<u8, i64> {
+    read::<u8>(sk, config!(icsk_probes_out))
+}
+
+#[inline(always)]
+pub fn keepalive_on(sk: u64) -> Result<bool, i64> {
+    let flags = read::<u64>(sk, config!(skc_flags))?;
+    Ok(flags >> (config!(sock_keepopen_bit) & 63) & 1 == 1)
+}
+
+#[inline(always)]
+fn net(sk: u64) -> Result<u64, i64> {
+    read::<u64>(sk, config!(skc_net))
+}
+
+/// The socket's own keepalive options and its namespace's sysctls.
+#[inline(always)]
+pub fn settings(sk: u64, out: &mut KeepaliveSettings) -> Result<(), i64> {
+    out.sock_time = read::<u32>(sk, config!(tp_keepalive_time))?;
+    out.sock_intvl = read::<u32>(sk, config!(tp_keepalive_intvl))?;
+    out.sock_probes = read_sized(
+        sk,
+        config!(tp_keepalive_probes),
+        config!(tp_keepalive_probes_size),
+    )?;
+    let net = net(sk)?;
+    out.net_time = read::<u32>(net, config!(net_keepalive_time))?;
+    out.net_intvl = read::<u32>(net, config!(net_keepalive_intvl))?;
+    out.net_probes = read_sized(
+        net,
+        config!(net_keepalive_probes),
+        config!(net_keepalive_probes_size),
+    )?;
+    Ok(())
+}
+
+/// Jiffies since the last segment was received, as `keepalive_time_elapsed`
+/// computes it (tcp.h): now - max(icsk_ack.lrcvtime, rcv_tstamp).
+#[inline(always)]
+pub fn idle_jiffies(sk: u64, now: u32) -> Result<u32, i64> {
+    let lrcv = read::<u32>(sk, config!(icsk_ack_lrcvtime))?;
+    let rcv = read::<u32>(sk, config!(tp_rcv_tstamp))?;
+    let last = if (rcv.wrapping_sub(lrcv) as i32) > 0 {
+        rcv
+    } else {
+        lrcv
+    };
+    Ok(now.wrapping_sub(last))
+}
+
+/// Tuple, state and namespace of `sk` into `ev`.
+#[inline(always)]
+pub fn fill_socket(ev: &mut Event, sk: u64) -> Result<(), i64> {
+    let family = read::<u16>(sk, config!(skc_family))?;
+    ev.family = family;
+    ev.sport = read::<u16>(sk, config!(skc_num))?;
+    ev.dport = u16::from_be(read::<u16>(sk, config!(skc_dport))?);
+    ev.state = read::<u8>(sk, config!(skc_state))?;
+    if family == AF_INET6 {
+        ev.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
+        ev.daddr = read::<[u8; 16]>(sk, config!(skc_v6_daddr))?;
+    } else {
+        let s = read::<[u8; 4]>(sk, config!(skc_rcv_saddr))?;
+        let d = read::<[u8; 4]>(sk, config!(skc_daddr))?;
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    }
+    ev.netns = read::<u32>(net(sk)?, config!(net_ns_inum))?;
+    ev.flags |= keepalive_common::FLAG_HAS_TUPLE;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Every map the programs share with each other and with the agent. Sizes
+//! are defaults: the agent may override them at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use keepalive_common::{FlowKey, ProbeInFlight, SocketCounters, counter};
+
+/// Events for the agent. Every failed reservation counts as `EVENTS_LOST`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Exact per-socket counters, keyed by socket cookie. A plain hash (not LRU)
+/// so that a full map is visible: inserts that fail count as
+/// `SOCKET_MAP_FULL`; entries are removed when the socket closes.
+#[map]
+pub static SOCKETS: HashMap<u64, SocketCounters> = HashMap::with_max_entries(65536, 0);
+
+/// Probes seen on egress whose ACK has not come back yet. LRU: an
+/// unanswered probe of a vanished flow may be evicted.
+#[map]
+pub static IN_FLIGHT: LruHashMap<FlowKey, ProbeInFlight> = LruHashMap::with_max_entries(16384, 0);
+
+/// Global counters, per CPU so that hot paths never contend.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// What the timer running on this CPU is doing; see `timer.rs`.
+#[map]
+pub static SCRATCH: PerCpuArray<TimerScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Set at timer entry, read by the hooks the timer callback runs into
+/// synchronously on the same CPU (TC egress, error report, state change),
+/// and cleared at timer exit. Timer callbacks do not nest on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TimerScratch {
+    pub timer: u64,
+    pub sk: u64,
+    pub cookie: u64,
+    /// One of `keepalive_common::TIMER_*`.
+    pub kind: u8,
+    pub probes_out_before: u8,
+    pub keepalive_on: u8,
+    /// The socket reached TCP_CLOSE during the callback: it may be freed by
+    /// the time of exit, so exit must not read it.
+    pub closed: u8,
+    /// TC egress saw this socket's probe during the callback.
+    pub wire_probe_seen: u8,
+    pub _pad: [u8; 3],
+}
+
+#[inline(always)]
+pub fn count(index: u32, n: u64) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // Per-CPU, but a softirq (TC) may interrupt a task-context hook on
+        // the same CPU mid-update: add atomically.
+        add(slot, n);
+    }
+}
+
+/// The per-socket counters of `cookie`, created when absent.
+#[inline(always)]
+pub fn socket_counters(cookie: u64) -> Option<*mut SocketCounters> {
+    if cookie == 0 {
+        return None;
+    }
+    if let Some(ptr) = SOCKETS.get_ptr_mut(cookie) {
+        return Some(ptr);
+    }
+    let fresh = SocketCounters::default();
+    // BPF_NOEXIST: a concurrent creator wins, we then use its entry.
+    if SOCKETS.insert(cookie, fresh, 1).is_err() && SOCKETS.get_ptr_mut(cookie).is_none() {
+        count(counter::SOCKET_MAP_FULL, 1);
+        return None;
+    }
+    SOCKETS.get_ptr_mut(cookie)
+}
+
+/// Atomic add: TC on one CPU and the timer on another may update the same socket.
+#[inline(always)]
+pub fn add(field: *mut u64, n: u64) {
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            field, n,
+        );
+    }
+}

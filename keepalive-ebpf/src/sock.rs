@@ -1,0 +1,122 @@
+//! Socket life cycle and errors: `inet_sock_set_state` (creation of the
+//! cookie, owner at connect, clean-up at close) and `inet_sk_error_report`
+//! (ETIMEDOUT and the timer that raised it).
+
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+};
+use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter};
+
+use crate::{
+    emit::emit,
+    kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
+    maps::{IN_FLIGHT, SCRATCH, SOCKETS, count},
+};
+
+const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    // sk_protocol is unresolved (0) only on kernels where it is a bitfield;
+    // the tracepoints below then only see TCP in practice.
+    let off = config!(sk_protocol);
+    off == 0
+        || read::<u16>(sk, off)
+            .map(|p| p == IPPROTO_TCP)
+            .unwrap_or(false)
+}
+
+#[inline(always)]
+fn fill_task(ev: &mut Event) {
+    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+}
+
+/// `cookie` must come from `bpf_get_socket_cookie`, which also creates it:
+/// from here on every timer run can key this socket.
+pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64> {
+    if config!(enabled) == 0 || !is_tcp(sk) {
+        return Ok(());
+    }
+    let new = new as u8;
+    let mut probes_total = 0u32;
+    let mut acks_total = 0u32;
+    if new == TCP_CLOSE {
+        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+            let scratch = unsafe { &mut *scratch };
+            if scratch.kind != TIMER_NONE && scratch.sk == sk {
+                scratch.closed = 1;
+            }
+        }
+        if let Some(c) = unsafe { SOCKETS.get(cookie) } {
+            probes_total = c.probes as u32;
+            acks_total = c.acks as u32;
+        }
+        let _ = SOCKETS.remove(cookie);
+    }
+    emit(EventKind::StateChange, cookie, |ev| {
+        ev.old_state = old as u8;
+        ev.probes_total = probes_total;
+        ev.acks_total = acks_total;
+        fill_task(ev);
+        let _ = kernel::fill_socket(ev, sk);
+        ev.state = new;
+        if new == TCP_CLOSE {
+            // A probe still waiting for its ACK will never get one.
+            let key = FlowKey {
+                family: ev.family,
+                sport: ev.sport,
+                dport: ev.dport,
+                _pad: 0,
+                saddr: ev.saddr,
+                daddr: ev.daddr,
+            };
+            let _ = IN_FLIGHT.remove(&key);
+        }
+    });
+    Ok(())
+}
+
+pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
+    if config!(enabled) == 0 || !is_tcp(sk) {
+        return Ok(());
+    }
+    let err = read::<i32>(sk, config!(sk_err))? as u32;
+    let timer = match SCRATCH.get(0) {
+        Some(s) if s.kind != TIMER_NONE && s.sk == sk => s.kind,
+        _ => TIMER_NONE,
+    };
+    if err == ETIMEDOUT && timer == TIMER_KEEPALIVE {
+        count(counter::TIMEOUTS, 1);
+    }
+    let (probes_total, acks_total) = match unsafe { SOCKETS.get(cookie) } {
+        Some(c) => (c.probes as u32, c.acks as u32),
+        None => (0, 0),
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    emit(EventKind::SocketError, cookie, |ev| {
+        ev.err = err;
+        ev.timer = timer;
+        ev.probes_total = probes_total;
+        ev.acks_total = acks_total;
+        ev.probes_out = kernel::probes_out(sk).unwrap_or(0).into();
+        ev.retransmits = kernel::read_sized(
+            sk,
+            config!(icsk_retransmits),
+            config!(icsk_retransmits_size),
+        )
+        .unwrap_or(0);
+        ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
+        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+        if kernel::keepalive_on(sk).unwrap_or(false) {
+            ev.flags |= keepalive_common::FLAG_KEEPALIVE_ON;
+        }
+        fill_task(ev);
+        let _ = kernel::fill_socket(ev, sk);
+        let _ = kernel::settings(sk, &mut ev.settings);
+    });
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The keepalive timer (and the retransmit timer, to tell who killed a
+//! connection). Entry records the socket and `icsk_probes_out` in a per-CPU
+//! scratch; exit compares: `tcp_keepalive_timer` increments
+//! `icsk_probes_out` exactly when `tcp_write_wakeup` sent a probe. Works the
+//! same from `timer_expire_entry/exit` (filtered on the callback address) and
+//! from fentry/fexit on the callbacks.
+
+use aya_ebpf::helpers::bpf_jiffies64;
+use keepalive_common::{
+    EventKind, FLAG_KEEPALIVE_ON, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter,
+};
+
+use crate::{
+    emit::emit,
+    kernel::{self, config, read},
+    maps::{SCRATCH, add, count, socket_counters},
+};
+
+pub fn on_entry(timer: u64) -> Result<(), i64> {
+    if config!(enabled) == 0 {
+        return Ok(());
+    }
+    let function = read::<u64>(timer, config!(timer_function))?;
+    let (kind, sk) = if function == config!(keepalive_timer_fn) {
+        (
+            TIMER_KEEPALIVE,
+            timer - config!(sock_keepalive_timer) as u64,
+        )
+    } else if function == config!(write_timer_fn) && function != 0 {
+        (TIMER_WRITE, timer - config!(icsk_retransmit_timer) as u64)
+    } else {
+        return Ok(());
+    };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let scratch = unsafe { &mut *scratch };
+    scratch.timer = timer;
+    scratch.sk = sk;
+    scratch.kind = kind;
+    scratch.closed = 0;
+    scratch.wire_probe_seen = 0;
+    scratch.keepalive_on = 0;
+    scratch.cookie = kernel::cookie(sk)?;
+    scratch.probes_out_before = kernel::probes_out(sk)?;
+    if kind != TIMER_KEEPALIVE || !kernel::keepalive_on(sk)? {
+        return Ok(());
+    }
+    scratch.keepalive_on = 1;
+    count(counter::TIMER_FIRES, 1);
+    let cookie = scratch.cookie;
+    if cookie == 0 {
+        count(counter::NO_COOKIE, 1);
+    }
+    let mut probes_total = 0;
+    if let Some(c) = socket_counters(cookie) {
+        add(unsafe { &raw mut (*c).timer_fires }, 1);
+        probes_total = unsafe { (*c).probes } as u32;
+    }
+    let probes_out = scratch.probes_out_before;
+    let now = unsafe { bpf_jiffies64() } as u32;
+    emit(EventKind::TimerFired, cookie, |ev| {
+        ev.timer = TIMER_KEEPALIVE;
+        ev.flags = FLAG_KEEPALIVE_ON;
+        ev.probes_out = probes_out.into();
+        ev.probes_total = probes_total;
+        let _ = kernel::fill_socket(ev, sk);
+        let _ = kernel::settings(sk, &mut ev.settings);
+        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+    });
+    Ok(())
+}
+
+pub fn on_exit(timer: u64) -> Result<(), i64> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let scratch = unsafe { &mut *scratch };
+    if scratch.kind == TIMER_NONE || scratch.timer != timer {
+        return Ok(());
+    }
+    let (kind, keepalive_on, closed) = (scratch.kind, scratch.keepalive_on, scratch.closed);
+    scratch.kind = TIMER_NONE;
+    scratch.timer = 0;
+    if kind != TIMER_KEEPALIVE || keepalive_on == 0 {
+        return Ok(());
+    }
+    if closed != 0 {
+        // tcp_done ran inside the callback; the final sock_put may have freed it.
+        count(counter::CLOSED_IN_TIMER, 1);
+        return Ok(());
+    }
+    let sk = scratch.sk;
+    let cookie = scratch.cookie;
+    // A socket freed and reused meanwhile would carry another cookie.
+    if cookie != 0 && kernel::cookie(sk)? != cookie {
+        return Ok(());
+    }
+    let after = kernel::probes_out(sk)?;
+    let before = scratch.probes_out_before;
+    let sent = if after > before {
+        (after - before) as u64
+    } else if scratch.wire_probe_seen != 0 {
+        // The ACK already reset probes_out on another CPU (after the callback
+        // released the socket lock), but TC saw the probe leave.
+        1
+    } else {
+        0
+    };
+    if sent == 0 {
+        return Ok(());
+    }
+    count(counter::PROBES, sent);
+    let mut probes_total = 0u32;
+    let mut acks_total = 0u32;
+    if let Some(c) = socket_counters(cookie) {
+        add(unsafe { &raw mut (*c).probes }, sent);
+        unsafe {
+            (*c).last_probe_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+            probes_total = (*c).probes as u32;
+            acks_total = (*c).acks as u32;
+        }
+    }
+    let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
+    emit(EventKind::ProbeSent, cookie, |ev| {
+        ev.timer = TIMER_KEEPALIVE;
+        ev.flags = FLAG_KEEPALIVE_ON;
+        ev.probes_out = after.into();
+        ev.seq = snd_una.wrapping_sub(1);
+        ev.probes_total = probes_total;
+        ev.acks_total = acks_total;
+        let _ = kernel::fill_socket(ev, sk);
+        let _ = kernel::settings(sk, &mut ev.settings);
+    });
+    Ok(())
+}
