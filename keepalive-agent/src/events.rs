@@ -230,7 +230,7 @@ pub fn cause(ev: &Event) -> &'static str {
     }
 }
 
-/// Builds the record for `ev`, updating `table` (owners, close).
+/// Builds the record for `ev`, updating `table` (tuples, owners, closes).
 pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<Record> {
     let kind = EventKind::from_u32(ev.kind)?;
     let mut r = Record {
@@ -238,14 +238,21 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         cookie: ev.cookie,
         ..Default::default()
     };
-    if ev.flags & FLAG_HAS_TUPLE != 0 || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck)
-    {
+    let has_tuple = ev.flags & FLAG_HAS_TUPLE != 0;
+    if has_tuple || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck) {
         r.local = Some(endpoint(ev.family, &ev.saddr, ev.sport));
         r.remote = Some(endpoint(ev.family, &ev.daddr, ev.dport));
     }
-    if ev.flags & FLAG_HAS_TUPLE != 0 {
+    if has_tuple {
         r.netns = Some(ev.netns);
         r.state = Some(state_name(ev.state));
+        // A closed socket has released its local port (reads 0): keep the
+        // tuple the table knew.
+        if ev.sport != 0 {
+            if let (Some(l), Some(rem)) = (&r.local, &r.remote) {
+                table.set_tuple(ev.cookie, l, rem, ev.netns);
+            }
+        }
     }
     let keepalive_on = ev.flags & FLAG_KEEPALIVE_ON != 0;
     match kind {
@@ -311,15 +318,21 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.acks = Some(ev.acks_total);
         }
     }
-    // Timer and softirq context has no meaningful current task: the owner
-    // is the one recorded for the socket.
-    if let Some(owner) = table.owner(ev.cookie) {
-        r.pid = Some(owner.pid);
-        r.comm = Some(owner.comm.clone());
-        r.cgroup_id = Some(owner.cgroup_id);
+    if let Some(known) = table.get(ev.cookie) {
+        if has_tuple && ev.sport == 0 {
+            r.local = known.local.clone().or(r.local);
+            r.remote = known.remote.clone().or(r.remote);
+        }
+        // Timer and softirq context has no meaningful current task: the
+        // owner is the one recorded for the socket.
+        if let Some(owner) = &known.owner {
+            r.pid = Some(owner.pid);
+            r.comm = Some(owner.comm.clone());
+            r.cgroup_id = Some(owner.cgroup_id);
+        }
     }
     if kind == EventKind::StateChange && ev.state == TCP_CLOSE {
-        table.remove(ev.cookie);
+        table.close(ev.cookie);
     }
     Some(r)
 }

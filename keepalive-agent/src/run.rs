@@ -38,7 +38,7 @@ struct Ready<'a> {
 struct Stopped {
     event: &'static str,
     counters: KernelCounters,
-    owners_refused: u64,
+    sockets_refused: u64,
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
@@ -158,7 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stopped = Stopped {
         event: "stopped",
         counters: counters.read().context("reading kernel counters")?,
-        owners_refused: table.refused,
+        sockets_refused: table.refused,
     };
     serde_json::to_writer(&mut stdout, &stopped)?;
     writeln!(stdout)?;

@@ -45,17 +45,24 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
     if new == TCP_CLOSE {
-        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
-            let scratch = unsafe { &mut *scratch };
-            if scratch.kind != TIMER_NONE && scratch.sk == sk {
-                scratch.closed = 1;
-            }
-        }
         if let Some(c) = unsafe { SOCKETS.get(cookie) } {
             probes_total = c.probes as u32;
             acks_total = c.acks as u32;
         }
-        let _ = SOCKETS.remove(cookie);
+        let mut in_timer = false;
+        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+            let scratch = unsafe { &mut *scratch };
+            if scratch.kind != TIMER_NONE && scratch.sk == sk {
+                // The error report comes after tcp_done (tcp_done_with_error)
+                // and needs the counters: the timer's exit removes them.
+                scratch.closed = 1;
+                scratch.cookie = cookie;
+                in_timer = true;
+            }
+        }
+        if !in_timer {
+            let _ = SOCKETS.remove(cookie);
+        }
     }
     emit(EventKind::StateChange, cookie, |ev| {
         ev.old_state = old as u8;

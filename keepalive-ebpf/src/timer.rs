@@ -13,7 +13,7 @@ use keepalive_common::{
 use crate::{
     emit::emit,
     kernel::{self, config, read},
-    maps::{SCRATCH, add, count, socket_counters},
+    maps::{SCRATCH, SOCKETS, add, count, socket_counters},
 };
 
 pub fn on_entry(timer: u64) -> Result<(), i64> {
@@ -78,12 +78,14 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     let (kind, keepalive_on, closed) = (scratch.kind, scratch.keepalive_on, scratch.closed);
     scratch.kind = TIMER_NONE;
     scratch.timer = 0;
-    if kind != TIMER_KEEPALIVE || keepalive_on == 0 {
+    if closed != 0 {
+        // tcp_done ran inside the callback; the final sock_put may have freed
+        // the socket, so it is not read again. Its counters go now.
+        count(counter::CLOSED_IN_TIMER, 1);
+        let _ = SOCKETS.remove(scratch.cookie);
         return Ok(());
     }
-    if closed != 0 {
-        // tcp_done ran inside the callback; the final sock_put may have freed it.
-        count(counter::CLOSED_IN_TIMER, 1);
+    if kind != TIMER_KEEPALIVE || keepalive_on == 0 {
         return Ok(());
     }
     let sk = scratch.sk;

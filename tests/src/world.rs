@@ -1,0 +1,150 @@
+//! Test hosts: network namespaces joined by veth pairs, with TEST-NET
+//! addresses, and nftables rules to make a peer vanish. Each piece removes
+//! itself when dropped, also when the test fails.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "{} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short name for this process (interface names are ≤ 15 chars).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A network namespace made with `ip netns add`, loopback up.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// The namespace's inode, as the agent reports it.
+    pub fn inode(&self) -> u64 {
+        std::fs::metadata(self.path()).expect("stat netns").ino()
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    /// Runs `work` on a thread inside the namespace (sockets it creates
+    /// belong to the namespace and stay there when moved out).
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(self.path()).expect("opening netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on an fd we own; changes this thread only.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                work()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` at 192.0.2.1/24 and
+/// 2001:db8::1/64, `b` at .2 / ::2 (TEST-NET-1 and the documentation prefix).
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+pub const A_V4: &str = "192.0.2.1";
+pub const B_V4: &str = "192.0.2.2";
+pub const A_V6: &str = "2001:db8::1";
+pub const B_V6: &str = "2001:db8::2";
+
+impl Pair {
+    pub fn new() -> Pair {
+        let a = Netns::new("kaa");
+        let b = Netns::new("kab");
+        let (va, vb) = (unique("va"), unique("vb"));
+        sh(&[
+            "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb,
+            "netns", &b.name,
+        ]);
+        for (ns, dev, v4, v6) in [(&a, &va, A_V4, A_V6), (&b, &vb, B_V4, B_V6)] {
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ns.exec(&["ip", "link", "set", dev, "up"]);
+        }
+        Pair { a, b }
+    }
+}
+
+impl Default for Pair {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Drops every packet arriving in `ns` (the peer is gone, as behind a dead
+/// NAT or load balancer). Removed with the namespace.
+pub fn drop_all_input(ns: &Netns) {
+    ns.exec(&["nft", "add", "table", "inet", "katest"]);
+    ns.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "katest",
+        "input",
+        "{ type filter hook input priority 0 ; policy drop ; }",
+    ]);
+}
