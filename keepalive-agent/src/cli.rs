@@ -1,9 +1,11 @@
 //! Command line: every flag a DaemonSet would set also reads an environment
-//! variable (`KEEPALIVE_*`).
+//! variable (`KEEPALIVE_*`). Bad values are one-line errors, exit code 2.
+
+use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::loader::TimerMode;
+use crate::{loader::TimerMode, risk::Rule};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,9 +23,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the kernel programs and report keepalive events until SIGINT/SIGTERM.
+    /// Run the agent: load the kernel programs, serve /metrics, /sockets and
+    /// /events, print events until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// List the node's TCP sockets with their keepalive settings (like `ss -tnoe`).
+    Sockets(SocketsArgs),
+    /// Recommend net.ipv4.tcp_keepalive_* for a path idle timeout, and list
+    /// the sockets still at risk.
+    Advise(AdviseArgs),
+    /// Follow the agent's event stream.
+    Events(EventsArgs),
 }
+
+/// Path idle timeouts: `PROFILE|SECONDS[@DESTINATION]`.
+const IDLE_TIMEOUT_HELP: &str = "Path idle timeout to judge sockets against: a profile (aws-alb, aws-nlb, aws-nat-gateway, aws-ec2-conntrack, aws-network-firewall, azure-lb, gcp-cloud-nat, gcp-lb) or seconds, optionally @CIDR, @CIDR:PORT, @[IPv6/LEN]:PORT or @:PORT; repeat or comma-separate";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -33,7 +46,15 @@ pub struct RunArgs {
     /// Also print socket state changes other than closes of keepalive sockets.
     #[arg(long, env = "KEEPALIVE_ALL_EVENTS")]
     pub all_events: bool,
-    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    /// Do not print events on stdout (serve them over HTTP only).
+    #[arg(long, env = "KEEPALIVE_QUIET")]
+    pub quiet: bool,
+    /// Address of the HTTP API. Loopback by default: expose it deliberately.
+    #[arg(long, env = "KEEPALIVE_LISTEN", default_value = "127.0.0.1:9977")]
+    pub listen: SocketAddr,
+    #[arg(long = "idle-timeout", env = "KEEPALIVE_IDLE_TIMEOUT", value_delimiter = ',', help = IDLE_TIMEOUT_HELP)]
+    pub idle_timeouts: Vec<Rule>,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
     #[arg(long, env = "KEEPALIVE_RING_BUFFER_BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
     /// Sockets tracked at once, in the kernel and in the agent.
@@ -57,6 +78,74 @@ pub struct RunArgs {
     /// Seconds between scans for new namespaces and interfaces.
     #[arg(long, env = "KEEPALIVE_RESCAN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_seconds: u64,
+    /// Seconds between socket inventories and sysctl reads.
+    #[arg(long, env = "KEEPALIVE_INVENTORY_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub inventory_seconds: u64,
+    /// Distinct port label values in metrics before the rest read "other".
+    #[arg(long, env = "KEEPALIVE_MAX_PORT_LABELS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_port_labels: u64,
+    /// Concurrent /events clients.
+    #[arg(long, env = "KEEPALIVE_MAX_EVENT_CLIENTS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_event_clients: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The running agent's HTTP address.
+    #[arg(long, env = "KEEPALIVE_AGENT", default_value = "http://127.0.0.1:9977")]
+    pub agent: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only sockets with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Network namespace inode.
+    #[arg(long)]
+    pub netns: Option<u32>,
+    /// TCP state as ss names it (ESTAB, LISTEN, …).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only sockets at risk against the agent's --idle-timeout.
+    #[arg(long)]
+    pub at_risk: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdviseArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[arg(long = "idle-timeout", value_delimiter = ',', required = true, help = IDLE_TIMEOUT_HELP)]
+    pub idle_timeouts: Vec<Rule>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// JSON lines instead of readable lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this event kind (probe_sent, keepalive_timeout, …).
+    #[arg(long)]
+    pub event: Option<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long)]
+    pub netns: Option<u32>,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -83,6 +172,14 @@ mod tests {
     fn rejects_bad_flags() {
         assert!(Cli::try_parse_from(["k", "run", "--timer-mode", "kprobe"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--max-sockets", "0"]).is_err());
-        assert!(Cli::try_parse_from(["k", "run", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "aws-nbl"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["k", "advise"]).is_err());
+        let ok = Cli::try_parse_from(["k", "run", "--json", "--idle-timeout", "aws-nlb,60@:443"])
+            .unwrap();
+        let Command::Run(args) = ok.command else {
+            panic!()
+        };
+        assert_eq!(args.idle_timeouts.len(), 2);
     }
 }

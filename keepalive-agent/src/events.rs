@@ -3,11 +3,11 @@
 //! namespace sysctls, the owner from the socket table, and the cause of a
 //! connection's death.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use keepalive_common::{
     Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON,
-    KeepaliveSettings, TIMER_KEEPALIVE, TIMER_WRITE,
+    KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
 };
 use serde::Serialize;
 
@@ -168,6 +168,13 @@ pub struct Record {
     /// Wire probes: sent by the keepalive timer (false: a zero-window probe).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_probe: Option<bool>,
+    /// sysctl_changed: which, and from what to what.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sysctl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_value: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_value: Option<u32>,
 }
 
 pub fn state_name(state: u8) -> &'static str {
@@ -203,10 +210,34 @@ pub fn errno_name(errno: u32) -> String {
 
 /// `ss` notation: 127.0.0.1:22, [::1]:22.
 pub fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
-    match ip(family, addr) {
+    endpoint_parts(ip(family, addr), port)
+}
+
+pub fn endpoint_of(addr: SocketAddr) -> String {
+    endpoint_parts(addr.ip(), addr.port())
+}
+
+fn endpoint_parts(ip: IpAddr, port: u16) -> String {
+    match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
+}
+
+/// (local, remote) of an event that read a socket.
+pub fn addrs(ev: &Event) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(ip(ev.family, &ev.saddr), ev.sport),
+        SocketAddr::new(ip(ev.family, &ev.daddr), ev.dport),
+    )
+}
+
+/// (local, remote) of an inventory record.
+pub fn record_addrs(rec: &SocketRecord) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::new(ip(rec.family, &rec.saddr), rec.sport),
+        SocketAddr::new(ip(rec.family, &rec.daddr), rec.dport),
+    )
 }
 
 pub fn ip(family: u16, addr: &[u8; 16]) -> IpAddr {
@@ -249,9 +280,7 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         // A closed socket has released its local port (reads 0): keep the
         // tuple the table knew.
         if ev.sport != 0 {
-            if let (Some(l), Some(rem)) = (&r.local, &r.remote) {
-                table.set_tuple(ev.cookie, l, rem, ev.netns);
-            }
+            table.set_tuple(ev.cookie, ev);
         }
     }
     let keepalive_on = ev.flags & FLAG_KEEPALIVE_ON != 0;
@@ -301,6 +330,9 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.retransmits = Some(ev.retransmits);
             r.user_timeout_ms = Some(ev.user_timeout_ms);
             r.idle_s = Some(clock.seconds(ev.idle_jiffies));
+            if ev.old_state != 0 {
+                r.old_state = Some(state_name(ev.old_state));
+            }
         }
         EventKind::StateChange => {
             r.event = if ev.state == TCP_CLOSE {
@@ -318,10 +350,23 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.acks = Some(ev.acks_total);
         }
     }
+    table.update(ev.cookie, |e| match kind {
+        EventKind::TimerFired | EventKind::ProbeSent => {
+            e.keepalive = r.keepalive.clone();
+            e.probes_out = ev.probes_out;
+            e.probes = e.probes.max(ev.probes_total.into());
+        }
+        EventKind::ProbeAck => {
+            e.acks = e.acks.max(ev.acks_total.into());
+            e.probes_out = 0;
+            e.last_rtt_us = r.rtt_us;
+        }
+        _ => {}
+    });
     if let Some(known) = table.get(ev.cookie) {
         if has_tuple && ev.sport == 0 {
-            r.local = known.local.clone().or(r.local);
-            r.remote = known.remote.clone().or(r.remote);
+            r.local = known.local.map(endpoint_of).or(r.local);
+            r.remote = known.remote.map(endpoint_of).or(r.remote);
         }
         // Timer and softirq context has no meaningful current task: the
         // owner is the one recorded for the socket.

@@ -3,16 +3,25 @@
 
 mod btf;
 mod cli;
+mod client;
 mod counters;
 mod events;
+mod filters;
+mod http;
 mod hz;
 mod kallsyms;
 mod loader;
+mod metrics;
 mod netns;
 mod offsets;
 mod output;
+mod owners;
+mod risk;
 mod run;
+mod socket_iter;
 mod sockets;
+mod state;
+mod sysctl;
 mod tc;
 
 use clap::Parser as _;
@@ -32,6 +41,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Sockets(args) => client::sockets(args),
+        cli::Command::Advise(args) => client::advise(args),
+        cli::Command::Events(args) => client::events(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

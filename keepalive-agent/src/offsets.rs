@@ -39,6 +39,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
     let probes = btf.find_member("tcp_sock", "keepalive_probes")?;
     let net_probes = net(&["ipv4.sysctl_tcp_keepalive_probes"])?;
     let retransmits = btf.find_member("inet_connection_sock", "icsk_retransmits")?;
+    let retries2 = net(&["ipv4.sysctl_tcp_retries2"])?;
+    let syn_retries = net(&["ipv4.sysctl_tcp_syn_retries"])?;
     let sk_protocol = btf.find_member("sock", "sk_protocol");
 
     Ok(KernelConfig {
@@ -53,6 +55,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         net_keepalive_time: net(&["ipv4.sysctl_tcp_keepalive_time"])?.offset,
         net_keepalive_intvl: net(&["ipv4.sysctl_tcp_keepalive_intvl"])?.offset,
         net_keepalive_probes: net_probes.offset,
+        net_retries2: retries2.offset,
+        net_syn_retries: syn_retries.offset,
+        sk_socket: btf.member("sock", "sk_socket")?.offset,
+        socket_alloc_inode: btf.member("socket_alloc", "vfs_inode")?.offset,
+        inode_ino: btf.member("inode", "i_ino")?.offset,
+        timer_expires: btf.member("timer_list", "expires")?.offset,
+        timer_pending_link: btf.member("timer_list", "entry.pprev")?.offset,
         skc_state: common("skc_state")?.offset,
         skc_family: common("skc_family")?.offset,
         skc_daddr: common("skc_daddr")?.offset,
@@ -84,9 +93,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         tp_keepalive_probes_size: byte_or_int("tcp_sock.keepalive_probes", probes)?,
         net_keepalive_probes_size: byte_or_int("net.ipv4.sysctl_tcp_keepalive_probes", net_probes)?,
         icsk_retransmits_size: byte_or_int("inet_connection_sock.icsk_retransmits", retransmits)?,
+        net_retries2_size: byte_or_int("net.ipv4.sysctl_tcp_retries2", retries2)?,
+        net_syn_retries_size: byte_or_int("net.ipv4.sysctl_tcp_syn_retries", syn_retries)?,
         sock_keepopen_bit: keepopen_bit(btf)?,
         enabled: 1,
-        _pad: [0; 3],
+        _pad: [0; 1],
     })
 }
 

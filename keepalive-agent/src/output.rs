@@ -2,57 +2,56 @@
 
 use std::io::Write;
 
+use serde_json::Value;
+
 use crate::events::Record;
 
 pub fn write(out: &mut impl Write, record: &Record, json: bool) -> std::io::Result<()> {
+    let value = serde_json::to_value(record)?;
     if json {
-        serde_json::to_writer(&mut *out, record)?;
+        serde_json::to_writer(&mut *out, &value)?;
         return writeln!(out);
     }
-    writeln!(out, "{}", text(record))
+    writeln!(out, "{}", text(&value))
 }
 
 /// `probe_sent 127.0.0.1:40000 -> 127.0.0.1:5000 netns=… pid=… comm=… probes_out=1`
-pub fn text(r: &Record) -> String {
-    let mut line = format!("{:<17}", r.event);
-    if let (Some(l), Some(rem)) = (&r.local, &r.remote) {
+pub fn text(r: &Value) -> String {
+    let mut line = format!("{:<18}", r["event"].as_str().unwrap_or("?"));
+    if let (Some(l), Some(rem)) = (r["local"].as_str(), r["remote"].as_str()) {
         line.push_str(&format!(" {l} -> {rem}"));
     }
-    let mut field = |name: &str, value: Option<String>| {
-        if let Some(v) = value {
-            line.push_str(&format!(" {name}={v}"));
+    for name in [
+        "state",
+        "netns",
+        "pid",
+        "comm",
+        "error",
+        "cause",
+        "probes_out",
+        "probes",
+        "acks",
+    ] {
+        match &r[name] {
+            Value::Null => {}
+            Value::String(s) => line.push_str(&format!(" {name}={s}")),
+            v => line.push_str(&format!(" {name}={v}")),
         }
-    };
-    field("state", r.state.map(str::to_string));
-    field("netns", r.netns.map(|v| v.to_string()));
-    field("pid", r.pid.map(|v| v.to_string()));
-    field("comm", r.comm.clone());
-    field("error", r.error.clone());
-    field("cause", r.cause.map(str::to_string));
-    field("probes_out", r.probes_out.map(|v| v.to_string()));
-    field("probes", r.probes.map(|v| v.to_string()));
-    field("acks", r.acks.map(|v| v.to_string()));
-    field("rtt", r.rtt_us.map(|v| format!("{v:.0}us")));
-    field("idle", r.idle_s.map(|v| format!("{v:.1}s")));
-    field("keepalive_probe", r.keepalive_probe.map(|v| v.to_string()));
-    if let Some(k) = &r.keepalive {
-        field(
-            "keepalive",
-            Some(format!(
-                "{}/{}/{}",
-                trim(k.idle_s),
-                trim(k.interval_s),
-                k.count
-            )),
-        );
+    }
+    if let Some(v) = r["rtt_us"].as_f64() {
+        line.push_str(&format!(" rtt={v:.0}us"));
+    }
+    if let Some(v) = r["idle_s"].as_f64() {
+        line.push_str(&format!(" idle={v:.1}s"));
+    }
+    if let Some(v) = r["keepalive_probe"].as_bool() {
+        line.push_str(&format!(" keepalive_probe={v}"));
+    }
+    if let Value::Object(k) = &r["keepalive"] {
+        line.push_str(&format!(
+            " keepalive={}s/{}s/{}",
+            k["idle_s"], k["interval_s"], k["count"]
+        ));
     }
     line
-}
-
-fn trim(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}s")
-    } else {
-        format!("{v:.2}s")
-    }
 }

@@ -74,8 +74,9 @@ pub fn resolve(inodes: &HashSet<u64>) -> HashMap<u64, Owner> {
             if let Some(inode) = target.to_str().and_then(socket_inode)
                 && inodes.contains(&inode)
                 && !found.contains_key(&inode)
-                && !mine.contains(&inode)
             {
+                // A socket open on several fds is pushed more than once;
+                // harmless, and a contains() here would be quadratic.
                 mine.push(inode);
             }
         }
@@ -106,7 +107,11 @@ pub fn resolve(inodes: &HashSet<u64>) -> HashMap<u64, Owner> {
 
 /// The inode of a `socket:[INODE]` link target.
 fn socket_inode(target: &str) -> Option<u64> {
-    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The path of the `0::` (unified hierarchy) line of `/proc/<pid>/cgroup`,
@@ -125,7 +130,13 @@ fn cgroup_v2_path(text: &str) -> &str {
 /// reported as itself. `crio-conmon-<id>.scope` is CRI-O's monitor, not the
 /// container, and does not match.
 pub fn container_id(cgroup_path: &str) -> Option<String> {
-    const PREFIXES: [&str; 5] = ["docker-", "cri-containerd-", "crio-", "libpod-", "containerd-"];
+    const PREFIXES: [&str; 5] = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ];
     cgroup_path.rsplit('/').find_map(|segment| {
         let base = segment.strip_suffix(".scope").unwrap_or(segment);
         let id = PREFIXES
@@ -150,19 +161,29 @@ mod tests {
             (format!("/system.slice/docker-{ID}.scope"), Some(ID)),
             (format!("/docker/{ID}"), Some(ID)),
             (
-                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{ID}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{ID}.scope"
+                ),
                 Some(ID),
             ),
             (
-                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice/crio-{ID}.scope"),
+                format!(
+                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice/crio-{ID}.scope"
+                ),
                 Some(ID),
             ),
             (
                 format!("/kubepods/burstable/pod0c1d2e3f-1111-2222-3333-444455556666/{ID}"),
                 Some(ID),
             ),
-            (format!("/machine.slice/libpod-{ID}.scope/container"), Some(ID)),
-            (format!("/system.slice/docker-{ID}.scope/init.scope"), Some(ID)),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                Some(ID),
+            ),
+            (
+                format!("/system.slice/docker-{ID}.scope/init.scope"),
+                Some(ID),
+            ),
             (format!("/kubepods.slice/crio-conmon-{ID}.scope"), None),
             ("/user.slice/user-0.slice/session-3.scope".to_owned(), None),
             ("/".to_owned(), None),
@@ -195,7 +216,10 @@ mod tests {
     #[test]
     fn owners_finds_our_own_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&listener));
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        );
         let inode = fs::metadata(path).expect("stat socket").ino();
         let missing = u64::from(u32::MAX) + 1; // sockfs inodes are 32-bit
         let wanted = HashSet::from([inode, missing]);
@@ -208,5 +232,32 @@ mod tests {
         assert_eq!(owner.cgroup, cgroup_v2_path(&cgroup));
         assert!(!found.contains_key(&missing));
         assert!(resolve(&HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn owners_prefers_the_lowest_pid() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        );
+        let inode = fs::metadata(path).expect("stat socket").ino();
+        // A child holding the same socket as its stdin, as after a fork.
+        let shared = std::os::fd::OwnedFd::from(listener.try_clone().expect("dup"));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::from(shared))
+            .spawn()
+            .expect("spawn sleep");
+        let child_link = fs::read_link(format!("/proc/{}/fd/0", child.id()));
+        let found = resolve(&HashSet::from([inode]));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            child_link.expect("child fd 0").to_str(),
+            Some(format!("socket:[{inode}]").as_str())
+        );
+        let owner = found.get(&inode).expect("owner");
+        assert_eq!(owner.pid, std::process::id().min(child.id()));
     }
 }

@@ -1,25 +1,34 @@
-//! The `run` command: resolve offsets, load and attach, then follow the ring
-//! buffer until SIGINT/SIGTERM, rescanning namespaces for the TC
-//! classifiers. Dropping the loaded object detaches every hook.
+//! The `run` command: resolve offsets, load and attach, take the first
+//! inventory, serve the HTTP API, then follow the ring buffer until
+//! SIGINT/SIGTERM, rescanning namespaces (TC classifiers) and sockets
+//! (inventory, sysctls, owners) periodically. Dropping the loaded object
+//! detaches every hook.
 
 use std::{
+    collections::BTreeMap,
     io::{BufWriter, Write as _},
+    sync::{Arc, Mutex, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use aya::maps::RingBuf;
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
+use keepalive_common::SocketCounters;
 use log::{info, warn};
 use serde::Serialize;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
 
 use crate::{
     btf::Btf,
     cli::RunArgs,
     counters::{CounterReader, KernelCounters},
     events::{self, Clock, Record},
-    hz, loader, offsets, output,
-    sockets::SocketTable,
+    http, hz, loader,
+    metrics::Metrics,
+    netns, offsets, output, owners, socket_iter,
+    sockets::{Owner, SocketTable},
+    state::{AgentState, Shared},
+    sysctl,
     tc::{InterfaceFilter, TcAttacher},
 };
 
@@ -29,6 +38,8 @@ struct Ready<'a> {
     event: &'static str,
     hooks: &'a [loader::HookStatus],
     interfaces: Vec<String>,
+    listen: String,
+    sockets: usize,
     hz: u32,
     startup_ms: u128,
 }
@@ -42,7 +53,8 @@ struct Stopped {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
@@ -60,8 +72,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_sockets: args.max_sockets,
         timer_mode: args.timer_mode,
     };
-    let loader::Loaded { mut ebpf, mut hooks } =
-        loader::load(&config, &opts).context("loading the kernel programs (are you root, or do you hold CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN?)")?;
+    let loader::Loaded { mut ebpf, mut hooks } = loader::load(&config, &opts).context(
+        "loading the kernel programs (are you root, or do you hold CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN?)",
+    )?;
     for h in &hooks {
         match &h.note {
             Some(note) => info!("hook {} live via {} ({note})", h.hook, h.mode),
@@ -86,20 +99,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         hooks.push(loader::HookStatus {
             hook: "tc",
-            mode: if aya::util::KernelVersion::current()
-                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-                .unwrap_or(false)
-            {
-                "tcx".into()
-            } else {
-                "netlink".into()
-            },
+            mode: crate::tc::mode().into(),
             live: report.total > 0,
             note: (report.failed > 0).then(|| format!("{} interfaces failed", report.failed)),
         });
     }
+    let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    let inventory_hook = match socket_iter::load(&mut ebpf, &aya_btf) {
+        Ok(()) => loader::HookStatus {
+            hook: "socket_inventory",
+            mode: "iter".into(),
+            live: true,
+            note: None,
+        },
+        Err(e) => {
+            warn!("socket inventory unavailable, sockets appear as events arrive: {e}");
+            loader::HookStatus {
+                hook: "socket_inventory",
+                mode: "iter".into(),
+                live: false,
+                note: Some(e.to_string()),
+            }
+        }
+    };
+    let inventory_live = inventory_hook.live;
+    hooks.push(inventory_hook);
 
     let counters = CounterReader::new(&mut ebpf)?;
+    let socket_map: BpfHashMap<MapData, u64, SocketCounters> = BpfHashMap::try_from(
+        ebpf.take_map("SOCKETS")
+            .context("map SOCKETS missing from the eBPF object")?,
+    )?;
     let ring = ebpf
         .take_map("EVENTS")
         .context("map EVENTS missing from the eBPF object")?;
@@ -110,12 +140,45 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
 
     let clock = Clock::new(hz);
-    let mut table = SocketTable::new(args.max_sockets as usize);
+    let state: Shared = Arc::new(Mutex::new(AgentState {
+        table: SocketTable::new(args.max_sockets as usize),
+        sysctls: BTreeMap::new(),
+        hooks: hooks.clone(),
+        kernel: KernelCounters::default(),
+        rules: args.idle_timeouts.clone(),
+        metrics: Metrics::new(args.max_port_labels as usize),
+        tc_interfaces: tc.attached_count(),
+    }));
+    let mut sysctl_watch = sysctl::SysctlWatch::new();
+    if inventory_live {
+        tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
+    }
+    refresh_sysctls(&mut sysctl_watch, &state, None);
+
+    let (events_tx, _) = broadcast::channel::<Arc<Record>>(4096);
+    let api = http::Api {
+        state: state.clone(),
+        events: events_tx.clone(),
+        clients: Arc::new(AtomicUsize::new(0)),
+        max_clients: args.max_event_clients as usize,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    info!("HTTP API on http://{}", args.listen);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(api)).await {
+            log::error!("HTTP API stopped: {e}");
+        }
+    });
+
     let mut stdout = BufWriter::new(std::io::stdout().lock());
     let ready = Ready {
         event: "ready",
         hooks: &hooks,
         interfaces: tc.interfaces(),
+        listen: args.listen.to_string(),
+        sockets: state.lock().map(|s| s.table.len()).unwrap_or(0),
         hz,
         startup_ms: started.elapsed().as_millis(),
     };
@@ -128,20 +191,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
     rescan.tick().await;
+    let mut inventory_tick = tokio::time::interval(Duration::from_secs(args.inventory_seconds));
+    inventory_tick.tick().await;
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let mut lost_reported = 0u64;
+    let sink = Sink {
+        state: &state,
+        clock: &clock,
+        args: &args,
+        events: &events_tx,
+    };
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut table, &clock, &args, &mut stdout)?;
+                sink.drain(guard.get_inner_mut(), &mut stdout)?;
                 guard.clear_ready();
             }
             _ = rescan.tick(), if !args.no_tc => {
-                let report = tc.sync(&mut ebpf, &filter);
+                let report = tokio::task::block_in_place(|| tc.sync(&mut ebpf, &filter));
                 if report.attached + report.detached > 0 {
                     info!("tc: +{} -{} interfaces, {} attached", report.attached, report.detached, report.total);
                 }
+                if let Ok(mut s) = state.lock() {
+                    s.tc_interfaces = report.total;
+                }
+            }
+            _ = inventory_tick.tick() => {
+                if inventory_live {
+                    tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
+                }
+                refresh_sysctls(&mut sysctl_watch, &state, Some(&sink));
             }
             _ = health.tick() => {
                 let c = counters.read().context("reading kernel counters")?;
@@ -149,16 +229,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     warn!("ring buffer full: {} events lost so far (kernel counters stay exact)", c.events_lost);
                     lost_reported = c.events_lost;
                 }
+                if let Ok(mut s) = state.lock() {
+                    s.kernel = c;
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    drain(ring.get_mut(), &mut table, &clock, &args, &mut stdout)?;
+    sink.drain(ring.get_mut(), &mut stdout)?;
     let stopped = Stopped {
         event: "stopped",
         counters: counters.read().context("reading kernel counters")?,
-        sockets_refused: table.refused,
+        sockets_refused: state.lock().map(|s| s.table.refused).unwrap_or(0),
     };
     serde_json::to_writer(&mut stdout, &stopped)?;
     writeln!(stdout)?;
@@ -168,27 +251,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drain(
-    ring: &mut RingBuf<aya::maps::MapData>,
-    table: &mut SocketTable,
-    clock: &Clock,
-    args: &RunArgs,
-    out: &mut impl std::io::Write,
-) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
-        let Some(ev) = events::decode(&item) else {
-            warn!("short ring buffer record ({} bytes)", item.len());
-            continue;
-        };
-        let Some(record) = events::to_record(&ev, table, clock) else {
-            continue;
-        };
-        if should_print(&record, args) {
-            output::write(out, &record, args.json).context("writing to stdout")?;
+/// Where records go: the table and metrics, `/events` subscribers, stdout.
+struct Sink<'a> {
+    state: &'a Shared,
+    clock: &'a Clock,
+    args: &'a RunArgs,
+    events: &'a broadcast::Sender<Arc<Record>>,
+}
+
+impl Sink<'_> {
+    fn drain(
+        &self,
+        ring: &mut RingBuf<MapData>,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<()> {
+        let mut records = Vec::new();
+        {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+            while let Some(item) = ring.next() {
+                let Some(ev) = events::decode(&item) else {
+                    warn!("short ring buffer record ({} bytes)", item.len());
+                    continue;
+                };
+                let Some(record) = events::to_record(&ev, &mut state.table, self.clock) else {
+                    continue;
+                };
+                state.count(&record);
+                records.push(record);
+            }
         }
+        for record in records {
+            self.emit(record, out)?;
+        }
+        out.flush().context("writing to stdout")?;
+        Ok(())
     }
-    out.flush().context("writing to stdout")?;
-    Ok(())
+
+    fn emit(&self, record: Record, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        if !self.args.quiet && should_print(&record, self.args) {
+            output::write(out, &record, self.args.json).context("writing to stdout")?;
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(Arc::new(record));
+        Ok(())
+    }
 }
 
 /// State changes are the bulk of events on a busy node; by default only a
@@ -199,6 +308,99 @@ fn should_print(r: &Record, args: &RunArgs) -> bool {
         "socket_closed" => args.all_events || r.probes.unwrap_or(0) > 0,
         _ => true,
     }
+}
+
+/// Every namespace's sockets, their exact kernel counters, and owners for
+/// sockets whose connect we did not see.
+fn inventory(
+    ebpf: &mut aya::Ebpf,
+    state: &Shared,
+    clock: &Clock,
+    socket_map: &BpfHashMap<MapData, u64, SocketCounters>,
+) {
+    let started = Instant::now();
+    let mut scanned = Vec::new();
+    for ns in netns::all() {
+        match socket_iter::scan(ebpf, &ns) {
+            Ok(records) => scanned.push((ns, records)),
+            Err(e) => log::debug!("{e}"),
+        }
+    }
+    let counters: Vec<(u64, SocketCounters)> = socket_map.iter().filter_map(Result::ok).collect();
+    let Ok(mut s) = state.lock() else { return };
+    s.table.begin_inventory();
+    let mut total = 0;
+    for (ns, records) in &scanned {
+        total += records.len();
+        s.table.apply_inventory(ns.inode as u32, records, clock);
+    }
+    for (cookie, c) in &counters {
+        s.table.apply_counters(*cookie, c);
+    }
+    let wanted = s.table.ownerless_inodes();
+    drop(s);
+    let found = owners::resolve(&wanted);
+    let found: std::collections::HashMap<u64, Owner> = found
+        .into_iter()
+        .map(|(inode, o)| {
+            (
+                inode,
+                Owner {
+                    pid: o.pid,
+                    comm: o.comm,
+                    cgroup_id: 0,
+                    cgroup: Some(o.cgroup).filter(|c| !c.is_empty()),
+                    container_id: o.container_id,
+                },
+            )
+        })
+        .collect();
+    if let Ok(mut s) = state.lock() {
+        s.table.set_owners_by_inode(&found);
+    }
+    log::debug!(
+        "inventory: {total} sockets in {} namespaces, {} owners found, {} ms",
+        scanned.len(),
+        found.len(),
+        started.elapsed().as_millis()
+    );
+}
+
+/// Reads every namespace's keepalive sysctls; changes become events.
+fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink<'_>>) {
+    let changes = tokio::task::block_in_place(|| watch.poll());
+    let current = watch.current().clone();
+    if let Ok(mut s) = state.lock() {
+        s.sysctls = current.into_iter().collect();
+    }
+    let Some(sink) = sink else { return };
+    for c in changes {
+        info!(
+            "netns {}: net.ipv4.{} changed {} -> {}",
+            c.netns, c.name, c.old, c.new
+        );
+        let record = Record {
+            time: sink.clock.wall_seconds(monotonic_ns()),
+            event: "sysctl_changed",
+            netns: Some(c.netns as u32),
+            sysctl: Some(format!("net.ipv4.{}", c.name)),
+            old_value: Some(c.old),
+            new_value: Some(c.new),
+            ..Default::default()
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = sink.emit(record, &mut out);
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.

@@ -1,25 +1,39 @@
-//! The agent's table of sockets, keyed by socket cookie: the last known
-//! tuple and namespace, and the owner. Bounded: when full, new sockets are
-//! not recorded and the refusal is counted, never silently dropped.
+//! The agent's table of TCP sockets, keyed by socket cookie: where each is
+//! (tuple, namespace), who owns it, its keepalive settings and counters.
+//! Fed by the periodic inventory (every socket, even those that predate the
+//! agent) and by kernel events in between. Bounded: when full, new sockets
+//! are not recorded and the refusal is counted, never silently dropped.
 //!
 //! A closed socket stays findable for a short while: the kernel reports a
 //! connection's error after `tcp_done` has already moved it to CLOSE and
 //! released its local port (tcp_done_with_error), so the error needs what
 //! the table knew just before.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
 
-use keepalive_common::Event;
+use keepalive_common::{Event, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, SocketCounters, SocketRecord};
 use serde::Serialize;
+
+use crate::{
+    events::{self, Clock, Keepalive},
+    risk::{self, Risk, Rule},
+};
 
 /// How many closed sockets stay findable.
 const RECENTLY_CLOSED: usize = 4096;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 impl Owner {
@@ -33,17 +47,59 @@ impl Owner {
             pid: ev.pid,
             comm: String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
             cgroup_id: ev.cgroup_id,
+            cgroup: None,
+            container_id: None,
         }
     }
 }
 
 /// What the table knows of one socket.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Entry {
     pub owner: Option<Owner>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub netns: Option<u32>,
+    pub state: u8,
+    pub inode: u64,
+    pub uid: u32,
+    pub keepalive: Option<Keepalive>,
+    pub probes_out: u32,
+    /// From the kernel's per-socket map (exact) or the latest event.
+    pub probes: u64,
+    pub acks: u64,
+    pub last_rtt_us: Option<f64>,
+    /// Seconds since the socket last received anything, at the last scan.
+    pub idle_s: Option<f64>,
+    /// Seconds until the keepalive timer fires, at the last scan.
+    pub timer_in_s: Option<f64>,
+    /// Inventory generation that last saw the socket.
+    generation: u64,
+}
+
+/// One row of `/sockets`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SocketView {
+    pub cookie: u64,
+    pub netns: Option<u32>,
+    pub state: &'static str,
     pub local: Option<String>,
     pub remote: Option<String>,
-    pub netns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    pub uid: u32,
+    pub inode: u64,
+    pub keepalive: Option<Keepalive>,
+    pub idle_s: Option<f64>,
+    pub probes_out: u32,
+    pub probes: u64,
+    pub acks: u64,
+    pub last_rtt_us: Option<f64>,
+    /// If the peer vanished now, seconds until the kernel declares the
+    /// connection dead (next timer + remaining probes × interval).
+    pub dead_after_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Risk>,
 }
 
 pub struct SocketTable {
@@ -51,6 +107,7 @@ pub struct SocketTable {
     closed: HashMap<u64, Entry>,
     closed_order: VecDeque<u64>,
     capacity: usize,
+    generation: u64,
     /// Sockets not recorded because the table was full.
     pub refused: u64,
 }
@@ -62,6 +119,7 @@ impl SocketTable {
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
             capacity,
+            generation: 0,
             refused: 0,
         }
     }
@@ -82,15 +140,20 @@ impl SocketTable {
     }
 
     /// Records where a socket is, from an event that read a full tuple.
-    pub fn set_tuple(&mut self, cookie: u64, local: &str, remote: &str, netns: u32) {
+    pub fn set_tuple(&mut self, cookie: u64, ev: &Event) {
+        let (local, remote) = events::addrs(ev);
         if let Some(e) = self.entry(cookie) {
-            if e.local.as_deref() != Some(local) {
-                e.local = Some(local.to_string());
-            }
-            if e.remote.as_deref() != Some(remote) {
-                e.remote = Some(remote.to_string());
-            }
-            e.netns = Some(netns);
+            e.local = Some(local);
+            e.remote = Some(remote);
+            e.netns = Some(ev.netns);
+            e.state = ev.state;
+        }
+    }
+
+    /// Applies what an event says about a socket's keepalive and counters.
+    pub fn update(&mut self, cookie: u64, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.live.get_mut(&cookie) {
+            f(e);
         }
     }
 
@@ -104,22 +167,149 @@ impl SocketTable {
         let Some(entry) = self.live.remove(&cookie) else {
             return;
         };
-        if self.closed.len() >= RECENTLY_CLOSED {
-            if let Some(old) = self.closed_order.pop_front() {
-                self.closed.remove(&old);
-            }
+        if self.closed.len() >= RECENTLY_CLOSED
+            && let Some(old) = self.closed_order.pop_front()
+        {
+            self.closed.remove(&old);
         }
         self.closed.insert(cookie, entry);
         self.closed_order.push_back(cookie);
+    }
+
+    /// Starts an inventory pass; sockets of a scanned namespace that the
+    /// pass does not see are gone (their close event may have been lost).
+    pub fn begin_inventory(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Takes in one namespace's inventory.
+    pub fn apply_inventory(&mut self, netns: u32, records: &[SocketRecord], clock: &Clock) {
+        let generation = self.generation;
+        for rec in records {
+            if rec.cookie == 0 {
+                continue;
+            }
+            let Some(e) = self.entry(rec.cookie) else {
+                continue;
+            };
+            let (local, remote) = events::record_addrs(rec);
+            // A closing socket's local port reads 0: keep what we knew.
+            if rec.sport != 0 || e.local.is_none() {
+                e.local = Some(local);
+                e.remote = Some(remote);
+            }
+            e.netns = Some(rec.netns);
+            e.state = rec.state;
+            e.inode = rec.inode;
+            e.uid = rec.uid;
+            e.generation = generation;
+            if rec.flags & FLAG_FULL_SOCK != 0 {
+                let on = rec.flags & FLAG_KEEPALIVE_ON != 0;
+                e.keepalive = Some(Keepalive::from_kernel(&rec.settings, on, clock));
+                e.probes_out = rec.probes_out;
+                e.idle_s = Some(clock.seconds(rec.idle_jiffies));
+                e.timer_in_s = (rec.timer_expires != 0)
+                    .then(|| clock.seconds(rec.timer_expires.saturating_sub(rec.jiffies) as u32));
+            }
+        }
+        let gone: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, e)| e.netns == Some(netns) && e.generation != generation)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in gone {
+            self.close(cookie);
+        }
+    }
+
+    /// Exact counters from the kernel's per-socket map.
+    pub fn apply_counters(&mut self, cookie: u64, c: &SocketCounters) {
+        if let Some(e) = self.live.get_mut(&cookie) {
+            e.probes = c.probes;
+            e.acks = c.acks;
+            if c.last_rtt_ns != 0 {
+                e.last_rtt_us = Some(c.last_rtt_ns as f64 / 1e3);
+            }
+        }
+    }
+
+    /// Inodes of live sockets without a known owner (for `/proc` lookup).
+    pub fn ownerless_inodes(&self) -> HashSet<u64> {
+        self.live
+            .values()
+            .filter(|e| e.owner.is_none() && e.inode != 0)
+            .map(|e| e.inode)
+            .collect()
+    }
+
+    /// Sets owners found by inode.
+    pub fn set_owners_by_inode(&mut self, owners: &HashMap<u64, Owner>) {
+        for e in self.live.values_mut() {
+            if e.owner.is_none()
+                && let Some(o) = owners.get(&e.inode)
+            {
+                e.owner = Some(o.clone());
+            }
+        }
+    }
+
+    /// Namespaces with sockets.
+    pub fn namespaces(&self) -> HashSet<u32> {
+        self.live.values().filter_map(|e| e.netns).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Entry)> {
+        self.live.iter()
     }
 
     pub fn len(&self) -> usize {
         self.live.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+    /// `/sockets` rows, with risk against `rules`.
+    pub fn views(&self, rules: &[Rule]) -> Vec<SocketView> {
+        let mut rows: Vec<SocketView> = self.live.iter().map(|(c, e)| view(*c, e, rules)).collect();
+        rows.sort_by_key(|r| r.cookie);
+        rows
     }
+}
+
+pub fn view(cookie: u64, e: &Entry, rules: &[Rule]) -> SocketView {
+    let dead_after_s = e.keepalive.as_ref().filter(|k| k.enabled).and_then(|k| {
+        let remaining = k.count.saturating_sub(e.probes_out) as f64;
+        e.timer_in_s.map(|t| t + remaining * k.interval_s)
+    });
+    SocketView {
+        cookie,
+        netns: e.netns,
+        state: events::state_name(e.state),
+        local: e.local.map(|a| events::endpoint_of(a)),
+        remote: e.remote.map(|a| events::endpoint_of(a)),
+        owner: e.owner.clone(),
+        uid: e.uid,
+        inode: e.inode,
+        keepalive: e.keepalive.clone(),
+        idle_s: e.idle_s,
+        probes_out: e.probes_out,
+        probes: e.probes,
+        acks: e.acks,
+        last_rtt_us: e.last_rtt_us,
+        dead_after_s,
+        risk: risk_of(e, rules),
+    }
+}
+
+/// Only established connections cross a middlebox's idle timer.
+pub fn risk_of(e: &Entry, rules: &[Rule]) -> Option<Risk> {
+    const ESTABLISHED: u8 = 1;
+    if e.state != ESTABLISHED {
+        return None;
+    }
+    let remote = e.remote?;
+    let idle = e.keepalive.as_ref().filter(|k| k.enabled).map(|k| k.idle_s);
+    risk::assess(rules, remote.ip(), remote.port(), idle)
 }
 
 #[cfg(test)]
@@ -130,7 +320,7 @@ mod tests {
         Owner {
             pid,
             comm: "x".into(),
-            cgroup_id: 1,
+            ..Default::default()
         }
     }
 
@@ -154,18 +344,37 @@ mod tests {
     #[test]
     fn closed_sockets_stay_findable_for_a_while() {
         let mut t = SocketTable::new(10);
-        t.set_tuple(7, "1.2.3.4:5", "6.7.8.9:10", 42);
         t.set_owner(7, owner(9));
         t.close(7);
         assert_eq!(t.len(), 0);
-        let e = t.get(7).unwrap();
-        assert_eq!(e.local.as_deref(), Some("1.2.3.4:5"));
-        assert_eq!(e.owner.as_ref().unwrap().pid, 9);
+        assert_eq!(t.get(7).unwrap().owner.as_ref().unwrap().pid, 9);
         for cookie in 100..100 + RECENTLY_CLOSED as u64 {
-            t.set_tuple(cookie, "a", "b", 1);
+            t.set_owner(cookie, owner(1));
             t.close(cookie);
         }
         assert!(t.get(7).is_none(), "oldest closed socket evicted");
         assert_eq!(t.closed.len(), RECENTLY_CLOSED);
+    }
+
+    #[test]
+    fn dead_after_counts_remaining_probes() {
+        let mut e = Entry {
+            keepalive: Some(Keepalive {
+                enabled: true,
+                idle_s: 60.0,
+                idle_source: events::Source::Sysctl,
+                interval_s: 10.0,
+                interval_source: events::Source::Sysctl,
+                count: 5,
+                count_source: events::Source::Sysctl,
+                detection_s: 110.0,
+            }),
+            timer_in_s: Some(4.0),
+            probes_out: 2,
+            ..Default::default()
+        };
+        assert_eq!(view(1, &e, &[]).dead_after_s, Some(34.0));
+        e.timer_in_s = None;
+        assert_eq!(view(1, &e, &[]).dead_after_s, None);
     }
 }

@@ -137,6 +137,11 @@ impl TcAttacher {
     }
 }
 
+/// "tcx" on kernels with TCX links (6.6+), else "netlink".
+pub fn mode() -> &'static str {
+    if tcx_supported() { "tcx" } else { "netlink" }
+}
+
 fn tcx_supported() -> bool {
     KernelVersion::current()
         .map(|v| v >= KernelVersion::new(6, 6, 0))

@@ -33,6 +33,18 @@ pub struct KernelConfig {
     pub net_keepalive_time: u32,
     pub net_keepalive_intvl: u32,
     pub net_keepalive_probes: u32,
+    /// `struct net`: `ipv4.sysctl_tcp_retries2` / `_syn_retries`.
+    pub net_retries2: u32,
+    pub net_syn_retries: u32,
+    /// `struct sock`: `sk_socket`; `struct socket_alloc`: `vfs_inode`;
+    /// `struct inode`: `i_ino` — the socket's inode, as `ss -e` shows it.
+    pub sk_socket: u32,
+    pub socket_alloc_inode: u32,
+    pub inode_ino: u32,
+    /// `struct timer_list`: `expires`, and `entry.pprev` (set while the
+    /// timer is pending in a timer wheel).
+    pub timer_expires: u32,
+    pub timer_pending_link: u32,
     pub skc_state: u32,
     pub skc_family: u32,
     pub skc_daddr: u32,
@@ -57,11 +69,13 @@ pub struct KernelConfig {
     pub tp_keepalive_probes_size: u8,
     pub net_keepalive_probes_size: u8,
     pub icsk_retransmits_size: u8,
+    pub net_retries2_size: u8,
+    pub net_syn_retries_size: u8,
     /// Bit number of `SOCK_KEEPOPEN` in `skc_flags`.
     pub sock_keepopen_bit: u8,
     /// 0 until the agent has filled the struct.
     pub enabled: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 1],
 }
 
 /// What an [`Event`] reports.
@@ -151,6 +165,8 @@ pub struct Event {
     pub dport: u16,
     /// TCP state (as in `ss`: 1 ESTABLISHED … 7 CLOSE).
     pub state: u8,
+    /// StateChange: the previous state. SocketError: the state when the
+    /// timer that raised the error started (the socket is CLOSE by then).
     pub old_state: u8,
     /// Addresses in network byte order; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
@@ -178,12 +194,16 @@ pub struct Event {
     pub timer: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 10],
+    /// The namespace's `net.ipv4.tcp_retries2` and `tcp_syn_retries`
+    /// (SocketError): what bounded the retransmission that failed.
+    pub retries2: u8,
+    pub syn_retries: u8,
+    pub _pad: [u8; 8],
 }
 
 pub const EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 144);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 168);
 
 impl Event {
     pub const fn zeroed() -> Self {
@@ -224,10 +244,46 @@ impl Event {
             acks_total: 0,
             timer: 0,
             flags: 0,
-            _pad: [0; 10],
+            retries2: 0,
+            syn_retries: 0,
+            _pad: [0; 8],
         }
     }
 }
+
+/// One socket from the `iter/tcp` inventory: every TCP socket of the
+/// namespace the iterator was created in, with what only the kernel knows
+/// (SO_KEEPALIVE and the per-socket TCP_KEEP* options).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRecord {
+    pub cookie: u64,
+    pub inode: u64,
+    /// `bpf_jiffies64` when read, and when the keepalive timer expires next
+    /// (0: not pending).
+    pub jiffies: u64,
+    pub timer_expires: u64,
+    pub netns: u32,
+    pub uid: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: u8,
+    /// `FLAG_KEEPALIVE_ON` and `FLAG_HAS_TUPLE`; `FLAG_FULL_SOCK` when the
+    /// tcp_sock fields below were read (not for TIME-WAIT/NEW-SYN-RECV).
+    pub flags: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub settings: KeepaliveSettings,
+    pub probes_out: u32,
+    pub idle_jiffies: u32,
+    pub user_timeout_ms: u32,
+    pub _pad: u32,
+}
+
+pub const FLAG_FULL_SOCK: u8 = 8;
+pub const SOCKET_RECORD_SIZE: usize = 120;
+const _: () = assert!(core::mem::size_of::<SocketRecord>() == SOCKET_RECORD_SIZE);
 
 /// Exact per-socket counters, kept in the `SOCKETS` hash map keyed by socket
 /// cookie; created at the first keepalive timer run, removed at close.
@@ -296,4 +352,5 @@ mod pod {
     unsafe impl aya::Pod for super::SocketCounters {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ProbeInFlight {}
+    unsafe impl aya::Pod for super::SocketRecord {}
 }

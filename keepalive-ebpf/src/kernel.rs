@@ -85,6 +85,15 @@ pub fn settings(sk: u64, out: &mut KeepaliveSettings) -> Result<(), i64> {
     Ok(())
 }
 
+/// The namespace's tcp_retries2 and tcp_syn_retries.
+#[inline(always)]
+pub fn retries(sk: u64) -> Result<(u8, u8), i64> {
+    let net = net(sk)?;
+    let r2 = read_sized(net, config!(net_retries2), config!(net_retries2_size))?;
+    let syn = read_sized(net, config!(net_syn_retries), config!(net_syn_retries_size))?;
+    Ok((r2 as u8, syn as u8))
+}
+
 /// Jiffies since the last segment was received, as `keepalive_time_elapsed`
 /// computes it (tcp.h): now - max(icsk_ack.lrcvtime, rcv_tstamp).
 #[inline(always)]

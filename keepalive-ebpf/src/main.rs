@@ -9,6 +9,7 @@
 #![feature(core_intrinsics)]
 
 mod emit;
+mod inventory;
 mod kernel;
 mod maps;
 mod sock;
@@ -101,6 +102,15 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     let _ = wire::on_ingress(&ctx);
     TC_NEXT
+}
+
+/// Socket inventory; aya-ebpf has no iterator macro, so the section is
+/// named by hand (`iter/<target>` is what libbpf and aya-obj recognise).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn dump_tcp(ctx: *mut c_void) -> i32 {
+    let _ = inventory::dump(ctx);
+    0
 }
 
 #[cfg(not(test))]

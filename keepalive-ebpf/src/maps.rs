@@ -48,7 +48,9 @@ pub struct TimerScratch {
     pub closed: u8,
     /// TC egress saw this socket's probe during the callback.
     pub wire_probe_seen: u8,
-    pub _pad: [u8; 3],
+    /// TCP state at timer entry (an error report sees CLOSE already).
+    pub state_before: u8,
+    pub _pad: [u8; 2],
 }
 
 #[inline(always)]

@@ -92,9 +92,11 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
         return Ok(());
     }
     let err = read::<i32>(sk, config!(sk_err))? as u32;
-    let timer = match SCRATCH.get(0) {
-        Some(s) if s.kind != TIMER_NONE && s.sk == sk => s.kind,
-        _ => TIMER_NONE,
+    // The timer running on this CPU for this socket, and the state the
+    // socket had when it started (tcp_done has moved it to CLOSE by now).
+    let (timer, state_before) = match SCRATCH.get(0) {
+        Some(s) if s.kind != TIMER_NONE && s.sk == sk => (s.kind, s.state_before),
+        _ => (TIMER_NONE, 0),
     };
     if err == ETIMEDOUT && timer == TIMER_KEEPALIVE {
         count(counter::TIMEOUTS, 1);
@@ -124,6 +126,11 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
         fill_task(ev);
         let _ = kernel::fill_socket(ev, sk);
         let _ = kernel::settings(sk, &mut ev.settings);
+        ev.old_state = state_before;
+        if let Ok((retries2, syn_retries)) = kernel::retries(sk) {
+            ev.retries2 = retries2;
+            ev.syn_retries = syn_retries;
+        }
     });
     Ok(())
 }

@@ -41,6 +41,7 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     scratch.keepalive_on = 0;
     scratch.cookie = kernel::cookie(sk)?;
     scratch.probes_out_before = kernel::probes_out(sk)?;
+    scratch.state_before = read::<u8>(sk, config!(skc_state))?;
     if kind != TIMER_KEEPALIVE || !kernel::keepalive_on(sk)? {
         return Ok(());
     }

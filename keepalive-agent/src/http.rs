@@ -1,0 +1,169 @@
+//! The agent's HTTP API: `/metrics` (OpenMetrics), `/sockets` (JSON
+//! snapshot), `/events` (NDJSON stream), `/healthz`. Bad paths are 404, bad
+//! filters 400 with the reason; `/events` clients are capped, and one that
+//! reads too slowly to keep up is disconnected and counted, never buffered
+//! without bound.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::broadcast;
+use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
+
+use crate::{events::Record, filters::Filter, state::Shared};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+pub struct Api {
+    pub state: Shared,
+    pub events: broadcast::Sender<Arc<Record>>,
+    pub clients: Arc<AtomicUsize>,
+    pub max_clients: usize,
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/sockets", get(sockets))
+        .route("/events", get(events))
+        .route("/healthz", get(healthz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /sockets, /events, /healthz\n",
+            )
+        })
+        .with_state(api)
+}
+
+fn bad_request(reason: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+}
+
+fn locked(api: &Api) -> Result<std::sync::MutexGuard<'_, crate::state::AgentState>, Response> {
+    api.state
+        .lock()
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned\n").into_response())
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let body = match locked(&api) {
+        Ok(mut s) => s.render_metrics(),
+        Err(r) => return r,
+    };
+    ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+}
+
+async fn sockets(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let f = match Filter::parse(&q, &["port", "pid", "netns", "state", "risk"]) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let rows = match locked(&api) {
+        Ok(s) => s.table.views(&s.rules),
+        Err(r) => return r,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| {
+            f.netns.is_none_or(|n| r.netns == Some(n))
+                && f.state.as_deref().is_none_or(|s| r.state == s)
+                && f.pid
+                    .is_none_or(|p| r.owner.as_ref().is_some_and(|o| o.pid == p))
+                && f.port.is_none_or(|p| {
+                    [&r.local, &r.remote]
+                        .into_iter()
+                        .flatten()
+                        .any(|a| crate::filters::port_of(a) == Some(p))
+                })
+                && (!f.at_risk || r.risk.is_some())
+        })
+        .collect();
+    axum::Json(rows).into_response()
+}
+
+/// Decrements the client count when a stream ends, however it ends.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn events(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let f = match Filter::parse(&q, &["event", "port", "pid", "netns"]) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    if api.clients.fetch_add(1, Ordering::Relaxed) >= api.max_clients {
+        api.clients.fetch_sub(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /events clients\n",
+        )
+            .into_response();
+    }
+    let slot = ClientSlot(api.clients.clone());
+    let state = api.state.clone();
+    let stream = BroadcastStream::new(api.events.subscribe())
+        .map_while(move |item| {
+            let _slot = &slot;
+            match item {
+                Ok(r) => Some(r),
+                // Too slow to keep up: disconnect rather than buffer.
+                Err(_) => {
+                    if let Ok(s) = state.lock() {
+                        s.metrics.clients_dropped.inc();
+                    }
+                    None
+                }
+            }
+        })
+        .filter(move |r| f.matches_record(r))
+        .map(|r| {
+            let mut line = serde_json::to_vec(&*r).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, std::convert::Infallible>(line)
+        });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    let down: Vec<String> = match locked(&api) {
+        Ok(s) => s
+            .hooks
+            .iter()
+            .filter(|h| !h.live && h.mode != "none")
+            .map(|h| h.hook.to_string())
+            .collect(),
+        Err(r) => return r,
+    };
+    if down.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("hooks down: {}\n", down.join(", ")),
+        )
+            .into_response()
+    }
+}

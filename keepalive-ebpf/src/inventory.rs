@@ -1,0 +1,118 @@
+//! `iter/tcp`: one [`SocketRecord`] per TCP socket of the namespace the
+//! iterator was created in, written to the reader's file. This is the only
+//! way to learn SO_KEEPALIVE and the TCP_KEEP* options of sockets that
+//! existed before the agent (sock_diag does not report them). Reading a
+//! socket's cookie here also creates it, so later timer runs can key it.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, generated::bpf_seq_write};
+use keepalive_common::{
+    FLAG_FULL_SOCK, FLAG_HAS_TUPLE, FLAG_KEEPALIVE_ON, KeepaliveSettings, SocketRecord,
+};
+
+use crate::kernel::{self, AF_INET6, config, read};
+
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// The iterator's context (`struct bpf_iter__tcp`).
+#[repr(C)]
+struct IterTcp {
+    meta: *const IterMeta,
+    sk_common: *mut c_void,
+    uid: u32,
+}
+
+/// `struct bpf_iter_meta`: the seq_file comes first.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut c_void,
+}
+
+pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
+    let ctx = ctx as *const IterTcp;
+    let (meta, sk) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
+    if sk.is_null() || meta.is_null() {
+        // The final call after the last socket.
+        return Ok(());
+    }
+    let seq = unsafe { (*meta).seq };
+    let uid = unsafe { (*ctx).uid };
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let base = sk as u64;
+    let mut rec = SocketRecord {
+        cookie,
+        inode: 0,
+        jiffies: unsafe { bpf_jiffies64() },
+        timer_expires: 0,
+        netns: 0,
+        uid,
+        family: 0,
+        sport: 0,
+        dport: 0,
+        state: 0,
+        flags: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        settings: KeepaliveSettings::default(),
+        probes_out: 0,
+        idle_jiffies: 0,
+        user_timeout_ms: 0,
+        _pad: 0,
+    };
+    fill(&mut rec, base)?;
+    unsafe {
+        bpf_seq_write(
+            seq.cast(),
+            (&raw const rec).cast(),
+            core::mem::size_of::<SocketRecord>() as u32,
+        )
+    };
+    Ok(())
+}
+
+#[inline(always)]
+fn fill(rec: &mut SocketRecord, sk: u64) -> Result<(), i64> {
+    rec.family = read::<u16>(sk, config!(skc_family))?;
+    rec.sport = read::<u16>(sk, config!(skc_num))?;
+    rec.dport = u16::from_be(read::<u16>(sk, config!(skc_dport))?);
+    rec.state = read::<u8>(sk, config!(skc_state))?;
+    if rec.family == AF_INET6 {
+        rec.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
+        rec.daddr = read::<[u8; 16]>(sk, config!(skc_v6_daddr))?;
+    } else {
+        let s = read::<[u8; 4]>(sk, config!(skc_rcv_saddr))?;
+        let d = read::<[u8; 4]>(sk, config!(skc_daddr))?;
+        rec.saddr[..4].copy_from_slice(&s);
+        rec.daddr[..4].copy_from_slice(&d);
+    }
+    let net = read::<u64>(sk, config!(skc_net))?;
+    rec.netns = read::<u32>(net, config!(net_ns_inum))?;
+    rec.flags |= FLAG_HAS_TUPLE;
+    // Time-wait and request sockets are not full sockets: nothing below
+    // exists in them.
+    if rec.state == TCP_TIME_WAIT || rec.state == TCP_NEW_SYN_RECV {
+        return Ok(());
+    }
+    rec.flags |= FLAG_FULL_SOCK;
+    if kernel::keepalive_on(sk)? {
+        rec.flags |= FLAG_KEEPALIVE_ON;
+    }
+    kernel::settings(sk, &mut rec.settings)?;
+    rec.probes_out = kernel::probes_out(sk)?.into();
+    rec.idle_jiffies = kernel::idle_jiffies(sk, rec.jiffies as u32)?;
+    rec.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout))?;
+    let timer = sk + config!(sock_keepalive_timer) as u64;
+    // A pending timer_list is linked into a timer wheel (entry.pprev set).
+    let pprev = read::<u64>(timer, config!(timer_pending_link))?;
+    if pprev != 0 {
+        rec.timer_expires = read::<u64>(timer, config!(timer_expires))?;
+    }
+    let socket = read::<u64>(sk, config!(sk_socket))?;
+    if socket != 0 {
+        let inode = socket + config!(socket_alloc_inode) as u64;
+        rec.inode = read::<u64>(inode, config!(inode_ino))?;
+    }
+    Ok(())
+}
