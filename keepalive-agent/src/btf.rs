@@ -595,7 +595,8 @@ impl Btf {
         Ok(None)
     }
 
-    /// sizeof(struct ty)
+    /// sizeof(struct ty); used by the layout cross-checks in the tests.
+    #[cfg(test)]
     pub fn struct_size(&self, ty: &str) -> Result<u32, BtfError> {
         self.size_of(self.composite_id(ty)?)
     }

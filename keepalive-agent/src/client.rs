@@ -67,7 +67,7 @@ pub fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<11} {:<42} {:<42} {:<11} {:<22} {:<24} {:>8} {:>7} {}",
+        "{:<11} {:<42} {:<42} {:<11} {:<22} {:<24} {:>8} {:>7} Risk",
         "State",
         "Local Address:Port",
         "Peer Address:Port",
@@ -75,8 +75,7 @@ pub fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
         "Process",
         "Keepalive idle/intvl/cnt",
         "Idle",
-        "Probes",
-        "Risk"
+        "Probes"
     )?;
     for r in &rows {
         writeln!(out, "{}", socket_line(r))?;

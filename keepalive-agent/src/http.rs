@@ -26,6 +26,7 @@ use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 use crate::{events::Record, filters::Filter, state::Shared};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone)]
 pub struct Api {
@@ -54,18 +55,32 @@ fn bad_request(reason: String) -> Response {
     (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
 }
 
-fn locked(api: &Api) -> Result<std::sync::MutexGuard<'_, crate::state::AgentState>, Response> {
-    api.state
-        .lock()
-        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned\n").into_response())
+fn locked(api: &Api) -> Result<std::sync::MutexGuard<'_, crate::state::AgentState>, Box<Response>> {
+    api.state.lock().map_err(|_| {
+        Box::new((StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned\n").into_response())
+    })
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format.
+async fn metrics(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
     let body = match locked(&api) {
         Ok(mut s) => s.render_metrics(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            crate::metrics::to_prometheus_text(&body),
+        )
+            .into_response()
+    }
 }
 
 async fn sockets(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -75,7 +90,7 @@ async fn sockets(State(api): State<Api>, Query(q): Query<HashMap<String, String>
     };
     let rows = match locked(&api) {
         Ok(s) => s.table.views(&s.rules),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let rows: Vec<_> = rows
         .into_iter()
@@ -155,7 +170,7 @@ async fn healthz(State(api): State<Api>) -> Response {
             .filter(|h| !h.live && h.mode != "none")
             .map(|h| h.hook.to_string())
             .collect(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if down.is_empty() {
         (StatusCode::OK, "ok\n").into_response()

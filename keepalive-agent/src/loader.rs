@@ -22,8 +22,6 @@ pub enum LoadError {
     Btf(#[from] aya::BtfError),
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
-    #[error("program {0} missing from the eBPF object (agent and kernel programs out of sync)")]
-    MissingProgram(&'static str),
     #[error("hook {hook} could not be attached in any mode: {reason}")]
     Hook { hook: &'static str, reason: String },
 }

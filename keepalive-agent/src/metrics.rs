@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 
@@ -139,13 +139,15 @@ impl Metrics {
             "net.ipv4.tcp_keepalive_probes of the namespace",
             sysctl_probes.clone(),
         );
-        r.register(
-            "keepalive_agent_build",
-            "Agent version",
-            Info::new(VersionLabel {
+        // A gauge at 1 rather than an OpenMetrics info: Prometheus' own text
+        // parser (promtool, older servers) does not know the info type.
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").into(),
-            }),
-        );
+            })
+            .set(1);
+        r.register("keepalive_agent_build_info", "Agent version", build_info);
         let hook_up = Family::default();
         r.register(
             "keepalive_agent_hook_up",
@@ -325,6 +327,32 @@ impl Metrics {
     }
 }
 
+/// The same metrics in the Prometheus text format 0.0.4, for scrapers
+/// that do not ask for OpenMetrics (promtool, curl): counters' HELP/TYPE
+/// name the `_total` series, and there are no UNIT or EOF lines.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(meta.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// What a scrape reads from the agent's state.
 pub struct Snapshot<'a> {
     pub hooks: &'a [HookStatus],
@@ -362,6 +390,15 @@ impl PortLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn converts_to_prometheus_text() {
+        let om = "# HELP a_total x\n# HELP a x\n# TYPE a counter\na_total 1\n# HELP b_seconds y\n# TYPE b_seconds gauge\n# UNIT b_seconds seconds\nb_seconds 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_total x\n# HELP a_total x\n# TYPE a_total counter\na_total 1\n# HELP b_seconds y\n# TYPE b_seconds gauge\nb_seconds 2\n"
+        );
+    }
 
     #[test]
     fn port_labels_are_capped() {

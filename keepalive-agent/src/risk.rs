@@ -238,7 +238,7 @@ pub struct Risk {
 /// The first rule whose destination matches (rules with a destination are
 /// tried before global ones, in the order given). Loopback never crosses a
 /// middlebox, so global rules skip it.
-pub fn rule_for<'a>(rules: &'a [Rule], remote: IpAddr, remote_port: u16) -> Option<&'a Rule> {
+pub fn rule_for(rules: &[Rule], remote: IpAddr, remote_port: u16) -> Option<&Rule> {
     rules
         .iter()
         .find(|r| {

@@ -165,7 +165,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    info!("HTTP API on http://{}", args.listen);
+    let listen = listener
+        .local_addr()
+        .context("reading the HTTP API's address")?;
+    info!("HTTP API on http://{listen}");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(api)).await {
             log::error!("HTTP API stopped: {e}");
@@ -177,7 +180,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         event: "ready",
         hooks: &hooks,
         interfaces: tc.interfaces(),
-        listen: args.listen.to_string(),
+        listen: listen.to_string(),
         sockets: state.lock().map(|s| s.table.len()).unwrap_or(0),
         hz,
         startup_ms: started.elapsed().as_millis(),
@@ -383,7 +386,7 @@ fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option
             time: sink.clock.wall_seconds(monotonic_ns()),
             event: "sysctl_changed",
             netns: Some(c.netns as u32),
-            sysctl: Some(format!("net.ipv4.{}", c.name)),
+            sysctl: Some(c.name.to_string()),
             old_value: Some(c.old),
             new_value: Some(c.new),
             ..Default::default()

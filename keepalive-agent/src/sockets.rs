@@ -255,11 +255,6 @@ impl SocketTable {
         }
     }
 
-    /// Namespaces with sockets.
-    pub fn namespaces(&self) -> HashSet<u32> {
-        self.live.values().filter_map(|e| e.netns).collect()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &Entry)> {
         self.live.iter()
     }
@@ -285,8 +280,8 @@ pub fn view(cookie: u64, e: &Entry, rules: &[Rule]) -> SocketView {
         cookie,
         netns: e.netns,
         state: events::state_name(e.state),
-        local: e.local.map(|a| events::endpoint_of(a)),
-        remote: e.remote.map(|a| events::endpoint_of(a)),
+        local: e.local.map(events::endpoint_of),
+        remote: e.remote.map(events::endpoint_of),
         owner: e.owner.clone(),
         uid: e.uid,
         inode: e.inode,

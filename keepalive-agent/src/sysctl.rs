@@ -250,7 +250,9 @@ mod tests {
         // The test thread never left its namespace, so it must not see 123
         // unless its own namespace happens to be set the same.
         let here = read_current().expect("read here");
-        let me = netns::current().expect("current netns").inode;
+        let me = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata("/proc/self/ns/net").expect("current netns"),
+        );
         let listed = read_all()
             .into_iter()
             .find(|(inode, _)| *inode == me)

@@ -38,7 +38,7 @@ impl Agent {
     pub fn start(extra: &[&str]) -> Agent {
         crate::require_root();
         let mut child = Command::new(binary())
-            .args(["run", "--json"])
+            .args(["run", "--json", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("KEEPALIVE_LOG", "warn")
             .stdout(Stdio::piped())
@@ -113,6 +113,39 @@ impl Agent {
             .iter()
             .filter(|r| r["event"] == event && r["local"] == local)
             .collect()
+    }
+
+    /// GET `path` from the agent's HTTP API: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.get_with_accept(path, "*/*")
+    }
+
+    pub fn get_with_accept(&self, path: &str, accept: &str) -> (u16, String) {
+        let url = format!(
+            "http://{}{path}",
+            self.ready["listen"].as_str().expect("listen in ready")
+        );
+        let resp = ureq::get(&url)
+            .header("Accept", accept)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.into_body()
+                .read_to_string()
+                .expect("reading the response"),
+        )
+    }
+
+    /// GET a JSON document from the agent.
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
     }
 
     /// SIGTERM, then the final `stopped` record (kernel counters).

@@ -6,7 +6,9 @@
 //! namespace panics with the reason; nothing is skipped silently.
 
 pub mod agent;
+pub mod metrics;
 pub mod netstat;
+pub mod scenario;
 pub mod sock;
 pub mod world;
 

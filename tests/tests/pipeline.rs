@@ -12,6 +12,7 @@ use std::{
 use keepalive_tests::{
     agent::Agent,
     netstat::tcp_ext,
+    scenario,
     sock::{self, FAST},
     world::{self, Netns, Pair},
 };
@@ -33,20 +34,8 @@ fn count(records: &[Value], event: &str, cookie: u64) -> usize {
         .count()
 }
 
-/// A keepalive client idles on loopback; returns (cookie, local endpoint,
-/// TCPKeepAlive delta of the calling thread's namespace).
 fn idle_keepalive_client(listen_on: &str) -> (u64, String, u64) {
-    let listener = sock::listen(listen_on.parse().unwrap());
-    let before = tcp_ext("TCPKeepAlive");
-    let client = sock::connect(listener.local_addr().unwrap(), Some(FAST));
-    let (_server, _) = listener.accept().unwrap();
-    std::thread::sleep(IDLE);
-    let delta = tcp_ext("TCPKeepAlive") - before;
-    (
-        sock::cookie(&client),
-        sock::endpoint(client.local_addr().unwrap()),
-        delta,
-    )
+    scenario::idle_keepalive_client(listen_on, IDLE)
 }
 
 fn assert_probes_match(records: &[Value], cookie: u64, delta: u64) {
@@ -62,8 +51,7 @@ fn assert_probes_match(records: &[Value], cookie: u64, delta: u64) {
     );
     let last = records
         .iter()
-        .filter(|r| r["event"] == "probe_sent" && r["cookie"] == cookie)
-        .last()
+        .rfind(|r| r["event"] == "probe_sent" && r["cookie"] == cookie)
         .unwrap();
     assert_eq!(
         last["probes"], delta as u64,
