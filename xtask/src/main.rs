@@ -1,1 +1,162 @@
-fn main() {}
+//! Every developer workflow of keepalive-agent, as one small binary
+//! (`cargo xtask …`): set-up, build, run, lint, test. Nothing lives in shell
+//! scripts that drift.
+
+mod cmd;
+mod setup;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "keepalive-agent developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what a fresh machine lacks: nightly rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, then build the agent (eBPF included) and the integration tests.
+    Build,
+    /// Build, then run the agent (as root); arguments after `--` go to `keepalive-agent run`.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings.
+    Lint,
+    /// Build, then run the unit tests and the real-kernel integration tests
+    /// (as root); arguments after `--` go to the integration test runner.
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("entering {}", root.display()))?;
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            build()
+        }
+        Command::Run { args } => {
+            setup::run()?;
+            build()?;
+            require_root("running the agent")?;
+            let mut all = vec!["run".to_string()];
+            all.extend(args);
+            cmd::exec("target/release/keepalive-agent", &all)
+        }
+        Command::Lint => lint(),
+        Command::Test { args } => {
+            setup::run()?;
+            build()?;
+            test(&root, &args)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask has no parent directory")
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (BPF programs, network namespaces): run it as root");
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    step("build agent and kernel programs", || {
+        cmd::run("cargo", &["build", "--release", "-p", "keepalive-agent"])
+    })?;
+    step("build integration tests", || {
+        cmd::run(
+            "cargo",
+            &["build", "--release", "-p", "keepalive-tests", "--tests"],
+        )
+    })
+}
+
+fn lint() -> anyhow::Result<()> {
+    step("cargo fmt --check", || {
+        cmd::run("cargo", &["fmt", "--all", "--check"])
+    })?;
+    // The eBPF crate targets bpfel: it is checked by its own build.
+    step("cargo clippy", || {
+        cmd::run(
+            "cargo",
+            &[
+                "clippy",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "keepalive-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })
+}
+
+fn test(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
+    step("unit tests", || {
+        cmd::run(
+            "cargo",
+            &[
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "keepalive-ebpf",
+                "--exclude",
+                "keepalive-tests",
+            ],
+        )
+    })?;
+    require_root("the real-kernel integration tests")?;
+    let bin = root.join("target/release/keepalive-agent");
+    let mut all: Vec<String> = [
+        "test",
+        "--release",
+        "-p",
+        "keepalive-tests",
+        "--",
+        "--test-threads=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    all.extend(args.iter().cloned());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    step("integration tests (real kernel)", || {
+        cmd::run_env("cargo", &all, &[("KEEPALIVE_AGENT_BIN", bin.as_os_str())])
+    })
+}
+
+/// Runs one step with a progress line before and its duration after.
+pub fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    eprintln!("xtask: {name}…");
+    let started = Instant::now();
+    f().with_context(|| format!("step failed: {name}"))?;
+    eprintln!(
+        "xtask: {name}: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Makes a fresh Debian machine ready, idempotently, one line per step: the
+//! nightly toolchain with rust-src (aya-build compiles the eBPF crate with
+//! `-Z build-std=core`), bpf-linker built against nightly's own LLVM (no
+//! system LLVM needed), and the Debian packages the tests drive.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd;
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+/// (binary, Debian package) the integration tests need.
+const PACKAGES: &[(&str, &str)] = &[
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("promtool", "prometheus"),
+    ("tcpdump", "tcpdump"),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()?;
+    debian_packages()
+}
+
+fn nightly() -> anyhow::Result<()> {
+    if cmd::output("rustup", &["run", "nightly", "rustc", "--version"]).is_err() {
+        crate::step("install the nightly toolchain", || {
+            cmd::run(
+                "rustup",
+                &["toolchain", "install", "nightly", "--profile", "minimal"],
+            )
+        })?;
+    }
+    let installed = cmd::output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: nightly rust-src present");
+        return Ok(());
+    }
+    crate::step("add rust-src to nightly", || {
+        cmd::run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )
+    })
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let bin = cargo_bin().join("bpf-linker");
+    if let Ok(v) = cmd::output(bin.to_str().unwrap_or("bpf-linker"), &["--version"])
+        && v.split_whitespace()
+            .nth(1)
+            .is_some_and(|v| v.starts_with(BPF_LINKER_VERSION))
+    {
+        eprintln!("setup: {} present", v.trim());
+        return Ok(());
+    }
+    let prefix = llvm_prefix()?;
+    crate::step(
+        "build bpf-linker against nightly's LLVM (about a minute)",
+        || {
+            let mut c = std::process::Command::new("cargo");
+            c.args([
+                "install",
+                "bpf-linker",
+                "--version",
+                &format!("~{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--force",
+            ])
+            .env("LLVM_PREFIX", &prefix);
+            let status = c.status().context("starting cargo install")?;
+            if !status.success() {
+                bail!("cargo install bpf-linker: {status}");
+            }
+            Ok(())
+        },
+    )
+}
+
+/// A folder whose lib/ holds nightly's libLLVM under both the plain and
+/// the versioned name: bpf-linker links against the first and, at run
+/// time, looks for the second (without it, it only runs under `rustup run
+/// nightly`).
+fn llvm_prefix() -> anyhow::Result<PathBuf> {
+    let sysroot = cmd::output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let llvm = fs::read_dir(&lib)
+        .with_context(|| format!("listing {}", lib.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.*-rust-* in {} (nightly toolchain without LLVM?)",
+                lib.display()
+            )
+        })?;
+    let prefix = std::env::current_dir()?.join("target/llvm-prefix");
+    let dir = prefix.join("lib");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let versioned = llvm.file_name().context("libLLVM has no file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), versioned] {
+        let link = dir.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(prefix)
+}
+
+fn on_path(binary: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|d| d.join(binary).is_file())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: Debian packages present ({})",
+            PACKAGES.iter().map(|p| p.1).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages {}: install them as root (apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    crate::step(&format!("apt-get install {}", missing.join(" ")), || {
+        cmd::run("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        cmd::run_env(
+            "apt-get",
+            &args,
+            &[("DEBIAN_FRONTEND", std::ffi::OsStr::new("noninteractive"))],
+        )
+    })
+}
