@@ -2,6 +2,7 @@
 //! reports TCP keepalive per socket.
 
 mod btf;
+mod caps;
 mod cli;
 mod client;
 mod counters;

@@ -63,6 +63,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    crate::caps::check().context("the agent cannot run with these privileges")?;
     bump_memlock_rlimit();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let config = offsets::resolve(&btf).context("resolving kernel offsets")?;
@@ -149,6 +150,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Metrics::new(args.max_port_labels as usize),
         tc_interfaces: tc.attached_count(),
     }));
+    match crate::caps::drop_start_only() {
+        Ok(dropped) if !dropped.is_empty() => info!("dropped capabilities no longer needed: {}", dropped.join(", ")),
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
     let mut sysctl_watch = sysctl::SysctlWatch::new();
     if inventory_live {
         tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));

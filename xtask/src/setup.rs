@@ -120,7 +120,9 @@ fn llvm_prefix() -> anyhow::Result<PathBuf> {
                 lib.display()
             )
         })?;
-    let prefix = std::env::current_dir()?.join("target/llvm-prefix");
+    // Beside cargo's bin (not in a clone's target/): the installed
+    // bpf-linker keeps finding libLLVM after the clone is gone.
+    let prefix = cargo_bin().with_file_name("keepalive-llvm-prefix");
     let dir = prefix.join("lib");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let versioned = llvm.file_name().context("libLLVM has no file name")?;
