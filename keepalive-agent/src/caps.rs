@@ -13,17 +13,41 @@ pub struct Cap(pub u32, pub &'static str, pub &'static str);
 /// sysctls), and `/proc/<pid>/{ns,fd}` of other users' processes.
 pub const REQUIRED: &[Cap] = &[
     Cap(39, "CAP_BPF", "load BPF programs and maps"),
-    Cap(38, "CAP_PERFMON", "attach tracing programs, read kernel memory from them"),
+    Cap(
+        38,
+        "CAP_PERFMON",
+        "attach tracing programs, read kernel memory from them",
+    ),
     Cap(12, "CAP_NET_ADMIN", "attach TC classifiers"),
-    Cap(21, "CAP_SYS_ADMIN", "enter other network namespaces (setns)"),
-    Cap(19, "CAP_SYS_PTRACE", "open /proc/<pid>/ns/net and /proc/<pid>/fd of other processes"),
-    Cap(34, "CAP_SYSLOG", "read kernel addresses from /proc/kallsyms"),
+    Cap(
+        21,
+        "CAP_SYS_ADMIN",
+        "enter other network namespaces (setns)",
+    ),
+    Cap(
+        19,
+        "CAP_SYS_PTRACE",
+        "open /proc/<pid>/ns/net and /proc/<pid>/fd of other processes",
+    ),
+    Cap(
+        34,
+        "CAP_SYSLOG",
+        "read kernel addresses from /proc/kallsyms",
+    ),
 ];
 
 /// Needed only while starting.
 pub const START_ONLY: &[Cap] = &[
-    Cap(34, "CAP_SYSLOG", "read kernel addresses from /proc/kallsyms"),
-    Cap(24, "CAP_SYS_RESOURCE", "raise RLIMIT_MEMLOCK on kernels before 5.11"),
+    Cap(
+        34,
+        "CAP_SYSLOG",
+        "read kernel addresses from /proc/kallsyms",
+    ),
+    Cap(
+        24,
+        "CAP_SYS_RESOURCE",
+        "raise RLIMIT_MEMLOCK on kernels before 5.11",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +74,11 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
 }
 
 fn missing(eff: u64) -> Vec<Cap> {
-    REQUIRED.iter().copied().filter(|c| eff & (1 << c.0) == 0).collect()
+    REQUIRED
+        .iter()
+        .copied()
+        .filter(|c| eff & (1 << c.0) == 0)
+        .collect()
 }
 
 /// Fails with every missing capability and what it is for.
@@ -59,7 +87,10 @@ pub fn check() -> Result<(), CapsError> {
     if gone.is_empty() {
         return Ok(());
     }
-    let list: Vec<String> = gone.iter().map(|c| format!("{} (to {})", c.1, c.2)).collect();
+    let list: Vec<String> = gone
+        .iter()
+        .map(|c| format!("{} (to {})", c.1, c.2))
+        .collect();
     Err(CapsError::Missing(list.join(", ")))
 }
 
@@ -79,7 +110,10 @@ pub fn drop_start_only() -> Result<Vec<&'static str>, CapsError> {
         inheritable: u32,
     }
     const V3: u32 = 0x2008_0522;
-    let mut header = Header { version: V3, pid: 0 };
+    let mut header = Header {
+        version: V3,
+        pid: 0,
+    };
     let mut data = [Data::default(); 2];
     // SAFETY: capget/capset with a v3 header and two data words, as
     // documented in capget(2).
@@ -113,7 +147,10 @@ mod tests {
 
     #[test]
     fn reads_effective_set() {
-        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
         assert_eq!(parse_cap_eff("Name:\tx\n"), None);
     }
 

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::events::Record;
 
-pub fn write(out: &mut impl Write, record: &Record, json: bool) -> std::io::Result<()> {
+pub fn write(out: &mut (impl Write + ?Sized), record: &Record, json: bool) -> std::io::Result<()> {
     let value = serde_json::to_value(record)?;
     if json {
         serde_json::to_writer(&mut *out, &value)?;

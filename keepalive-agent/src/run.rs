@@ -151,7 +151,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tc_interfaces: tc.attached_count(),
     }));
     match crate::caps::drop_start_only() {
-        Ok(dropped) if !dropped.is_empty() => info!("dropped capabilities no longer needed: {}", dropped.join(", ")),
+        Ok(dropped) if !dropped.is_empty() => info!(
+            "dropped capabilities no longer needed: {}",
+            dropped.join(", ")
+        ),
         Ok(_) => {}
         Err(e) => warn!("{e}"),
     }
@@ -230,7 +233,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if inventory_live {
                     tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
                 }
-                refresh_sysctls(&mut sysctl_watch, &state, Some(&sink));
+                refresh_sysctls(&mut sysctl_watch, &state, Some((&sink, &mut stdout)));
             }
             _ = health.tick() => {
                 let c = counters.read().context("reading kernel counters")?;
@@ -299,7 +302,7 @@ impl Sink<'_> {
         Ok(())
     }
 
-    fn emit(&self, record: Record, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    fn emit(&self, record: Record, out: &mut (impl std::io::Write + ?Sized)) -> anyhow::Result<()> {
         if !self.args.quiet && should_print(&record, self.args) {
             output::write(out, &record, self.args.json).context("writing to stdout")?;
         }
@@ -376,13 +379,17 @@ fn inventory(
 }
 
 /// Reads every namespace's keepalive sysctls; changes become events.
-fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink<'_>>) {
+fn refresh_sysctls(
+    watch: &mut sysctl::SysctlWatch,
+    state: &Shared,
+    sink: Option<(&Sink<'_>, &mut dyn std::io::Write)>,
+) {
     let changes = tokio::task::block_in_place(|| watch.poll());
     let current = watch.current().clone();
     if let Ok(mut s) = state.lock() {
         s.sysctls = current.into_iter().collect();
     }
-    let Some(sink) = sink else { return };
+    let Some((sink, out)) = sink else { return };
     for c in changes {
         info!(
             "netns {}: net.ipv4.{} changed {} -> {}",
@@ -397,9 +404,11 @@ fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option
             new_value: Some(c.new),
             ..Default::default()
         };
-        let mut out = std::io::stdout().lock();
-        let _ = sink.emit(record, &mut out);
+        if let Err(e) = sink.emit(record, out) {
+            warn!("{e:#}");
+        }
     }
+    let _ = out.flush();
 }
 
 fn monotonic_ns() -> u64 {
