@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use keepalive_common::SocketCounters;
+use keepalive_common::{FlowKey, ProbeInFlight, SocketCounters};
 use log::{info, warn};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
@@ -131,6 +131,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ebpf.take_map("SOCKETS")
             .context("map SOCKETS missing from the eBPF object")?,
     )?;
+    let mut in_flight: BpfHashMap<MapData, FlowKey, ProbeInFlight> = BpfHashMap::try_from(
+        ebpf.take_map("IN_FLIGHT")
+            .context("map IN_FLIGHT missing from the eBPF object")?,
+    )?;
     let ring = ebpf
         .take_map("EVENTS")
         .context("map EVENTS missing from the eBPF object")?;
@@ -233,6 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if inventory_live {
                     tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
                 }
+                expire_in_flight(&mut in_flight, &state);
                 refresh_sysctls(&mut sysctl_watch, &state, Some((&sink, &mut stdout)));
             }
             _ = health.tick() => {
@@ -376,6 +381,35 @@ fn inventory(
         found.len(),
         started.elapsed().as_millis()
     );
+}
+
+/// Probes in flight whose socket is gone and whose ACK never came: the
+/// kernel removes a flow's entry at close, but a socket that closes through
+/// TIME-WAIT has already released its port, so its key no longer matches.
+/// Older than a minute and not a live socket: dropped here, so the map
+/// cannot fill up with the dead over days.
+fn expire_in_flight(map: &mut BpfHashMap<MapData, FlowKey, ProbeInFlight>, state: &Shared) {
+    const MAX_AGE_NS: u64 = 60_000_000_000;
+    let now = monotonic_ns();
+    let stale: Vec<FlowKey> = {
+        let Ok(s) = state.lock() else { return };
+        map.iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| {
+                now.saturating_sub(v.sent_ns) > MAX_AGE_NS && !s.table.is_live(v.cookie)
+            })
+            .map(|(k, _)| k)
+            .collect()
+    };
+    for key in &stale {
+        let _ = map.remove(key);
+    }
+    if !stale.is_empty() {
+        log::debug!(
+            "expired {} unanswered probes of closed sockets",
+            stale.len()
+        );
+    }
 }
 
 /// Reads every namespace's keepalive sysctls; changes become events.

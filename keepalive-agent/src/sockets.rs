@@ -157,6 +157,10 @@ impl SocketTable {
         }
     }
 
+    pub fn is_live(&self, cookie: u64) -> bool {
+        self.live.contains_key(&cookie)
+    }
+
     /// A live or recently closed socket.
     pub fn get(&self, cookie: u64) -> Option<&Entry> {
         self.live.get(&cookie).or_else(|| self.closed.get(&cookie))

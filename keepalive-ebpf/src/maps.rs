@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use keepalive_common::{FlowKey, ProbeInFlight, SocketCounters, counter};
 
@@ -17,10 +17,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static SOCKETS: HashMap<u64, SocketCounters> = HashMap::with_max_entries(65536, 0);
 
-/// Probes seen on egress whose ACK has not come back yet. LRU: an
-/// unanswered probe of a vanished flow may be evicted.
+/// Probes seen on egress whose ACK has not come back yet, one per flow (a
+/// flow's next probe replaces its last). A plain hash, not LRU, so nothing
+/// is evicted silently: entries leave when the ACK comes or the socket
+/// closes, and an insert into a full map counts as `IN_FLIGHT_FULL`.
 #[map]
-pub static IN_FLIGHT: LruHashMap<FlowKey, ProbeInFlight> = LruHashMap::with_max_entries(16384, 0);
+pub static IN_FLIGHT: HashMap<FlowKey, ProbeInFlight> = HashMap::with_max_entries(65536, 0);
 
 /// Global counters, per CPU so that hot paths never contend.
 #[map]
