@@ -96,21 +96,46 @@ pub struct AgentArgs {
     pub agent: String,
 }
 
+/// Filters `sockets` and `events` share.
 #[derive(Debug, Args)]
-pub struct SocketsArgs {
-    #[command(flatten)]
-    pub agent: AgentArgs,
-    /// JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+pub struct FilterArgs {
     /// Only sockets with this local or remote port.
     #[arg(long)]
     pub port: Option<u16>,
+    /// Only sockets owned by this process.
     #[arg(long)]
     pub pid: Option<u32>,
     /// Network namespace inode.
     #[arg(long)]
     pub netns: Option<u32>,
+}
+
+impl FilterArgs {
+    /// As query parameters of the HTTP API.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(p) = self.port {
+            q.push(("port", p.to_string()));
+        }
+        if let Some(p) = self.pid {
+            q.push(("pid", p.to_string()));
+        }
+        if let Some(n) = self.netns {
+            q.push(("netns", n.to_string()));
+        }
+        q
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// TCP state as ss names it (ESTAB, LISTEN, …).
     #[arg(long)]
     pub state: Option<String>,
@@ -134,18 +159,14 @@ pub struct AdviseArgs {
 pub struct EventsArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// JSON lines instead of readable lines.
     #[arg(long)]
     pub json: bool,
     /// Only this event kind (probe_sent, keepalive_timeout, …).
     #[arg(long)]
     pub event: Option<String>,
-    #[arg(long)]
-    pub port: Option<u16>,
-    #[arg(long)]
-    pub pid: Option<u32>,
-    #[arg(long)]
-    pub netns: Option<u32>,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

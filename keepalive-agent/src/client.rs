@@ -42,16 +42,7 @@ fn sockets_json(agent: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<Val
 }
 
 pub fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
-    let mut q = Vec::new();
-    if let Some(p) = args.port {
-        q.push(("port", p.to_string()));
-    }
-    if let Some(p) = args.pid {
-        q.push(("pid", p.to_string()));
-    }
-    if let Some(n) = args.netns {
-        q.push(("netns", n.to_string()));
-    }
+    let mut q = args.filter.query();
     if let Some(s) = &args.state {
         q.push(("state", s.clone()));
     }
@@ -248,18 +239,9 @@ fn still_at_risk(r: &Value, rules: &[Rule]) -> bool {
 }
 
 pub fn events(args: EventsArgs) -> anyhow::Result<()> {
-    let mut q = Vec::new();
+    let mut q = args.filter.query();
     if let Some(e) = &args.event {
         q.push(("event", e.clone()));
-    }
-    if let Some(p) = args.port {
-        q.push(("port", p.to_string()));
-    }
-    if let Some(p) = args.pid {
-        q.push(("pid", p.to_string()));
-    }
-    if let Some(n) = args.netns {
-        q.push(("netns", n.to_string()));
     }
     let resp = get(&args.agent.agent, "/events", &q)?;
     let reader = BufReader::new(resp.into_body().into_reader());

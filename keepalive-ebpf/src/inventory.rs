@@ -11,7 +11,7 @@ use keepalive_common::{
     FLAG_FULL_SOCK, FLAG_HAS_TUPLE, FLAG_KEEPALIVE_ON, KeepaliveSettings, SocketRecord,
 };
 
-use crate::kernel::{self, AF_INET6, config, read};
+use crate::kernel::{self, config, read};
 
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
@@ -74,21 +74,14 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
 
 #[inline(always)]
 fn fill(rec: &mut SocketRecord, sk: u64) -> Result<(), i64> {
-    rec.family = read::<u16>(sk, config!(skc_family))?;
-    rec.sport = read::<u16>(sk, config!(skc_num))?;
-    rec.dport = u16::from_be(read::<u16>(sk, config!(skc_dport))?);
-    rec.state = read::<u8>(sk, config!(skc_state))?;
-    if rec.family == AF_INET6 {
-        rec.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
-        rec.daddr = read::<[u8; 16]>(sk, config!(skc_v6_daddr))?;
-    } else {
-        let s = read::<[u8; 4]>(sk, config!(skc_rcv_saddr))?;
-        let d = read::<[u8; 4]>(sk, config!(skc_daddr))?;
-        rec.saddr[..4].copy_from_slice(&s);
-        rec.daddr[..4].copy_from_slice(&d);
-    }
-    let net = read::<u64>(sk, config!(skc_net))?;
-    rec.netns = read::<u32>(net, config!(net_ns_inum))?;
+    let t = kernel::tuple(sk)?;
+    rec.family = t.family;
+    rec.sport = t.sport;
+    rec.dport = t.dport;
+    rec.state = t.state;
+    rec.saddr = t.saddr;
+    rec.daddr = t.daddr;
+    rec.netns = t.netns;
     rec.flags |= FLAG_HAS_TUPLE;
     // Time-wait and request sockets are not full sockets: nothing below
     // exists in them.

@@ -108,24 +108,52 @@ pub fn idle_jiffies(sk: u64, now: u32) -> Result<u32, i64> {
     Ok(now.wrapping_sub(last))
 }
 
-/// Tuple, state and namespace of `sk` into `ev`.
+/// Where a socket is: the `sock_common` part every socket kind has
+/// (full, time-wait and request sockets alike).
+pub struct Tuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub netns: u32,
+}
+
 #[inline(always)]
-pub fn fill_socket(ev: &mut Event, sk: u64) -> Result<(), i64> {
-    let family = read::<u16>(sk, config!(skc_family))?;
-    ev.family = family;
-    ev.sport = read::<u16>(sk, config!(skc_num))?;
-    ev.dport = u16::from_be(read::<u16>(sk, config!(skc_dport))?);
-    ev.state = read::<u8>(sk, config!(skc_state))?;
-    if family == AF_INET6 {
-        ev.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
-        ev.daddr = read::<[u8; 16]>(sk, config!(skc_v6_daddr))?;
+pub fn tuple(sk: u64) -> Result<Tuple, i64> {
+    let mut t = Tuple {
+        family: read::<u16>(sk, config!(skc_family))?,
+        sport: read::<u16>(sk, config!(skc_num))?,
+        dport: u16::from_be(read::<u16>(sk, config!(skc_dport))?),
+        state: read::<u8>(sk, config!(skc_state))?,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        netns: read::<u32>(net(sk)?, config!(net_ns_inum))?,
+    };
+    if t.family == AF_INET6 {
+        t.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
+        t.daddr = read::<[u8; 16]>(sk, config!(skc_v6_daddr))?;
     } else {
         let s = read::<[u8; 4]>(sk, config!(skc_rcv_saddr))?;
         let d = read::<[u8; 4]>(sk, config!(skc_daddr))?;
-        ev.saddr[..4].copy_from_slice(&s);
-        ev.daddr[..4].copy_from_slice(&d);
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
     }
-    ev.netns = read::<u32>(net(sk)?, config!(net_ns_inum))?;
+    Ok(t)
+}
+
+/// Tuple, state and namespace of `sk` into `ev`.
+#[inline(always)]
+pub fn fill_socket(ev: &mut Event, sk: u64) -> Result<(), i64> {
+    let t = tuple(sk)?;
+    ev.family = t.family;
+    ev.sport = t.sport;
+    ev.dport = t.dport;
+    ev.state = t.state;
+    ev.saddr = t.saddr;
+    ev.daddr = t.daddr;
+    ev.netns = t.netns;
     ev.flags |= keepalive_common::FLAG_HAS_TUPLE;
     Ok(())
 }
