@@ -164,22 +164,24 @@ impl FromStr for Rule {
 
 fn parse_destination(s: &str) -> Result<Destination, RiskError> {
     let bad = || RiskError::BadDestination(s.into());
-    let (net, port) = if let Some(port) = s.strip_prefix(':') {
+    // (address[/len], port) as text.
+    let (net, port): (Option<String>, Option<&str>) = if let Some(port) = s.strip_prefix(':') {
         (None, Some(port))
     } else if let Some(rest) = s.strip_prefix('[') {
-        let (net, tail) = rest.split_once(']').ok_or_else(bad)?;
-        (
-            Some(net),
-            if tail.is_empty() {
-                None
-            } else {
-                Some(tail.strip_prefix(':').ok_or_else(bad)?)
-            },
-        )
+        // [2001:db8::/32]:443 or [2001:db8::]/32:443
+        let (inside, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let (len, port) = match tail.split_once(':') {
+            Some((len, port)) => (len, Some(port)),
+            None => (tail, None),
+        };
+        if !len.is_empty() && !len.starts_with('/') {
+            return Err(bad());
+        }
+        (Some(format!("{inside}{len}")), port)
     } else {
         match s.split_once(':') {
-            Some((net, port)) => (Some(net), Some(port)),
-            None => (Some(s), None),
+            Some((net, port)) => (Some(net.to_string()), Some(port)),
+            None => (Some(s.to_string()), None),
         }
     };
     let port = port
@@ -189,7 +191,7 @@ fn parse_destination(s: &str) -> Result<Destination, RiskError> {
         .map(|n| {
             let (addr, len) = match n.split_once('/') {
                 Some((a, l)) => (a, Some(l)),
-                None => (n, None),
+                None => (n.as_str(), None),
             };
             let addr: IpAddr = addr.parse().map_err(|_| bad())?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
