@@ -29,6 +29,13 @@ pub const REQUIRED: &[Cap] = &[
         "CAP_SYS_PTRACE",
         "open /proc/<pid>/ns/net and /proc/<pid>/fd of other processes",
     ),
+    // /proc/<pid>/fd is mode 0500 owned by the process' user: listing it
+    // for another user's process is a DAC check, not a ptrace one.
+    Cap(
+        2,
+        "CAP_DAC_READ_SEARCH",
+        "list /proc/<pid>/fd of other users' processes (socket owners)",
+    ),
     Cap(
         34,
         "CAP_SYSLOG",

@@ -42,10 +42,13 @@ pub fn router(api: Api) -> Router {
         .route("/sockets", get(sockets))
         .route("/events", get(events))
         .route("/healthz", get(healthz))
+        // Liveness only: a hook that can never attach on this node should
+        // show in /healthz, not restart the pod in a loop.
+        .route("/livez", get(|| async { "ok\n" }))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /sockets, /events, /healthz\n",
+                "not found: try /metrics, /sockets, /events, /healthz, /livez\n",
             )
         })
         .with_state(api)

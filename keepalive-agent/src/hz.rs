@@ -60,12 +60,17 @@ fn measure() -> Result<u32, HzError> {
     let (j0, t0) = sample()?;
     std::thread::sleep(Duration::from_millis(200));
     let (j1, t1) = sample()?;
+    from_samples((j0, t0), (j1, t1))
+}
+
+/// HZ from two (jiffies, monotonic ns) samples taken by any other means
+/// (the agent uses its socket iterator, which reads `bpf_jiffies64`).
+pub fn from_samples((j0, t0): (u64, u64), (j1, t1): (u64, u64)) -> Result<u32, HzError> {
     let elapsed = t1.saturating_sub(t0) as f64 / 1e9;
     if elapsed <= 0.0 || j1 <= j0 {
-        return Err(HzError("jiffies did not advance".into()));
+        return Err(HzError("jiffies did not advance between samples".into()));
     }
-    let rate = (j1 - j0) as f64 / elapsed;
-    Ok(nearest_known(rate))
+    Ok(nearest_known((j1 - j0) as f64 / elapsed))
 }
 
 fn nearest_known(rate: f64) -> u32 {
@@ -97,6 +102,12 @@ mod tests {
         assert_eq!(nearest_known(247.0), 250);
         assert_eq!(nearest_known(990.0), 1000);
         assert_eq!(nearest_known(104.0), 100);
+    }
+
+    #[test]
+    fn from_two_samples() {
+        assert_eq!(from_samples((1000, 0), (1050, 200_000_000)).unwrap(), 250);
+        assert!(from_samples((1000, 0), (1000, 200_000_000)).is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     bump_memlock_rlimit();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let config = offsets::resolve(&btf).context("resolving kernel offsets")?;
-    let hz = hz::detect()?;
+    let hz = hz::detect();
     let opts = loader::LoadOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_sockets: args.max_sockets,
@@ -125,6 +125,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let inventory_live = inventory_hook.live;
     hooks.push(inventory_hook);
+    let hz = match hz {
+        Ok(hz) => hz,
+        // Containers often hide /proc/timer_list and /boot: measure with
+        // the kernel's own jiffies through the socket iterator instead.
+        Err(e) if inventory_live => {
+            let hz = tokio::task::block_in_place(|| calibrate_hz(&mut ebpf))
+                .with_context(|| format!("{e}; measuring through the socket iterator failed too"))?;
+            info!("kernel HZ measured through the socket iterator: {hz}");
+            hz
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let counters = CounterReader::new(&mut ebpf)?;
     let socket_map: BpfHashMap<MapData, u64, SocketCounters> = BpfHashMap::try_from(
@@ -381,6 +393,22 @@ fn inventory(
         found.len(),
         started.elapsed().as_millis()
     );
+}
+
+/// Two inventories of our own namespace 250 ms apart: each record carries
+/// `bpf_jiffies64()`. A listener of our own guarantees there is a record.
+fn calibrate_hz(ebpf: &mut aya::Ebpf) -> anyhow::Result<u32> {
+    let _socket = std::net::TcpListener::bind("127.0.0.1:0").context("opening a calibration socket")?;
+    let own = netns::Netns { inode: 0, path: "/proc/self/ns/net".into() };
+    let mut sample = || -> anyhow::Result<(u64, u64)> {
+        let records = socket_iter::scan(ebpf, &own)?;
+        let jiffies = records.iter().map(|r| r.jiffies).max().context("no socket in our namespace")?;
+        Ok((jiffies, monotonic_ns()))
+    };
+    let first = sample()?;
+    std::thread::sleep(Duration::from_millis(250));
+    let second = sample()?;
+    Ok(hz::from_samples(first, second)?)
 }
 
 /// Probes in flight whose socket is gone and whose ACK never came: the
