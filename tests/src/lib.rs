@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod metrics;
 pub mod netstat;
+pub mod prometheus;
 pub mod scenario;
 pub mod sock;
 pub mod world;
