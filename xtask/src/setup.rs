@@ -22,12 +22,42 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("promtool", "prometheus"),
     ("tcpdump", "tcpdump"),
+    ("systemd-analyze", "systemd"),
 ];
+
+/// The offline Kubernetes schema validator the deployment tests use (it
+/// ships the API schemas, so no network at test time).
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
-    debian_packages()
+    debian_packages()?;
+    python_packages()
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let installed =
+        cmd::output("python3", &["-m", "kubernetes_validate", "--version"]).unwrap_or_default();
+    if installed.trim().ends_with(KUBERNETES_VALIDATE) {
+        eprintln!("setup: kubernetes-validate {KUBERNETES_VALIDATE} present");
+        return Ok(());
+    }
+    crate::step(
+        &format!("pip install kubernetes-validate=={KUBERNETES_VALIDATE}"),
+        || {
+            cmd::run(
+                "python3",
+                &[
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    &format!("kubernetes-validate=={KUBERNETES_VALIDATE}"),
+                ],
+            )
+        },
+    )
 }
 
 fn nightly() -> anyhow::Result<()> {
