@@ -1495,12 +1495,23 @@ fn deployed_privileges_are_enough_for_the_agent_and_each_is_needed() {
     assert_eq!(o.owner_pid, Some(held_pid), "{}", systemd.what);
 
     // CAP_DAC_READ_SEARCH, beyond the list, is what finds owners
-    // among other users' processes: without it the owner stays unknown.
+    // among other users' processes: without it the agent refuses to start
+    // and names it, rather than running with owners silently unknown.
     let without = Privileges {
         what: "DaemonSet without CAP_DAC_READ_SEARCH",
         caps: ds_caps.iter().copied().filter(|c| *c != 2).collect(),
         uid: None,
     };
-    let o = run_with(&without, &ds_env, &ds_args, &held, false);
-    assert_eq!(o.owner_pid, None, "{}", without.what);
+    let tmp = prometheus::temp_dir("keepalive-no-dac");
+    let log = tmp.join("agent.log");
+    let mut agent = spawn_agent(&without, &ds_args, &ds_env, &log);
+    let status = agent.0.wait().expect("waiting for the agent");
+    let text = read(&log);
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(!status.success(), "{}: started anyway:\n{text}", without.what);
+    assert!(
+        text.contains("missing capabilities: CAP_DAC_READ_SEARCH") && !text.contains("panicked"),
+        "{}: {text}",
+        without.what
+    );
 }
