@@ -130,8 +130,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Containers often hide /proc/timer_list and /boot: measure with
         // the kernel's own jiffies through the socket iterator instead.
         Err(e) if inventory_live => {
-            let hz = tokio::task::block_in_place(|| calibrate_hz(&mut ebpf))
-                .with_context(|| format!("{e}; measuring through the socket iterator failed too"))?;
+            let hz =
+                tokio::task::block_in_place(|| calibrate_hz(&mut ebpf)).with_context(|| {
+                    format!("{e}; measuring through the socket iterator failed too")
+                })?;
             info!("kernel HZ measured through the socket iterator: {hz}");
             hz
         }
@@ -398,11 +400,19 @@ fn inventory(
 /// Two inventories of our own namespace 250 ms apart: each record carries
 /// `bpf_jiffies64()`. A listener of our own guarantees there is a record.
 fn calibrate_hz(ebpf: &mut aya::Ebpf) -> anyhow::Result<u32> {
-    let _socket = std::net::TcpListener::bind("127.0.0.1:0").context("opening a calibration socket")?;
-    let own = netns::Netns { inode: 0, path: "/proc/self/ns/net".into() };
+    let _socket =
+        std::net::TcpListener::bind("127.0.0.1:0").context("opening a calibration socket")?;
+    let own = netns::Netns {
+        inode: 0,
+        path: "/proc/self/ns/net".into(),
+    };
     let mut sample = || -> anyhow::Result<(u64, u64)> {
         let records = socket_iter::scan(ebpf, &own)?;
-        let jiffies = records.iter().map(|r| r.jiffies).max().context("no socket in our namespace")?;
+        let jiffies = records
+            .iter()
+            .map(|r| r.jiffies)
+            .max()
+            .context("no socket in our namespace")?;
         Ok((jiffies, monotonic_ns()))
     };
     let first = sample()?;
