@@ -868,7 +868,11 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         .find(|p| p["name"] == "metrics")
         .expect("a port named metrics");
     assert_eq!(port["containerPort"], 9977);
-    for (probe, path) in [("startupProbe", "/healthz"), ("readinessProbe", "/healthz"), ("livenessProbe", "/livez")] {
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/healthz"),
+        ("livenessProbe", "/livez"),
+    ] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
     }
@@ -1508,7 +1512,11 @@ fn deployed_privileges_are_enough_for_the_agent_and_each_is_needed() {
     let status = agent.0.wait().expect("waiting for the agent");
     let text = read(&log);
     let _ = std::fs::remove_dir_all(&tmp);
-    assert!(!status.success(), "{}: started anyway:\n{text}", without.what);
+    assert!(
+        !status.success(),
+        "{}: started anyway:\n{text}",
+        without.what
+    );
     assert!(
         text.contains("missing capabilities: CAP_DAC_READ_SEARCH") && !text.contains("panicked"),
         "{}: {text}",
