@@ -168,6 +168,11 @@ pub struct Record {
     /// Wire probes: sent by the keepalive timer (false: a zero-window probe).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_probe: Option<bool>,
+    /// Errors: the namespace's net.ipv4.tcp_retries2 / tcp_syn_retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_retries2: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_syn_retries: Option<u8>,
     /// sysctl_changed: which, and from what to what.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sysctl: Option<String>,
@@ -315,11 +320,14 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         }
         EventKind::SocketError => {
             let cause = cause(ev);
-            r.event = if ev.err == ETIMEDOUT && cause == "keepalive" {
-                "keepalive_timeout"
-            } else {
-                "socket_error"
+            r.event = match (ev.err, cause) {
+                (ETIMEDOUT, "keepalive") => "keepalive_timeout",
+                (ETIMEDOUT, _) => "connection_timeout",
+                _ => "socket_error",
             };
+            // What bounded the retransmissions that failed.
+            r.tcp_retries2 = Some(ev.retries2);
+            r.tcp_syn_retries = Some(ev.syn_retries);
             r.errno = Some(ev.err);
             r.error = Some(errno_name(ev.err));
             r.cause = Some(cause);
@@ -380,4 +388,33 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         table.close(ev.cookie);
     }
     Some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(timer: u8, old_state: u8, user_timeout_ms: u32) -> Event {
+        let mut e = Event::zeroed();
+        e.timer = timer;
+        e.old_state = old_state;
+        e.state = TCP_CLOSE;
+        e.user_timeout_ms = user_timeout_ms;
+        e
+    }
+
+    #[test]
+    fn causes_follow_the_timer_state_and_options() {
+        const ESTABLISHED: u8 = 1;
+        assert_eq!(cause(&ev(TIMER_KEEPALIVE, ESTABLISHED, 0)), "keepalive");
+        assert_eq!(
+            cause(&ev(TIMER_KEEPALIVE, ESTABLISHED, 5000)),
+            "user_timeout"
+        );
+        assert_eq!(cause(&ev(TIMER_WRITE, ESTABLISHED, 0)), "retransmit");
+        assert_eq!(cause(&ev(TIMER_WRITE, ESTABLISHED, 5000)), "user_timeout");
+        assert_eq!(cause(&ev(TIMER_WRITE, TCP_SYN_SENT, 0)), "syn");
+        assert_eq!(cause(&ev(TIMER_WRITE, TCP_SYN_SENT, 5000)), "syn");
+        assert_eq!(cause(&ev(0, ESTABLISHED, 0)), "other");
+    }
 }
