@@ -6,6 +6,7 @@
 //! namespace panics with the reason; nothing is skipped silently.
 
 pub mod agent;
+pub mod daemon;
 pub mod metrics;
 pub mod netstat;
 pub mod prometheus;
