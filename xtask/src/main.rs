@@ -2,6 +2,7 @@
 //! (`cargo xtask …`): set-up, build, run, lint, test. Nothing lives in shell
 //! scripts that drift.
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -30,6 +31,19 @@ enum Command {
     },
     /// cargo fmt --check and clippy -D warnings.
     Lint,
+    /// Benchmark exactness, overhead and scale (as root); prints figures
+    /// beside their targets and writes JSON.
+    Bench {
+        /// Smaller steps (1k and 5k connections), for a quick look.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the results (default target/bench/latest.json).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Earlier results to print ratios against.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+    },
     /// Build, then run the unit tests and the real-kernel integration tests
     /// (as root); arguments after `--` go to the integration test runner.
     Test {
@@ -56,6 +70,11 @@ fn main() -> anyhow::Result<()> {
             cmd::exec("target/release/keepalive-agent", &all)
         }
         Command::Lint => lint(),
+        Command::Bench { quick, json, compare } => {
+            setup::run()?;
+            build()?;
+            bench::run(quick, json, compare)
+        }
         Command::Test { args } => {
             setup::run()?;
             build()?;

@@ -1,0 +1,378 @@
+//! `cargo xtask bench`: exactness, overhead and scale of the agent, each
+//! figure measured in the same run as its baseline, printed beside its
+//! target and written as JSON for later comparison. Runs as root in its own
+//! network namespaces; speed targets live here, never in tests.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> anyhow::Result<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        crate::cmd::run("ip", &["netns", "add", name])?;
+        crate::cmd::run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+        Ok(Netns(name.into()))
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let file = fs::File::open(format!("/run/netns/{}", self.0))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on an fd we own, this thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns panicked"))?
+        })
+    }
+
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(format!("/run/netns/{}", self.0)).map(|m| m.ino()).unwrap_or(0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The agent as a child; stopped with SIGTERM.
+struct Agent {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+    ready: Value,
+    spawn_to_ready: Duration,
+}
+
+impl Agent {
+    fn start(extra: &[&str]) -> anyhow::Result<Agent> {
+        let started = Instant::now();
+        let mut child = Command::new("target/release/keepalive-agent")
+            .args(["run", "--json", "--quiet", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("KEEPALIVE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting target/release/keepalive-agent (run `cargo xtask build`)")?;
+        let out = child.stdout.take().context("agent stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let ready = lines.recv_timeout(Duration::from_secs(30)).context("agent not ready in 30 s")?;
+        if ready["event"] != "ready" {
+            bail!("agent's first line is not `ready`: {ready}");
+        }
+        Ok(Agent { child, lines, ready, spawn_to_ready: started.elapsed() })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.ready["listen"].as_str().unwrap_or(""))
+    }
+
+    /// (user+system CPU seconds, RSS MiB, peak RSS MiB)
+    fn usage(&self) -> (f64, f64, f64) {
+        let pid = self.child.id();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let cpu = (fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+            / tck;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    fn stop(mut self) -> anyhow::Result<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let v = self.lines.recv_timeout(left).context("agent stopped without `stopped`")?;
+            if v["event"] == "stopped" {
+                let _ = self.child.wait();
+                return Ok(v);
+            }
+        }
+        bail!("agent did not stop within 60 s")
+    }
+}
+
+/// GET over a plain TCP connection: (status, body bytes, elapsed).
+fn get(url: &str) -> anyhow::Result<(u16, usize, Duration)> {
+    let (addr, path) = url.split_once('/').map(|(a, p)| (a, format!("/{p}"))).context("bad url")?;
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)?;
+    let status = String::from_utf8_lossy(&body[..body.len().min(12)]).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.len(), started.elapsed()))
+}
+
+fn tcp_keepalive_counter() -> u64 {
+    let text = fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
+    let mut it = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(h), Some(v)) = (it.next(), it.next()) else { return 0 };
+    let i = h.split_whitespace().position(|n| n == "TCPKeepAlive").unwrap_or(usize::MAX);
+    v.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn raise_nofile() {
+    let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+/// `n` keepalive connections (1 s idle, 1 s interval, 100 probes) over
+/// loopback, with their accepted ends; 20k clients per listening port.
+fn connections(n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let mut all = Vec::with_capacity(2 * n);
+    let mut listener: Option<TcpListener> = None;
+    for i in 0..n {
+        if i % 20_000 == 0 {
+            listener = Some(TcpListener::bind("127.0.0.1:0")?);
+        }
+        let l = listener.as_ref().context("listener")?;
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        s.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(1))
+                .with_interval(Duration::from_secs(1))
+                .with_retries(100),
+        )?;
+        s.connect(&l.local_addr()?.into())?;
+        all.push(TcpStream::from(s));
+        all.push(l.accept()?.0);
+    }
+    Ok(all)
+}
+
+fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
+    let ns = Netns::new("kabench")?;
+    let agent = Agent::start(&["--max-sockets", &(4 * n + 1024).to_string(), "--inventory-seconds", "5"])?;
+    let before = ns.run(tcp_keepalive_counter)?;
+    let made = Instant::now();
+    let socks = ns.run(|| connections(n))??;
+    let setup_s = made.elapsed().as_secs_f64();
+    let (cpu0, _, _) = agent.usage();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, rss, _) = agent.usage();
+    let mut metrics_ms = Vec::new();
+    let mut metrics_bytes = 0;
+    for _ in 0..5 {
+        let (status, bytes, t) = get(&agent.url("/metrics"))?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        metrics_bytes = bytes;
+        metrics_ms.push(t.as_secs_f64() * 1e3);
+    }
+    let (_, sockets_bytes, sockets_t) = get(&agent.url("/sockets"))?;
+    drop(socks);
+    std::thread::sleep(Duration::from_millis(500));
+    let delta = ns.run(tcp_keepalive_counter)? - before;
+    let stopped = agent.stop()?;
+    let c = &stopped["counters"];
+    let counted = c["probes"].as_u64().unwrap_or(0);
+    metrics_ms.sort_by(f64::total_cmp);
+    Ok(json!({
+        "connections": n,
+        "sockets": 2 * n,
+        "setup_s": setup_s,
+        "window_s": elapsed,
+        "kernel_probes": delta,
+        "agent_probes": counted,
+        "difference": counted as i64 - delta as i64,
+        "events_lost": c["events_lost"],
+        "probes_per_s": delta as f64 / (elapsed + setup_s + 0.5),
+        "agent_cpu_percent": 100.0 * (cpu1 - cpu0) / elapsed,
+        "agent_rss_mib": rss,
+        "metrics_ms_median": metrics_ms[metrics_ms.len() / 2],
+        "metrics_bytes": metrics_bytes,
+        "sockets_ms": sockets_t.as_secs_f64() * 1e3,
+        "sockets_bytes": sockets_bytes,
+        "netns": ns.inode(),
+    }))
+}
+
+/// Bulk TCP throughput over the namespace's loopback for `for_`.
+fn throughput(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
+    ns.run(|| -> anyhow::Result<f64> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+            let (mut s, _) = l.accept()?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(total);
+                }
+                total += n as u64;
+            }
+        });
+        let mut c = TcpStream::connect(addr)?;
+        let chunk = vec![7u8; 1 << 16];
+        let t = Instant::now();
+        while t.elapsed() < for_ {
+            c.write_all(&chunk)?;
+        }
+        drop(c);
+        let bytes = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        Ok(bytes as f64 / t.elapsed().as_secs_f64())
+    })?
+}
+
+/// (ns per run, runs) of a program by name, from kernel.bpf_stats_enabled.
+fn prog_cost(name: &str) -> Option<(f64, u64)> {
+    let out = crate::cmd::output("bpftool", &["prog", "show", "-j"]).ok()?;
+    let progs: Value = serde_json::from_str(&out).ok()?;
+    let (mut ns, mut cnt) = (0u64, 0u64);
+    for p in progs.as_array()? {
+        if p["name"] == name {
+            ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            cnt += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    (cnt > 0).then(|| (ns as f64 / cnt as f64, cnt))
+}
+
+fn tc_overhead(window: Duration) -> anyhow::Result<Value> {
+    let ns = Netns::new("kabenchtc")?;
+    let without = Agent::start(&["--no-tc"])?;
+    let base = throughput(&ns, window)?;
+    without.stop()?;
+    let with = Agent::start(&[])?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let attached = throughput(&ns, window)?;
+    let egress = prog_cost("tc_egress");
+    let ingress = prog_cost("tc_ingress");
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    with.stop()?;
+    Ok(json!({
+        "throughput_detached_gbit_s": base * 8.0 / 1e9,
+        "throughput_attached_gbit_s": attached * 8.0 / 1e9,
+        "cost_percent": 100.0 * (1.0 - attached / base),
+        "tc_egress_ns_per_packet": egress.map(|e| e.0),
+        "tc_ingress_ns_per_packet": ingress.map(|e| e.0),
+    }))
+}
+
+fn startup() -> anyhow::Result<Value> {
+    let agent = Agent::start(&[])?;
+    let v = json!({
+        "spawn_to_ready_ms": agent.spawn_to_ready.as_secs_f64() * 1e3,
+        "agent_startup_ms": agent.ready["startup_ms"],
+    });
+    agent.stop()?;
+    Ok(v)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> anyhow::Result<()> {
+    crate::require_root("the benchmark")?;
+    raise_nofile();
+    let steps: &[usize] = if quick { &[1_000, 5_000] } else { &[1_000, 10_000, 50_000] };
+    let window = Duration::from_secs(if quick { 5 } else { 10 });
+    let mut exact = Vec::new();
+    for &n in steps {
+        eprintln!("bench: {n} idle keepalive connections for {window:?}…");
+        exact.push(exactness_and_scale(n, window)?);
+    }
+    eprintln!("bench: TC classifiers attached vs detached…");
+    let tc = tc_overhead(Duration::from_secs(if quick { 2 } else { 4 }))?;
+    eprintln!("bench: start-up…");
+    let start = startup()?;
+    let result = json!({ "exactness": exact, "tc": tc, "startup": start });
+
+    println!("\n{:<8} {:>9} {:>12} {:>12} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11} {:>11}", "conns", "probes/s", "kernel", "agent", "diff", "lost", "agent CPU", "RSS MiB", "/metrics", "/sockets", "exact");
+    for e in &exact {
+        let ok = e["difference"] == 0 && e["events_lost"] == 0;
+        println!(
+            "{:<8} {:>9.0} {:>12} {:>12} {:>6} {:>6} {:>9.1}% {:>8.1} {:>6.1}ms {:>9.1}ms {:>11}",
+            e["connections"], e["probes_per_s"].as_f64().unwrap_or(0.0), e["kernel_probes"], e["agent_probes"], e["difference"], e["events_lost"],
+            e["agent_cpu_percent"].as_f64().unwrap_or(0.0), e["agent_rss_mib"].as_f64().unwrap_or(0.0),
+            e["metrics_ms_median"].as_f64().unwrap_or(0.0), e["sockets_ms"].as_f64().unwrap_or(0.0), verdict(ok)
+        );
+    }
+    let last = exact.last().cloned().unwrap_or_default();
+    println!("\ntarget: counts exact at >= 20k probes/s: {} (highest rate measured {:.0}/s)", verdict(exact.iter().all(|e| e["difference"] == 0 && e["events_lost"] == 0) && last["probes_per_s"].as_f64().unwrap_or(0.0) >= 20_000.0), last["probes_per_s"].as_f64().unwrap_or(0.0));
+    let cost = tc["cost_percent"].as_f64().unwrap_or(f64::NAN);
+    println!("target: TC classifiers < 3 % of loopback TCP throughput: {} ({cost:.1} %: {:.2} vs {:.2} Gbit/s; egress {:.0} ns, ingress {:.0} ns per packet)", verdict(cost < 3.0), tc["throughput_attached_gbit_s"].as_f64().unwrap_or(0.0), tc["throughput_detached_gbit_s"].as_f64().unwrap_or(0.0), tc["tc_egress_ns_per_packet"].as_f64().unwrap_or(f64::NAN), tc["tc_ingress_ns_per_packet"].as_f64().unwrap_or(f64::NAN));
+    let rss = last["agent_rss_mib"].as_f64().unwrap_or(f64::NAN);
+    let metrics = last["metrics_ms_median"].as_f64().unwrap_or(f64::NAN);
+    println!("target: RSS < 64 MiB and /metrics < 100 ms at {} sockets: {} ({rss:.1} MiB, {metrics:.1} ms)", last["sockets"], verdict(rss < 64.0 && metrics < 100.0));
+    let ready = start["spawn_to_ready_ms"].as_f64().unwrap_or(f64::NAN);
+    println!("target: start-up < 2 s: {} ({ready:.0} ms)", verdict(ready < 2000.0));
+
+    let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    println!("\nresults: {}", path.display());
+    if let Some(old) = compare {
+        print_comparison(&old, &result)?;
+    }
+    Ok(())
+}
+
+fn print_comparison(old: &Path, new: &Value) -> anyhow::Result<()> {
+    let old: Value = serde_json::from_str(&fs::read_to_string(old).with_context(|| format!("reading {}", old.display()))?)?;
+    println!("\nnew / old:");
+    let pairs = [
+        ("tc cost %", &new["tc"]["cost_percent"], &old["tc"]["cost_percent"]),
+        ("start-up ms", &new["startup"]["spawn_to_ready_ms"], &old["startup"]["spawn_to_ready_ms"]),
+    ];
+    for (name, n, o) in pairs {
+        if let (Some(n), Some(o)) = (n.as_f64(), o.as_f64()) {
+            println!("  {name:<28} {n:>10.2} / {o:>10.2} = {:.2}", n / o);
+        }
+    }
+    for (n, o) in new["exactness"].as_array().into_iter().flatten().zip(old["exactness"].as_array().into_iter().flatten()) {
+        for key in ["probes_per_s", "agent_cpu_percent", "agent_rss_mib", "metrics_ms_median", "sockets_ms"] {
+            if let (Some(a), Some(b)) = (n[key].as_f64(), o[key].as_f64()) {
+                println!("  {:<28} {a:>10.2} / {b:>10.2} = {:.2}", format!("{} conns {key}", n["connections"]), a / b);
+            }
+        }
+    }
+    Ok(())
+}
