@@ -43,7 +43,7 @@ pub const REQUIRED: &[Cap] = &[
     ),
 ];
 
-/// Needed only while starting.
+/// Needed only while starting (checked with the rest, then dropped).
 pub const START_ONLY: &[Cap] = &[
     Cap(
         34,
@@ -102,7 +102,8 @@ pub fn check() -> Result<(), CapsError> {
 }
 
 /// Removes the start-only capabilities from the effective and permitted
-/// sets (a later compromise of the process cannot use them).
+/// sets (a later compromise of the process cannot use them). Affects the
+/// calling thread and the threads it starts afterwards.
 pub fn drop_start_only() -> Result<Vec<&'static str>, CapsError> {
     #[repr(C)]
     struct Header {
@@ -129,9 +130,8 @@ pub fn drop_start_only() -> Result<Vec<&'static str>, CapsError> {
             return Err(CapsError::Drop(std::io::Error::last_os_error()));
         }
     }
-    let keep: Vec<u32> = REQUIRED.iter().map(|c| c.0).collect();
     let mut dropped = Vec::new();
-    for cap in START_ONLY.iter().filter(|c| !keep.contains(&c.0)) {
+    for cap in START_ONLY {
         let (word, bit) = ((cap.0 / 32) as usize, 1u32 << (cap.0 % 32));
         if data[word].permitted & bit != 0 {
             data[word].effective &= !bit;

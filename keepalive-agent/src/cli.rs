@@ -15,7 +15,7 @@ use crate::{loader::TimerMode, risk::Rule};
 )]
 pub struct Cli {
     /// Log filter for stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, env = "KEEPALIVE_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "KEEPALIVE_LOG", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
@@ -169,6 +169,22 @@ pub struct EventsArgs {
     pub event: Option<String>,
 }
 
+/// `LEVEL` or `TARGET=LEVEL`, comma-separated (env_logger's syntax), with
+/// a known level: a typo must not silently turn logging off.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for part in s.split(',') {
+        let level = part.rsplit_once('=').map_or(part, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{part:?}: the level must be one of {}",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_string())
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if n < 4096 || !n.is_power_of_two() {
@@ -196,6 +212,12 @@ mod tests {
         assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "aws-nbl"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["k", "advise"]).is_err());
+        assert!(Cli::try_parse_from(["k", "--log-level", "verbose", "run"]).is_err());
+        assert!(Cli::try_parse_from(["k", "--log-level", "warn=loud", "run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["k", "--log-level", "info,keepalive_agent::tc=debug", "run"])
+                .is_ok()
+        );
         let ok = Cli::try_parse_from(["k", "run", "--json", "--idle-timeout", "aws-nlb,60@:443"])
             .unwrap();
         let Command::Run(args) = ok.command else {

@@ -99,7 +99,12 @@ fn attach_timers(ebpf: &mut Ebpf, btf: &AyaBtf, mode: TimerMode) -> Result<HookS
                 });
             }
             Err(reason) if mode == TimerMode::Fentry => {
-                return Err(LoadError::Hook { hook: HOOK, reason });
+                return Err(LoadError::Hook {
+                    hook: HOOK,
+                    reason: format!(
+                        "--timer-mode fentry: this kernel refused fentry/fexit on tcp_keepalive_timer ({reason}); use --timer-mode auto or tracepoint"
+                    ),
+                });
             }
             Err(reason) => note = Some(format!("fentry refused, using tracepoints: {reason}")),
         }

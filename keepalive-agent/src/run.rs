@@ -53,29 +53,47 @@ struct Stopped {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(run(args))
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     crate::caps::check().context("the agent cannot run with these privileges")?;
     bump_memlock_rlimit();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let config = offsets::resolve(&btf).context("resolving kernel offsets")?;
+    // capset changes the calling thread only: drop what start-up needed
+    // (kallsyms, memlock) while this is the only thread, so every thread
+    // started later inherits the smaller set.
+    match crate::caps::drop_start_only() {
+        Ok(dropped) if !dropped.is_empty() => {
+            info!(
+                "dropped capabilities no longer needed: {}",
+                dropped.join(", ")
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(args, config, started))
+}
+
+async fn run(
+    args: RunArgs,
+    config: keepalive_common::KernelConfig,
+    started: Instant,
+) -> anyhow::Result<()> {
     let hz = hz::detect();
     let opts = loader::LoadOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         max_sockets: args.max_sockets,
         timer_mode: args.timer_mode,
     };
-    let loader::Loaded { mut ebpf, mut hooks } = loader::load(&config, &opts).context(
-        "loading the kernel programs (are you root, or do you hold CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN?)",
-    )?;
+    let loader::Loaded {
+        mut ebpf,
+        mut hooks,
+    } = loader::load(&config, &opts).context("loading the kernel programs")?;
     for h in &hooks {
         match &h.note {
             Some(note) => info!("hook {} live via {} ({note})", h.hook, h.mode),
@@ -168,14 +186,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Metrics::new(args.max_port_labels as usize),
         tc_interfaces: tc.attached_count(),
     }));
-    match crate::caps::drop_start_only() {
-        Ok(dropped) if !dropped.is_empty() => info!(
-            "dropped capabilities no longer needed: {}",
-            dropped.join(", ")
-        ),
-        Ok(_) => {}
-        Err(e) => warn!("{e}"),
-    }
     let mut sysctl_watch = sysctl::SysctlWatch::new();
     if inventory_live {
         tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));

@@ -40,8 +40,17 @@ struct Segment {
     payload: u32,
 }
 
+/// The longest frame a probe or a probe's ACK can be: Ethernet, IPv4 with
+/// options, TCP with options, no payload. Anything longer (bulk data, GSO
+/// super-packets) leaves at once: the classifiers cost nearly nothing on
+/// the data path.
+const MAX_PROBE_FRAME: u32 = 14 + 60 + 60;
+
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Segment> {
+    if ctx.len() > MAX_PROBE_FRAME {
+        return None;
+    }
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
     // Devices without a link-layer header (tun, wireguard) start at L3.
     let l3 = match ctx.load::<u16>(12) {
