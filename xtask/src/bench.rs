@@ -33,7 +33,10 @@ impl Netns {
             s.spawn(|| {
                 // SAFETY: setns on an fd we own, this thread only.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+                    return Err(anyhow::anyhow!(
+                        "setns: {}",
+                        std::io::Error::last_os_error()
+                    ));
                 }
                 Ok(f())
             })
@@ -44,7 +47,9 @@ impl Netns {
 
     fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(format!("/run/netns/{}", self.0)).map(|m| m.ino()).unwrap_or(0)
+        fs::metadata(format!("/run/netns/{}", self.0))
+            .map(|m| m.ino())
+            .unwrap_or(0)
     }
 }
 
@@ -82,11 +87,18 @@ impl Agent {
                 }
             }
         });
-        let ready = lines.recv_timeout(Duration::from_secs(30)).context("agent not ready in 30 s")?;
+        let ready = lines
+            .recv_timeout(Duration::from_secs(30))
+            .context("agent not ready in 30 s")?;
         if ready["event"] != "ready" {
             bail!("agent's first line is not `ready`: {ready}");
         }
-        Ok(Agent { child, lines, ready, spawn_to_ready: started.elapsed() })
+        Ok(Agent {
+            child,
+            lines,
+            ready,
+            spawn_to_ready: started.elapsed(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -97,11 +109,20 @@ impl Agent {
     fn usage(&self) -> (f64, f64, f64) {
         let pid = self.child.id();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu = (fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        let cpu = (fields
+            .get(11)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0))
             / tck;
         let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let kib = |key: &str| {
@@ -119,7 +140,10 @@ impl Agent {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let v = self.lines.recv_timeout(left).context("agent stopped without `stopped`")?;
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .context("agent stopped without `stopped`")?;
             if v["event"] == "stopped" {
                 let _ = self.child.wait();
                 return Ok(v);
@@ -131,26 +155,44 @@ impl Agent {
 
 /// GET over a plain TCP connection: (status, body bytes, elapsed).
 fn get(url: &str) -> anyhow::Result<(u16, usize, Duration)> {
-    let (addr, path) = url.split_once('/').map(|(a, p)| (a, format!("/{p}"))).context("bad url")?;
+    let (addr, path) = url
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .context("bad url")?;
     let started = Instant::now();
     let mut s = TcpStream::connect(addr)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut body = Vec::new();
     s.read_to_end(&mut body)?;
-    let status = String::from_utf8_lossy(&body[..body.len().min(12)]).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[..body.len().min(12)])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.len(), started.elapsed()))
 }
 
 fn tcp_keepalive_counter() -> u64 {
     let text = fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
     let mut it = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(h), Some(v)) = (it.next(), it.next()) else { return 0 };
-    let i = h.split_whitespace().position(|n| n == "TCPKeepAlive").unwrap_or(usize::MAX);
-    v.split_whitespace().nth(i).and_then(|v| v.parse().ok()).unwrap_or(0)
+    let (Some(h), Some(v)) = (it.next(), it.next()) else {
+        return 0;
+    };
+    let i = h
+        .split_whitespace()
+        .position(|n| n == "TCPKeepAlive")
+        .unwrap_or(usize::MAX);
+    v.split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn raise_nofile() {
-    let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 20,
+        rlim_max: 1 << 20,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
@@ -181,7 +223,12 @@ fn connections(n: usize) -> anyhow::Result<Vec<TcpStream>> {
 
 fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     let ns = Netns::new("kabench")?;
-    let agent = Agent::start(&["--max-sockets", &(4 * n + 1024).to_string(), "--inventory-seconds", "5"])?;
+    let agent = Agent::start(&[
+        "--max-sockets",
+        &(4 * n + 1024).to_string(),
+        "--inventory-seconds",
+        "5",
+    ])?;
     let before = ns.run(tcp_keepalive_counter)?;
     let made = Instant::now();
     let socks = ns.run(|| connections(n))??;
@@ -253,7 +300,9 @@ fn throughput(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
             c.write_all(&chunk)?;
         }
         drop(c);
-        let bytes = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let bytes = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
         Ok(bytes as f64 / t.elapsed().as_secs_f64())
     })?
 }
@@ -310,7 +359,11 @@ fn verdict(ok: bool) -> &'static str {
 pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> anyhow::Result<()> {
     crate::require_root("the benchmark")?;
     raise_nofile();
-    let steps: &[usize] = if quick { &[1_000, 5_000] } else { &[1_000, 10_000, 50_000] };
+    let steps: &[usize] = if quick {
+        &[1_000, 5_000]
+    } else {
+        &[1_000, 10_000, 50_000]
+    };
     let window = Duration::from_secs(if quick { 5 } else { 10 });
     let mut exact = Vec::new();
     for &n in steps {
@@ -323,25 +376,69 @@ pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> 
     let start = startup()?;
     let result = json!({ "exactness": exact, "tc": tc, "startup": start });
 
-    println!("\n{:<8} {:>9} {:>12} {:>12} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11} {:>11}", "conns", "probes/s", "kernel", "agent", "diff", "lost", "agent CPU", "RSS MiB", "/metrics", "/sockets", "exact");
+    println!(
+        "\n{:<8} {:>9} {:>12} {:>12} {:>6} {:>6} {:>10} {:>8} {:>8} {:>11} {:>11}",
+        "conns",
+        "probes/s",
+        "kernel",
+        "agent",
+        "diff",
+        "lost",
+        "agent CPU",
+        "RSS MiB",
+        "/metrics",
+        "/sockets",
+        "exact"
+    );
     for e in &exact {
         let ok = e["difference"] == 0 && e["events_lost"] == 0;
         println!(
             "{:<8} {:>9.0} {:>12} {:>12} {:>6} {:>6} {:>9.1}% {:>8.1} {:>6.1}ms {:>9.1}ms {:>11}",
-            e["connections"], e["probes_per_s"].as_f64().unwrap_or(0.0), e["kernel_probes"], e["agent_probes"], e["difference"], e["events_lost"],
-            e["agent_cpu_percent"].as_f64().unwrap_or(0.0), e["agent_rss_mib"].as_f64().unwrap_or(0.0),
-            e["metrics_ms_median"].as_f64().unwrap_or(0.0), e["sockets_ms"].as_f64().unwrap_or(0.0), verdict(ok)
+            e["connections"],
+            e["probes_per_s"].as_f64().unwrap_or(0.0),
+            e["kernel_probes"],
+            e["agent_probes"],
+            e["difference"],
+            e["events_lost"],
+            e["agent_cpu_percent"].as_f64().unwrap_or(0.0),
+            e["agent_rss_mib"].as_f64().unwrap_or(0.0),
+            e["metrics_ms_median"].as_f64().unwrap_or(0.0),
+            e["sockets_ms"].as_f64().unwrap_or(0.0),
+            verdict(ok)
         );
     }
     let last = exact.last().cloned().unwrap_or_default();
-    println!("\ntarget: counts exact at >= 20k probes/s: {} (highest rate measured {:.0}/s)", verdict(exact.iter().all(|e| e["difference"] == 0 && e["events_lost"] == 0) && last["probes_per_s"].as_f64().unwrap_or(0.0) >= 20_000.0), last["probes_per_s"].as_f64().unwrap_or(0.0));
+    println!(
+        "\ntarget: counts exact at >= 20k probes/s: {} (highest rate measured {:.0}/s)",
+        verdict(
+            exact
+                .iter()
+                .all(|e| e["difference"] == 0 && e["events_lost"] == 0)
+                && last["probes_per_s"].as_f64().unwrap_or(0.0) >= 20_000.0
+        ),
+        last["probes_per_s"].as_f64().unwrap_or(0.0)
+    );
     let cost = tc["cost_percent"].as_f64().unwrap_or(f64::NAN);
-    println!("target: TC classifiers < 3 % of loopback TCP throughput: {} ({cost:.1} %: {:.2} vs {:.2} Gbit/s; egress {:.0} ns, ingress {:.0} ns per packet)", verdict(cost < 3.0), tc["throughput_attached_gbit_s"].as_f64().unwrap_or(0.0), tc["throughput_detached_gbit_s"].as_f64().unwrap_or(0.0), tc["tc_egress_ns_per_packet"].as_f64().unwrap_or(f64::NAN), tc["tc_ingress_ns_per_packet"].as_f64().unwrap_or(f64::NAN));
+    println!(
+        "target: TC classifiers < 3 % of loopback TCP throughput: {} ({cost:.1} %: {:.2} vs {:.2} Gbit/s; egress {:.0} ns, ingress {:.0} ns per packet)",
+        verdict(cost < 3.0),
+        tc["throughput_attached_gbit_s"].as_f64().unwrap_or(0.0),
+        tc["throughput_detached_gbit_s"].as_f64().unwrap_or(0.0),
+        tc["tc_egress_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
+        tc["tc_ingress_ns_per_packet"].as_f64().unwrap_or(f64::NAN)
+    );
     let rss = last["agent_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let metrics = last["metrics_ms_median"].as_f64().unwrap_or(f64::NAN);
-    println!("target: RSS < 64 MiB and /metrics < 100 ms at {} sockets: {} ({rss:.1} MiB, {metrics:.1} ms)", last["sockets"], verdict(rss < 64.0 && metrics < 100.0));
+    println!(
+        "target: RSS < 64 MiB and /metrics < 100 ms at {} sockets: {} ({rss:.1} MiB, {metrics:.1} ms)",
+        last["sockets"],
+        verdict(rss < 64.0 && metrics < 100.0)
+    );
     let ready = start["spawn_to_ready_ms"].as_f64().unwrap_or(f64::NAN);
-    println!("target: start-up < 2 s: {} ({ready:.0} ms)", verdict(ready < 2000.0));
+    println!(
+        "target: start-up < 2 s: {} ({ready:.0} ms)",
+        verdict(ready < 2000.0)
+    );
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = path.parent() {
@@ -356,21 +453,46 @@ pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> 
 }
 
 fn print_comparison(old: &Path, new: &Value) -> anyhow::Result<()> {
-    let old: Value = serde_json::from_str(&fs::read_to_string(old).with_context(|| format!("reading {}", old.display()))?)?;
+    let old: Value = serde_json::from_str(
+        &fs::read_to_string(old).with_context(|| format!("reading {}", old.display()))?,
+    )?;
     println!("\nnew / old:");
     let pairs = [
-        ("tc cost %", &new["tc"]["cost_percent"], &old["tc"]["cost_percent"]),
-        ("start-up ms", &new["startup"]["spawn_to_ready_ms"], &old["startup"]["spawn_to_ready_ms"]),
+        (
+            "tc cost %",
+            &new["tc"]["cost_percent"],
+            &old["tc"]["cost_percent"],
+        ),
+        (
+            "start-up ms",
+            &new["startup"]["spawn_to_ready_ms"],
+            &old["startup"]["spawn_to_ready_ms"],
+        ),
     ];
     for (name, n, o) in pairs {
         if let (Some(n), Some(o)) = (n.as_f64(), o.as_f64()) {
             println!("  {name:<28} {n:>10.2} / {o:>10.2} = {:.2}", n / o);
         }
     }
-    for (n, o) in new["exactness"].as_array().into_iter().flatten().zip(old["exactness"].as_array().into_iter().flatten()) {
-        for key in ["probes_per_s", "agent_cpu_percent", "agent_rss_mib", "metrics_ms_median", "sockets_ms"] {
+    for (n, o) in new["exactness"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(old["exactness"].as_array().into_iter().flatten())
+    {
+        for key in [
+            "probes_per_s",
+            "agent_cpu_percent",
+            "agent_rss_mib",
+            "metrics_ms_median",
+            "sockets_ms",
+        ] {
             if let (Some(a), Some(b)) = (n[key].as_f64(), o[key].as_f64()) {
-                println!("  {:<28} {a:>10.2} / {b:>10.2} = {:.2}", format!("{} conns {key}", n["connections"]), a / b);
+                println!(
+                    "  {:<28} {a:>10.2} / {b:>10.2} = {:.2}",
+                    format!("{} conns {key}", n["connections"]),
+                    a / b
+                );
             }
         }
     }

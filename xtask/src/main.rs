@@ -70,7 +70,11 @@ fn main() -> anyhow::Result<()> {
             cmd::exec("target/release/keepalive-agent", &all)
         }
         Command::Lint => lint(),
-        Command::Bench { quick, json, compare } => {
+        Command::Bench {
+            quick,
+            json,
+            compare,
+        } => {
             setup::run()?;
             build()?;
             bench::run(quick, json, compare)
