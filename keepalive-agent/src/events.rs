@@ -135,6 +135,9 @@ pub struct Record {
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// The owner's container, derived from its cgroup path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
     /// Unanswered probes outstanding (`icsk_probes_out`, `ss`'s timer retrans).
@@ -352,7 +355,14 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             if ev.state == TCP_SYN_SENT {
                 // connect() runs in the owner's context: the only reliable
                 // moment to learn who owns an outgoing connection.
-                table.set_owner(ev.cookie, Owner::from_event(ev));
+                let mut owner = Owner::from_event(ev);
+                // The connecting process is alive now: its cgroup names
+                // the container, for every later event of the socket.
+                if let Some((cgroup, container)) = crate::owners::cgroup_of(owner.pid) {
+                    owner.cgroup = Some(cgroup);
+                    owner.container_id = container;
+                }
+                table.set_owner(ev.cookie, owner);
             }
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
@@ -381,7 +391,8 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         if let Some(owner) = &known.owner {
             r.pid = Some(owner.pid);
             r.comm = Some(owner.comm.clone());
-            r.cgroup_id = Some(owner.cgroup_id);
+            r.cgroup_id = Some(owner.cgroup_id).filter(|id| *id != 0);
+            r.container_id = owner.container_id.clone();
         }
     }
     if kind == EventKind::StateChange && ev.state == TCP_CLOSE {

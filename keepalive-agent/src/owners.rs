@@ -114,6 +114,14 @@ fn socket_inode(target: &str) -> Option<u64> {
         .ok()
 }
 
+/// The cgroup path and container id of a live process (None when it is
+/// gone or has no unified cgroup).
+pub fn cgroup_of(pid: u32) -> Option<(String, Option<String>)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroup_v2_path(&text);
+    (!path.is_empty()).then(|| (path.to_string(), container_id(path)))
+}
+
 /// The path of the `0::` (unified hierarchy) line of `/proc/<pid>/cgroup`,
 /// or "" on a host with cgroup v1 only.
 fn cgroup_v2_path(text: &str) -> &str {

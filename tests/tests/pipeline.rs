@@ -261,5 +261,10 @@ fn hooks_report_their_mode() {
     }
     let tc = hooks.iter().find(|h| h["hook"] == "tc").expect("tc hook");
     assert_eq!(tc["live"], true);
+    let tc_mode = tc["mode"].as_str().unwrap();
+    assert!(tc_mode == "tcx" || tc_mode == "netlink", "{tc_mode}");
+    if let Ok(expected) = std::env::var("KEEPALIVE_EXPECT_TC_MODE") {
+        assert_eq!(tc_mode, expected);
+    }
     agent.stop();
 }
