@@ -152,9 +152,18 @@ pub struct Record {
     pub seq: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_us: Option<f64>,
-    /// Seconds since the socket last received anything.
+    /// Seconds since the socket last received anything (errors: from the
+    /// last packet received, or the first SYN, to the abort).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_s: Option<f64>,
+    /// Errors: seconds the connection went unanswered before the abort,
+    /// from the first unanswered probe, data segment or SYN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered_s: Option<f64>,
+    /// Errors: seconds of idle before the first unanswered probe or
+    /// segment (`idle_s - unanswered_s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_before_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,6 +278,34 @@ pub fn cause(ev: &Event) -> &'static str {
     }
 }
 
+/// Seconds from when `ev`'s socket stopped getting answers to the abort:
+/// the first unanswered keepalive probe (`first_probe_ns`, as the agent
+/// saw it), or `tp->retrans_stamp` (the first send of the oldest
+/// unacknowledged segment or SYN). `max_s` bounds what is plausible:
+/// retrans_stamp is in ms, or in µs on routes with usec TCP timestamps.
+fn unanswered_seconds(ev: &Event, first_probe_ns: Option<u64>, max_s: f64) -> Option<f64> {
+    if ev.timer == TIMER_KEEPALIVE {
+        return first_probe_ns
+            .filter(|t| *t <= ev.ts_ns)
+            .map(|t| (ev.ts_ns - t) as f64 / 1e9);
+    }
+    if ev.retrans_stamp == 0 {
+        return None;
+    }
+    [(1_000_000, 1e3), (1_000, 1e6)]
+        .into_iter()
+        .map(|(ns_per_unit, units_per_s)| {
+            let now = (ev.ts_ns / ns_per_unit) as u32;
+            now.wrapping_sub(ev.retrans_stamp) as i32 as f64 / units_per_s
+        })
+        .find(|s| (0.0..=max_s).contains(s))
+}
+
+/// Seconds to the millisecond, as the kernel's clocks give them.
+fn ms(s: f64) -> f64 {
+    (s * 1e3).round() / 1e3
+}
+
 /// Builds the record for `ev`, updating `table` (tuples, owners, closes).
 pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<Record> {
     let kind = EventKind::from_u32(ev.kind)?;
@@ -340,7 +377,25 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.acks = Some(ev.acks_total);
             r.retransmits = Some(ev.retransmits);
             r.user_timeout_ms = Some(ev.user_timeout_ms);
-            r.idle_s = Some(clock.seconds(ev.idle_jiffies));
+            let first_probe = table
+                .get(ev.cookie)
+                .and_then(|e| e.first_unanswered_probe_ns);
+            if cause == "syn" {
+                // Nothing was ever received: the whole life was unanswered
+                // (bounded by what tcp_syn_retries allows, ~2 h at most).
+                let s = unanswered_seconds(ev, None, 2.0 * 3600.0).map(ms);
+                r.idle_s = s;
+                r.unanswered_s = s;
+                r.idle_before_s = s.map(|_| 0.0);
+            } else {
+                let idle = clock.seconds(ev.idle_jiffies);
+                // One jiffy of slack between the two clocks.
+                let max = idle + clock.seconds(1);
+                let s = unanswered_seconds(ev, first_probe, max).map(ms);
+                r.idle_s = Some(idle);
+                r.unanswered_s = s;
+                r.idle_before_s = s.map(|s| ms((idle - s).max(0.0)));
+            }
             if ev.old_state != 0 {
                 r.old_state = Some(state_name(ev.old_state));
             }
@@ -370,6 +425,9 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
     }
     table.update(ev.cookie, |e| match kind {
         EventKind::TimerFired | EventKind::ProbeSent => {
+            if kind == EventKind::ProbeSent && ev.probes_out == 1 {
+                e.first_unanswered_probe_ns = Some(ev.ts_ns);
+            }
             e.keepalive = r.keepalive.clone();
             e.probes_out = ev.probes_out;
             e.probes = e.probes.max(ev.probes_total.into());
@@ -377,6 +435,7 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         EventKind::ProbeAck => {
             e.acks = e.acks.max(ev.acks_total.into());
             e.probes_out = 0;
+            e.first_unanswered_probe_ns = None;
             e.last_rtt_us = r.rtt_us;
         }
         _ => {}
@@ -412,6 +471,29 @@ mod tests {
         e.state = TCP_CLOSE;
         e.user_timeout_ms = user_timeout_ms;
         e
+    }
+
+    #[test]
+    fn unanswered_time_reads_retrans_stamp_in_ms_or_us() {
+        let mut e = ev(TIMER_WRITE, 1, 0);
+        e.ts_ns = 5_000_000_000_000; // 5000 s after boot
+        e.retrans_stamp = (5_000_000 - 6_400) as u32; // ms: 6.4 s ago
+        assert_eq!(unanswered_seconds(&e, None, 7.0), Some(6.4));
+        // usec TCP timestamps: 6.4 s ago in µs (wrapped to 32 bits).
+        e.retrans_stamp = (5_000_000_000u64 - 6_400_000) as u32;
+        let s = unanswered_seconds(&e, None, 7.0).unwrap();
+        assert!((s - 6.4).abs() < 1e-9, "{s}");
+        // Nothing outstanding, or nothing plausible: no figure at all.
+        e.retrans_stamp = 0;
+        assert_eq!(unanswered_seconds(&e, None, 7.0), None);
+        e.retrans_stamp = 1;
+        assert_eq!(unanswered_seconds(&e, None, 7.0), None);
+        // Keepalive: from the first unanswered probe the agent saw.
+        e.timer = TIMER_KEEPALIVE;
+        assert_eq!(
+            unanswered_seconds(&e, Some(4_997_000_000_000), 7.0),
+            Some(3.0)
+        );
     }
 
     #[test]

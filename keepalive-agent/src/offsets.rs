@@ -90,6 +90,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         tp_keepalive_probes: probes.offset,
         tp_snd_una: btf.find_member("tcp_sock", "snd_una")?.offset,
         tp_rcv_tstamp: btf.find_member("tcp_sock", "rcv_tstamp")?.offset,
+        tp_retrans_stamp: btf.find_member("tcp_sock", "retrans_stamp")?.offset,
         tp_keepalive_probes_size: byte_or_int("tcp_sock.keepalive_probes", probes)?,
         net_keepalive_probes_size: byte_or_int("net.ipv4.sysctl_tcp_keepalive_probes", net_probes)?,
         icsk_retransmits_size: byte_or_int("inet_connection_sock.icsk_retransmits", retransmits)?,
@@ -97,7 +98,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         net_syn_retries_size: byte_or_int("net.ipv4.sysctl_tcp_syn_retries", syn_retries)?,
         sock_keepopen_bit: keepopen_bit(btf)?,
         enabled: 1,
-        _pad: [0; 1],
+        _pad: [0; 5],
     })
 }
 

@@ -69,6 +69,9 @@ pub struct Entry {
     pub probes: u64,
     pub acks: u64,
     pub last_rtt_us: Option<f64>,
+    /// When the first of the probes now unanswered went out (event
+    /// `ts_ns`): how long the socket had idled before it, at a timeout.
+    pub first_unanswered_probe_ns: Option<u64>,
     /// Seconds since the socket last received anything, at the last scan.
     pub idle_s: Option<f64>,
     /// Seconds until the keepalive timer fires, at the last scan.

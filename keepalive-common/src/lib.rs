@@ -65,6 +65,7 @@ pub struct KernelConfig {
     pub tp_keepalive_probes: u32,
     pub tp_snd_una: u32,
     pub tp_rcv_tstamp: u32,
+    pub tp_retrans_stamp: u32,
     /// Sizes in bytes (1 or 4) of members whose type changed across kernels.
     pub tp_keepalive_probes_size: u8,
     pub net_keepalive_probes_size: u8,
@@ -75,7 +76,7 @@ pub struct KernelConfig {
     pub sock_keepopen_bit: u8,
     /// 0 until the agent has filled the struct.
     pub enabled: u8,
-    pub _pad: [u8; 1],
+    pub _pad: [u8; 5],
 }
 
 /// What an [`Event`] reports.
@@ -198,12 +199,16 @@ pub struct Event {
     /// (SocketError): what bounded the retransmission that failed.
     pub retries2: u8,
     pub syn_retries: u8,
-    pub _pad: [u8; 8],
+    /// `tp->retrans_stamp` (SocketError): when the oldest unacknowledged
+    /// segment (or the SYN) was first sent, in ms of CLOCK_MONOTONIC
+    /// (µs where the route uses usec TCP timestamps); 0 when none.
+    pub retrans_stamp: u32,
+    pub _pad: [u8; 4],
 }
 
 pub const EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 168);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 176);
 
 impl Event {
     pub const fn zeroed() -> Self {
@@ -246,7 +251,8 @@ impl Event {
             flags: 0,
             retries2: 0,
             syn_retries: 0,
-            _pad: [0; 8],
+            retrans_stamp: 0,
+            _pad: [0; 4],
         }
     }
 }

@@ -120,6 +120,7 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
         .unwrap_or(0);
         ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
         ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+        ev.retrans_stamp = read::<u32>(sk, config!(tp_retrans_stamp)).unwrap_or(0);
         if kernel::keepalive_on(sk).unwrap_or(false) {
             ev.flags |= keepalive_common::FLAG_KEEPALIVE_ON;
         }

@@ -39,6 +39,7 @@ fn the_timeout(
         .collect();
     assert_eq!(timeouts.len(), 1, "{timeouts:#?}");
     let t = timeouts[0].clone();
+    eprintln!("{t}");
     assert_eq!(t["cookie"], cookie);
     assert_eq!(t["local"], local);
     assert_eq!(t["remote"], remote);
@@ -46,6 +47,19 @@ fn the_timeout(
     assert_eq!(t["pid"], std::process::id());
     assert_eq!(t["comm"], comm);
     t
+}
+
+/// `unanswered_s` (when the connection stopped getting answers, to the
+/// abort) lies in `range`, and `idle_before_s` is the rest of `idle_s`.
+fn assert_unanswered(t: &Value, range: std::ops::RangeInclusive<f64>) {
+    let unanswered = t["unanswered_s"].as_f64().expect("unanswered_s");
+    assert!(
+        range.contains(&unanswered),
+        "unanswered_s {unanswered} not in {range:?}: {t}"
+    );
+    let idle = t["idle_s"].as_f64().unwrap();
+    let before = t["idle_before_s"].as_f64().unwrap();
+    assert!((before + unanswered - idle).abs() < 0.002, "{t}");
 }
 
 /// A connected client in `a` to a listener in `b`, the peer then dropped.
@@ -105,6 +119,9 @@ fn retransmissions_exhausted_is_cause_retransmit() {
     // checked at the next timer run, whose retransmission count is one more
     // (measured here: 4 with tcp_retries2=3, every run).
     assert_eq!(t["retransmits"], 4, "{t}");
+    // RTO from 200 ms doubling: 0.2+0.4+0.8+1.6 s of retransmissions, then
+    // 3.2 s before the run that gives up (a little more: RTO > 200 ms).
+    assert_unanswered(&t, 6.2..=7.5);
 }
 
 #[test]
@@ -128,6 +145,8 @@ fn user_timeout_is_cause_user_timeout() {
     assert_eq!(t["event"], "connection_timeout");
     assert_eq!(t["cause"], "user_timeout");
     assert_eq!(t["user_timeout_ms"], 2000);
+    // The kernel clamps the RTO to what remains of the user timeout.
+    assert_unanswered(&t, 2.0..=2.3);
 }
 
 #[test]
@@ -165,4 +184,8 @@ fn connect_timeout_is_cause_syn() {
     assert_eq!(t["cause"], "syn");
     assert_eq!(t["tcp_syn_retries"], 1);
     assert_eq!(t["old_state"], "SYN-SENT");
+    // SYN, one retransmission after the 1 s initial RTO, 2 s more: 3 s,
+    // all of it unanswered (nothing was ever received).
+    assert_unanswered(&t, 3.0..=3.3);
+    assert_eq!(t["idle_before_s"], 0.0);
 }

@@ -182,6 +182,13 @@ fn dead_peer_is_reported_once_as_keepalive_timeout() {
     assert_eq!(t["cause"], "keepalive");
     assert_eq!(t["probes"], FAST.cnt, "probes counted before the kill");
     assert_eq!(t["probes_out"], FAST.cnt);
+    // Idle until the first probe (TCP_KEEPIDLE), then TCP_KEEPCNT probes an
+    // interval apart, the last interval ending in the abort.
+    let unanswered = t["unanswered_s"].as_f64().expect("unanswered_s");
+    let before = t["idle_before_s"].as_f64().expect("idle_before_s");
+    let expect_unanswered = f64::from(FAST.intvl * FAST.cnt);
+    assert!((unanswered - expect_unanswered).abs() < 0.1, "{t}");
+    assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t}");
     assert_eq!(
         delta,
         u64::from(FAST.cnt),
