@@ -27,11 +27,13 @@ pub enum OffsetsError {
 pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
     let addrs = kallsyms::lookup(&["tcp_keepalive_timer", "tcp_write_timer"])?;
     let sock = |paths: &[&str]| btf.member_any("tcp_sock", paths);
-    // The keepalive timer was `sk_timer` in struct sock; newer kernels move
-    // it into inet_connection_sock as `icsk_keepalive_timer`.
+    // The keepalive timer was `sk_timer` in struct sock; newer kernels (and
+    // stable backports, e.g. Debian's 6.1.1xx) move TCP's into
+    // inet_connection_sock as `icsk_keepalive_timer` and keep `sk_timer`
+    // for other protocols: where both exist, the icsk one is TCP's.
     let keepalive_timer = sock(&[
-        "inet_conn.icsk_inet.sk.sk_timer",
         "inet_conn.icsk_keepalive_timer",
+        "inet_conn.icsk_inet.sk.sk_timer",
         "inet_conn.icsk_inet.sk.sk_keepalive_timer",
     ])?;
     let common = |name: &str| btf.member("sock_common", name);

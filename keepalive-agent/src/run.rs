@@ -58,6 +58,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     bump_memlock_rlimit();
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let config = offsets::resolve(&btf).context("resolving kernel offsets")?;
+    log::debug!("kernel offsets and addresses: {config:x?}");
     // capset changes the calling thread only: drop what start-up needed
     // (kallsyms, memlock) while this is the only thread, so every thread
     // started later inherits the smaller set.
