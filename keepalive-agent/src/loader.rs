@@ -187,10 +187,12 @@ pub fn short(err: ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
+            log::debug!("verifier log:\n{log}");
+            // The log ends with statistics; the reason is just before them.
             let tail: Vec<&str> = log
                 .lines()
                 .rev()
-                .filter(|l| !l.trim().is_empty())
+                .filter(|l| !l.trim().is_empty() && !is_verifier_statistics(l))
                 .take(2)
                 .collect();
             if tail.is_empty() {
@@ -202,4 +204,10 @@ pub fn short(err: ProgramError) -> String {
         }
         other => other.to_string(),
     }
+}
+
+fn is_verifier_statistics(line: &str) -> bool {
+    ["processed ", "stack depth ", "verification time "]
+        .iter()
+        .any(|p| line.starts_with(p))
 }

@@ -19,6 +19,7 @@ mod output;
 mod owners;
 mod risk;
 mod run;
+mod serve;
 mod socket_iter;
 mod sockets;
 mod state;

@@ -199,7 +199,7 @@ impl Metrics {
         let clients_dropped = Counter::default();
         r.register(
             "keepalive_agent_event_clients_dropped",
-            "/events clients disconnected for reading too slowly",
+            "HTTP clients disconnected for reading too slowly (/events streams that fell behind or stopped reading)",
             clients_dropped.clone(),
         );
         let tc_interfaces = Gauge::default();

@@ -81,6 +81,32 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
     })
 }
 
+/// The calling thread's namespace's cookie (`SO_NETNS_COOKIE`, 5.14+):
+/// unlike its inode, never reused while the node runs, so it tells a new
+/// namespace from a deleted one that had the same inode. `None` on older
+/// kernels.
+pub fn cookie() -> Option<u64> {
+    // SAFETY: a socket we create and close here; getsockopt writes at most
+    // `len` bytes into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        (rc == 0).then_some(cookie)
+    }
+}
+
 /// Interfaces of the calling thread's namespace, as (index, name).
 pub fn interfaces() -> Vec<(u32, String)> {
     let mut out = Vec::new();
@@ -112,6 +138,13 @@ mod tests {
     fn current_namespace_is_listed() {
         let me = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert!(all().iter().any(|ns| ns.inode == me));
+    }
+
+    #[test]
+    fn namespace_cookie_is_stable_and_per_namespace() {
+        let here = cookie().expect("SO_NETNS_COOKIE (5.14+)");
+        assert_eq!(cookie(), Some(here));
+        assert_ne!(here, 0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::{
     events::{self, Clock, Record},
     http, hz, loader,
     metrics::Metrics,
-    netns, offsets, output, owners, socket_iter,
+    netns, offsets, output, owners, serve, socket_iter,
     sockets::{Owner, SocketTable},
     state::{AgentState, Shared},
     sysctl,
@@ -85,6 +85,11 @@ async fn run(
     config: keepalive_common::KernelConfig,
     started: Instant,
 ) -> anyhow::Result<()> {
+    // Before anything is attached: a SIGTERM during start-up (or right
+    // after `ready`) must still end in a clean detach, not the default
+    // action that leaves netlink filters behind.
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let hz = hz::detect();
     let opts = loader::LoadOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
@@ -207,11 +212,13 @@ async fn run(
         .local_addr()
         .context("reading the HTTP API's address")?;
     info!("HTTP API on http://{listen}");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, http::router(api)).await {
-            log::error!("HTTP API stopped: {e}");
+    let stalls = state.clone();
+    let on_stall = Arc::new(move || {
+        if let Ok(s) = stalls.lock() {
+            s.metrics.clients_dropped.inc();
         }
     });
+    tokio::spawn(serve::serve(listener, http::router(api), on_stall));
 
     let mut stdout = BufWriter::new(std::io::stdout().lock());
     let ready = Ready {
@@ -228,8 +235,6 @@ async fn run(
     stdout.flush()?;
     info!("ready in {} ms", started.elapsed().as_millis());
 
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
     rescan.tick().await;
     let mut inventory_tick = tokio::time::interval(Duration::from_secs(args.inventory_seconds));

@@ -50,6 +50,9 @@ impl InterfaceFilter {
 /// One interface with both classifiers attached.
 struct Attachment {
     name: String,
+    /// Its namespace's cookie: the inode of a deleted namespace is reused
+    /// by the next one, whose `lo` is ifindex 1 again.
+    ns_cookie: Option<u64>,
     /// The path its namespace was entered by when attaching.
     path: PathBuf,
     links: Links,
@@ -132,7 +135,8 @@ pub struct TcAttacher {
     /// (netns inode, ifindex) -> links.
     attached: BTreeMap<(u64, u32), Attachment>,
     /// Failures already logged, so a broken interface does not flood logs.
-    failed: BTreeMap<(u64, u32), String>,
+    /// The namespace cookie rides along, as for attachments.
+    failed: BTreeMap<(u64, u32), (Option<u64>, String)>,
 }
 
 /// What one sync changed.
@@ -166,11 +170,11 @@ impl TcAttacher {
         // (forgetting them would attach a second filter next time).
         let mut unread = BTreeSet::new();
         for ns in netns::all() {
-            match netns::run_in(&ns.path, netns::interfaces) {
-                Ok(ifaces) => {
+            match netns::run_in(&ns.path, || (netns::cookie(), netns::interfaces())) {
+                Ok((cookie, ifaces)) => {
                     for (index, name) in ifaces {
                         if filter.matches(&name) {
-                            seen.push((ns.clone(), index, name));
+                            seen.push((ns.clone(), cookie, index, name));
                         }
                     }
                 }
@@ -181,12 +185,20 @@ impl TcAttacher {
                 }
             }
         }
-        let live: BTreeSet<(u64, u32)> = seen.iter().map(|(ns, i, _)| (ns.inode, *i)).collect();
+        let live: BTreeMap<(u64, u32), Option<u64>> = seen
+            .iter()
+            .map(|(ns, cookie, i, _)| ((ns.inode, *i), *cookie))
+            .collect();
         let gone: Vec<(u64, u32)> = self
             .attached
-            .keys()
-            .filter(|key| !live.contains(key) && !unread.contains(&key.0))
-            .copied()
+            .iter()
+            .filter(|(key, a)| match live.get(key) {
+                // Same inode and ifindex, another namespace: the old one was
+                // deleted between two scans and its inode reused.
+                Some(cookie) => *cookie != a.ns_cookie,
+                None => !unread.contains(&key.0),
+            })
+            .map(|(key, _)| *key)
             .collect();
         for key in gone {
             if let Some(a) = self.attached.remove(&key) {
@@ -197,20 +209,22 @@ impl TcAttacher {
                 report.detached += 1;
             }
         }
-        self.failed
-            .retain(|key, _| live.contains(key) || unread.contains(&key.0));
+        self.failed.retain(|key, (cookie, _)| match live.get(key) {
+            Some(now) => now == cookie,
+            None => unread.contains(&key.0),
+        });
         // Where each namespace is reachable now, for the ones whose old
         // path no longer leads there.
         let paths: BTreeMap<u64, PathBuf> = seen
             .iter()
-            .map(|(ns, _, _)| (ns.inode, ns.path.clone()))
+            .map(|(ns, _, _, _)| (ns.inode, ns.path.clone()))
             .collect();
         for (key, a) in self.attached.iter_mut() {
             if let Some(p) = paths.get(&key.0) {
                 a.path.clone_from(p);
             }
         }
-        for (ns, index, name) in seen {
+        for (ns, ns_cookie, index, name) in seen {
             let key = (ns.inode, index);
             if self.attached.contains_key(&key) || self.failed.contains_key(&key) {
                 continue;
@@ -222,6 +236,7 @@ impl TcAttacher {
                         key,
                         Attachment {
                             name,
+                            ns_cookie,
                             path: ns.path.clone(),
                             links,
                         },
@@ -230,7 +245,7 @@ impl TcAttacher {
                 }
                 Err(e) => {
                     warn!("tc: not attached to {name} in netns {}: {e}", ns.inode);
-                    self.failed.insert(key, e);
+                    self.failed.insert(key, (ns_cookie, e));
                     report.failed += 1;
                 }
             }

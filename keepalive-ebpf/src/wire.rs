@@ -46,15 +46,46 @@ struct Segment {
 /// the data path.
 const MAX_PROBE_FRAME: u32 = 14 + 60 + 60;
 
+/// The address of a `len`-byte header at `off` in the packet's linear
+/// data, bounds-checked once for the verifier; fields are then read with
+/// [`field`]. Direct packet access: one comparison per header instead of a
+/// `bpf_skb_load_bytes` call per field. (`len` is a whole header: a 1-byte
+/// check is compiled into a form the verifier cannot follow.)
+#[inline(always)]
+fn header(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
+    let p = ctx.data() + off;
+    if p + len > ctx.data_end() {
+        return None;
+    }
+    Some(p)
+}
+
+/// A field at `off` within a header from [`header`]; `off + size_of::<T>()`
+/// must not exceed the header's checked length.
+#[inline(always)]
+fn field<T>(header: usize, off: usize) -> T {
+    unsafe { core::ptr::read_unaligned((header + off) as *const T) }
+}
+
+const IPV4_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_HLEN: usize = 20;
+
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Option<Segment> {
-    if ctx.len() > MAX_PROBE_FRAME {
+    let len = ctx.len();
+    if len > MAX_PROBE_FRAME {
+        return None;
+    }
+    // A small frame may still keep its headers outside the linear area
+    // (paged receive buffers): pull them in, once, before reading.
+    if ctx.data() + (len as usize) > ctx.data_end() && ctx.pull_data(len).is_err() {
         return None;
     }
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
     // Devices without a link-layer header (tun, wireguard) start at L3.
-    let l3 = match ctx.load::<u16>(12) {
-        Ok(t) if u16::from_be(t) == proto => ETH_HLEN,
+    let l3 = match header(ctx, 0, ETH_HLEN) {
+        Some(eth) if u16::from_be(field::<u16>(eth, 12)) == proto => ETH_HLEN,
         _ => 0,
     };
     let mut seg = Segment {
@@ -69,40 +100,41 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
         payload: 0,
     };
     let (l4, ip_payload) = if proto == ETH_P_IP {
-        let vihl = ctx.load::<u8>(l3).ok()?;
-        if vihl >> 4 != 4 || ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP {
+        let ip = header(ctx, l3, IPV4_HLEN)?;
+        let vihl = field::<u8>(ip, 0);
+        if vihl >> 4 != 4 || field::<u8>(ip, 9) != IPPROTO_TCP {
             return None;
         }
         // Later fragments carry no TCP header.
-        if u16::from_be(ctx.load::<u16>(l3 + 6).ok()?) & 0x1fff != 0 {
+        if u16::from_be(field::<u16>(ip, 6)) & 0x1fff != 0 {
             return None;
         }
         let ihl = ((vihl & 0x0f) as usize) * 4;
-        let total = u16::from_be(ctx.load::<u16>(l3 + 2).ok()?) as u32;
+        let total = u16::from_be(field::<u16>(ip, 2)) as u32;
         seg.family = AF_INET;
-        let s = ctx.load::<[u8; 4]>(l3 + 12).ok()?;
-        let d = ctx.load::<[u8; 4]>(l3 + 16).ok()?;
-        seg.saddr[..4].copy_from_slice(&s);
-        seg.daddr[..4].copy_from_slice(&d);
+        seg.saddr[..4].copy_from_slice(&field::<[u8; 4]>(ip, 12));
+        seg.daddr[..4].copy_from_slice(&field::<[u8; 4]>(ip, 16));
         (l3 + ihl, total.wrapping_sub(ihl as u32))
     } else if proto == ETH_P_IPV6 {
+        let ip = header(ctx, l3, IPV6_HLEN)?;
         // Extension headers are not followed: keepalive probes carry none.
-        if ctx.load::<u8>(l3 + 6).ok()? != IPPROTO_TCP {
+        if field::<u8>(ip, 6) != IPPROTO_TCP {
             return None;
         }
         seg.family = AF_INET6;
-        seg.saddr = ctx.load::<[u8; 16]>(l3 + 8).ok()?;
-        seg.daddr = ctx.load::<[u8; 16]>(l3 + 24).ok()?;
-        (l3 + 40, u16::from_be(ctx.load::<u16>(l3 + 4).ok()?) as u32)
+        seg.saddr = field::<[u8; 16]>(ip, 8);
+        seg.daddr = field::<[u8; 16]>(ip, 24);
+        (l3 + IPV6_HLEN, u16::from_be(field::<u16>(ip, 4)) as u32)
     } else {
         return None;
     };
-    seg.sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
-    seg.dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
-    seg.seq = u32::from_be(ctx.load::<u32>(l4 + 4).ok()?);
-    seg.ack = u32::from_be(ctx.load::<u32>(l4 + 8).ok()?);
-    let doff = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as u32) * 4;
-    seg.flags = ctx.load::<u8>(l4 + 13).ok()? & TCP_FLAGS_MASK;
+    let tcp = header(ctx, l4, TCP_HLEN)?;
+    seg.sport = u16::from_be(field::<u16>(tcp, 0));
+    seg.dport = u16::from_be(field::<u16>(tcp, 2));
+    seg.seq = u32::from_be(field::<u32>(tcp, 4));
+    seg.ack = u32::from_be(field::<u32>(tcp, 8));
+    let doff = ((field::<u8>(tcp, 12) >> 4) as u32) * 4;
+    seg.flags = field::<u8>(tcp, 13) & TCP_FLAGS_MASK;
     seg.payload = ip_payload.wrapping_sub(doff);
     Some(seg)
 }

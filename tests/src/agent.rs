@@ -87,11 +87,27 @@ impl Agent {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => return None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    panic!("agent exited early: {:?}", self.child.try_wait())
+                    panic!("agent exited early: {}", self.exit_status())
                 }
             }
         }
         None
+    }
+
+    /// The agent's exit status once its stdout closed; it may take a moment
+    /// to be reaped after closing its pipe.
+    fn exit_status(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => return "stdout closed, process still running".into(),
+                Err(e) => return format!("unknown ({e})"),
+            }
+        }
     }
 
     /// Takes in whatever arrived within `settle`.

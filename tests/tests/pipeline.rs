@@ -180,25 +180,33 @@ fn dead_peer_is_reported_once_as_keepalive_timeout() {
     assert_eq!(t["comm"], comm);
     assert_eq!(t["errno"], libc::ETIMEDOUT);
     assert_eq!(t["cause"], "keepalive");
-    assert_eq!(t["probes"], FAST.cnt, "probes counted before the kill");
-    assert_eq!(t["probes_out"], FAST.cnt);
-    // Idle until the first probe (TCP_KEEPIDLE), then TCP_KEEPCNT probes an
-    // interval apart, the last interval ending in the abort.
+    let history: Vec<&Value> = records.iter().filter(|r| r["cookie"] == cookie).collect();
+    // Probes before the drop rule took hold were answered (none on a fast
+    // machine; some in a software-emulated VM, where set-up is slow): the
+    // kernel's counter over the whole connection says how many in all.
+    assert!(delta >= u64::from(FAST.cnt), "TCPKeepAlive delta {delta}");
+    assert_eq!(
+        t["probes"], delta,
+        "probes counted before the kill; the socket's records: {history:#?}"
+    );
+    assert_eq!(t["probes_out"], FAST.cnt, "unanswered probes at the kill");
+    // Idle until the first unanswered probe (TCP_KEEPIDLE after the last
+    // ACK received), then TCP_KEEPCNT probes an interval apart, the last
+    // interval ending in the abort.
     let unanswered = t["unanswered_s"].as_f64().expect("unanswered_s");
     let before = t["idle_before_s"].as_f64().expect("idle_before_s");
     let expect_unanswered = f64::from(FAST.intvl * FAST.cnt);
     assert!((unanswered - expect_unanswered).abs() < 0.1, "{t}");
     assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t}");
-    assert_eq!(
-        delta,
-        u64::from(FAST.cnt),
-        "TCPKeepAlive in the client namespace"
-    );
-    assert_eq!(count(&records, "probe_sent", cookie), FAST.cnt as usize);
+    assert_eq!(count(&records, "probe_sent", cookie), delta as usize);
     assert_eq!(stopped["counters"]["keepalive_timeouts"], 1);
-    // The peer's link was up: every probe left through the veth, none answered.
-    assert_eq!(count(&records, "wire_probe", cookie), FAST.cnt as usize);
-    assert_eq!(count(&records, "probe_ack", cookie), 0);
+    // The peer's link was up: every probe left through the veth; only
+    // those before the drop were answered.
+    assert_eq!(count(&records, "wire_probe", cookie), delta as usize);
+    assert_eq!(
+        count(&records, "probe_ack", cookie),
+        (delta - u64::from(FAST.cnt)) as usize
+    );
 }
 
 #[test]

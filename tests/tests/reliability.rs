@@ -495,12 +495,10 @@ fn namespace_churn_attaches_and_forgets_classifiers_without_error_loops() {
 
 /// A namespace deleted and another created between two rescans: the kernel
 /// reuses the namespace inode (nsfs numbers are recycled) and the new
-/// namespace's loopback has the same ifindex (1), so an agent that keys its
-/// classifiers by (netns inode, ifindex) believes the new loopback is
-/// already covered; its probes are then missing from the wire view.
+/// namespace's loopback has the same ifindex (1): keyed by (netns inode,
+/// ifindex) alone, the new loopback would look covered and its probes be
+/// missing from the wire view. The namespace cookie tells them apart.
 #[test]
-#[ignore = "agent bug: TcAttacher keys links by (netns inode, ifindex), both reused by a namespace \
-            replaced between rescans; the new interface never gets classifiers (see report)"]
 fn namespace_replaced_between_rescans_gets_classifiers() {
     let agent = Daemon::start(&["--rescan-seconds", "3"]);
     let mark = agent.stderr_len();
@@ -700,13 +698,11 @@ fn oversized_and_partial_requests_get_4xx_without_blocking_others() {
     agent.stop();
 }
 
-/// Connections that never send a request are closed after a header-read
-/// timeout; today each one holds a file descriptor of the agent for ever,
-/// so any local user can exhaust its descriptors (and with them the
-/// descriptors the BPF iterator and namespace visits need).
+/// Connections that never send a complete request are closed after the
+/// 30 s header-read timeout: otherwise each would hold a file descriptor of
+/// the agent for ever, and any local user could exhaust its descriptors
+/// (and with them those the BPF iterator and namespace visits need).
 #[test]
-#[ignore = "agent bug: no header-read timeout on the HTTP API (axum::serve sets no hyper timer), \
-            idle connections are kept for ever (see report)"]
 fn idle_http_connections_are_closed() {
     let agent = Daemon::start(&[]);
     let addr = agent.addr();
@@ -855,12 +851,10 @@ fn lagging_event_reader_is_cut_off_counted_and_memory_stays_bounded() {
     agent.stop();
 }
 
-/// A client that never reads again: the agent must cut it off by itself
-/// (else four such clients hold every slot for ever), count it, and keep
-/// its memory bounded.
+/// A client that never reads again: the agent cuts it off by itself once
+/// its socket took nothing for 10 s (else four such clients would hold
+/// every slot for ever), counts it, and keeps its memory bounded.
 #[test]
-#[ignore = "agent bug: a /events client that never reads is never disconnected or counted (its \
-            stream is only polled when the socket drains) and holds its slot for ever (see report)"]
 fn never_reading_event_client_is_disconnected() {
     let ns = Netns::new("ksn");
     let agent = Daemon::start(&["--max-event-clients", "1"]);

@@ -3,6 +3,8 @@
 
 use std::{
     ffi::OsStr,
+    fs::File,
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -19,6 +21,40 @@ pub fn run_env(program: &str, args: &[&str], env: &[(&str, &OsStr)]) -> anyhow::
         c.env(k, v);
     }
     let status = c.status().with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("running {program} {}: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `program` in `dir`.
+pub fn run_in(dir: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!(
+            "running {program} {} in {}: {status}",
+            args.join(" "),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `program` with its stdout and stderr written to `log`.
+pub fn output_to(program: &str, args: &[&str], log: &Path) -> anyhow::Result<()> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
     if !status.success() {
         bail!("running {program} {}: {status}", args.join(" "));
     }

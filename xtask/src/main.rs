@@ -5,6 +5,7 @@
 mod bench;
 mod cmd;
 mod setup;
+mod vm;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -45,10 +46,21 @@ enum Command {
         compare: Option<PathBuf>,
     },
     /// Build, then run the unit tests and the real-kernel integration tests
-    /// (as root); arguments after `--` go to the integration test runner.
+    /// (as root) on this machine's kernel and on the VM kernel matrix;
+    /// arguments after `--` go to the host's integration test runner.
     Test {
+        /// Kernels to test on: `host` and the matrix's (6.1, 6.12).
+        #[arg(long, value_delimiter = ',', default_value = "host,6.1,6.12")]
+        kernels: Vec<String>,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build, then boot Debian kernels in VMs (virtme-ng, software
+    /// emulation) and run the real-kernel integration tests inside.
+    VmTest {
+        /// Kernels of the matrix (6.1, 6.12); all by default.
+        #[arg(long = "kernel", value_delimiter = ',', default_value = "6.1,6.12")]
+        kernels: Vec<String>,
     },
 }
 
@@ -79,10 +91,28 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench::run(quick, json, compare)
         }
-        Command::Test { args } => {
+        Command::Test { kernels, args } => {
+            // Refuse a misspelt kernel before minutes of building.
+            let vms = kernels
+                .iter()
+                .filter(|k| *k != "host")
+                .map(|k| vm::kernel(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             setup::run()?;
             build()?;
-            test(&root, &args)
+            if kernels.iter().any(|k| k == "host") {
+                test(&root, &args)?;
+            }
+            vm_tests(&root, &vms)
+        }
+        Command::VmTest { kernels } => {
+            let vms = kernels
+                .iter()
+                .map(|k| vm::kernel(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            setup::run()?;
+            build()?;
+            vm_tests(&root, &vms)
         }
     }
 }
@@ -172,14 +202,41 @@ fn test(root: &std::path::Path, args: &[String]) -> anyhow::Result<()> {
     })
 }
 
+/// Every kernel of `vms`, one VM after the other (two cores: one VM at a
+/// time); all are run, and every failing kernel is named.
+fn vm_tests(root: &std::path::Path, vms: &[&vm::Kernel]) -> anyhow::Result<()> {
+    if vms.is_empty() {
+        return Ok(());
+    }
+    require_root("the VM kernel matrix")?;
+    let failed: Vec<String> = vms
+        .iter()
+        .filter_map(|k| {
+            vm::run(root, k)
+                .map_err(|e| {
+                    eprintln!("xtask: {e:#}");
+                    k.name.to_string()
+                })
+                .err()
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "integration tests failed on kernel(s) {}",
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs one step with a progress line before and its duration after.
-pub fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     eprintln!("xtask: {name}…");
     let started = Instant::now();
-    f().with_context(|| format!("step failed: {name}"))?;
+    let value = f().with_context(|| format!("step failed: {name}"))?;
     eprintln!(
         "xtask: {name}: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(value)
 }

@@ -23,7 +23,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("tcpdump", "tcpdump"),
     ("systemd-analyze", "systemd"),
+    // The VM kernel matrix: virtme-ng boots kernels with QEMU and builds
+    // its initramfs from busybox and the kernel's modules with depmod.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("depmod", "kmod"),
 ];
+
+/// virtme-ng, which boots a kernel over the host's filesystem.
+const VIRTME_NG: &str = "1.42";
 
 /// The offline Kubernetes schema validator the deployment tests use (it
 /// ships the API schemas, so no network at test time).
@@ -37,6 +45,31 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn python_packages() -> anyhow::Result<()> {
+    kubernetes_validate()?;
+    virtme_ng()
+}
+
+fn virtme_ng() -> anyhow::Result<()> {
+    let installed = cmd::output("vng", &["--version"]).unwrap_or_default();
+    if installed.trim().ends_with(VIRTME_NG) {
+        eprintln!("setup: virtme-ng {VIRTME_NG} present");
+        return Ok(());
+    }
+    crate::step(&format!("pip install virtme-ng=={VIRTME_NG}"), || {
+        cmd::run(
+            "python3",
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                &format!("virtme-ng=={VIRTME_NG}"),
+            ],
+        )
+    })
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
     let installed =
         cmd::output("python3", &["-m", "kubernetes_validate", "--version"]).unwrap_or_default();
     if installed.trim().ends_with(KUBERNETES_VALIDATE) {
