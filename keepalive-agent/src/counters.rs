@@ -18,6 +18,8 @@ pub struct KernelCounters {
     pub in_flight_full: u64,
     pub no_cookie: u64,
     pub closed_in_timer: u64,
+    /// Of `probes`: seen by TC alone (the timer hook missed that run).
+    pub probes_wire_only: u64,
 }
 
 pub struct CounterReader {
@@ -50,6 +52,7 @@ impl CounterReader {
             in_flight_full: get(counter::IN_FLIGHT_FULL)?,
             no_cookie: get(counter::NO_COOKIE)?,
             closed_in_timer: get(counter::CLOSED_IN_TIMER)?,
+            probes_wire_only: get(counter::PROBES_WIRE_ONLY)?,
         })
     }
 }

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use keepalive_common::{
-    Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON,
-    KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
+    Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY,
+    FLAG_WIRE_SEEN, KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
 };
 use serde::Serialize;
 
@@ -26,6 +26,19 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     }
     // SAFETY: Event is plain old data and the length was checked.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// The events one ring-buffer record stands for, in order: a `ProbeSent`
+/// whose probe TC saw leave also stands for that `WireProbe` (folded in the
+/// kernel, so that a probe costs the ring buffer one event, not two).
+pub fn unfold(ev: Event) -> impl Iterator<Item = Event> {
+    let folded = ev.kind == EventKind::ProbeSent as u32 && ev.flags & FLAG_WIRE_SEEN != 0;
+    let wire = folded.then_some(Event {
+        kind: EventKind::WireProbe as u32,
+        flags: FLAG_IN_KEEPALIVE_TIMER,
+        ..ev
+    });
+    wire.into_iter().chain(std::iter::once(ev))
 }
 
 /// Converts kernel clocks to wall-clock seconds and jiffies to seconds.
@@ -315,7 +328,10 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         ..Default::default()
     };
     let has_tuple = ev.flags & FLAG_HAS_TUPLE != 0;
-    if has_tuple || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck) {
+    // A probe seen by TC alone carries the wire's tuple, not the socket's
+    // settings: those stay as the table knows them.
+    let wire_only = ev.flags & FLAG_WIRE_ONLY != 0;
+    if has_tuple || wire_only || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck) {
         r.local = Some(endpoint(ev.family, &ev.saddr, ev.sport));
         r.remote = Some(endpoint(ev.family, &ev.daddr, ev.dport));
     }
@@ -336,6 +352,15 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.probes_out = Some(ev.probes_out);
             r.probes = Some(ev.probes_total);
             r.idle_s = Some(clock.seconds(ev.idle_jiffies));
+        }
+        EventKind::ProbeSent if wire_only => {
+            r.event = "probe_sent";
+            let known = table.get(ev.cookie);
+            r.keepalive = known.and_then(|e| e.keepalive.clone());
+            r.probes_out = known.map(|e| e.probes_out.saturating_add(1));
+            r.probes = Some(ev.probes_total);
+            r.acks = Some(ev.acks_total);
+            r.seq = Some(ev.seq);
         }
         EventKind::ProbeSent => {
             r.event = "probe_sent";
@@ -424,6 +449,13 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         }
     }
     table.update(ev.cookie, |e| match kind {
+        EventKind::ProbeSent if wire_only => {
+            e.probes_out = e.probes_out.saturating_add(1);
+            if e.probes_out == 1 {
+                e.first_unanswered_probe_ns = Some(ev.ts_ns);
+            }
+            e.probes = e.probes.max(ev.probes_total.into());
+        }
         EventKind::TimerFired | EventKind::ProbeSent => {
             if kind == EventKind::ProbeSent && ev.probes_out == 1 {
                 e.first_unanswered_probe_ns = Some(ev.ts_ns);
@@ -463,6 +495,26 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_seen_on_the_wire_unfolds_into_wire_probe_then_probe_sent() {
+        let mut sent = Event::zeroed();
+        sent.kind = EventKind::ProbeSent as u32;
+        sent.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_SEEN;
+        sent.ifindex = 7;
+        let kinds: Vec<(u32, u8, u32)> = unfold(sent)
+            .map(|e| (e.kind, e.flags, e.ifindex))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::WireProbe as u32, FLAG_IN_KEEPALIVE_TIMER, 7),
+                (EventKind::ProbeSent as u32, sent.flags, 7)
+            ]
+        );
+        sent.flags = FLAG_KEEPALIVE_ON;
+        assert_eq!(unfold(sent).count(), 1, "not seen on the wire: no wire_probe");
+    }
 
     fn ev(timer: u8, old_state: u8, user_timeout_ms: u32) -> Event {
         let mut e = Event::zeroed();

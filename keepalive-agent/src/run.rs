@@ -323,11 +323,12 @@ impl Sink<'_> {
                     warn!("short ring buffer record ({} bytes)", item.len());
                     continue;
                 };
-                let Some(record) = events::to_record(&ev, &mut state.table, self.clock) else {
-                    continue;
-                };
-                state.count(&record);
-                records.push(record);
+                for ev in events::unfold(ev) {
+                    if let Some(record) = events::to_record(&ev, &mut state.table, self.clock) {
+                        state.count(&record);
+                        records.push(record);
+                    }
+                }
             }
         }
         for record in records {

@@ -125,6 +125,14 @@ pub const FLAG_KEEPALIVE_ON: u8 = 1;
 pub const FLAG_IN_KEEPALIVE_TIMER: u8 = 2;
 /// The socket's tuple/netns fields are filled.
 pub const FLAG_HAS_TUPLE: u8 = 4;
+/// A `ProbeSent` seen only by the TC classifier (see
+/// `counter::PROBES_WIRE_ONLY`): it carries the wire's 4-tuple but no
+/// socket settings or `probes_out`.
+pub const FLAG_WIRE_ONLY: u8 = 16;
+/// A `ProbeSent` whose probe TC saw leave (at `ifindex`) during the timer
+/// run: it stands for the `WireProbe` event too, so a probe costs the ring
+/// buffer one event, not two.
+pub const FLAG_WIRE_SEEN: u8 = 32;
 
 /// Keepalive settings as the kernel holds them. Socket values of 0 mean
 /// "not set on the socket: use the namespace's sysctl".
@@ -348,7 +356,12 @@ pub mod counter {
     /// Sockets whose exit-time read was skipped because the socket closed
     /// inside the timer run.
     pub const CLOSED_IN_TIMER: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Keepalive probes counted from the wire alone: the timer hook did not
+    /// run for that timer (seen under heavy timer load), but TC saw the
+    /// probe leave a socket whose keepalive timer it had seen before.
+    /// Included in `PROBES`.
+    pub const PROBES_WIRE_ONLY: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]

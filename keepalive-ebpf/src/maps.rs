@@ -53,6 +53,9 @@ pub struct TimerScratch {
     /// TCP state at timer entry (an error report sees CLOSE already).
     pub state_before: u8,
     pub _pad: [u8; 2],
+    /// Where TC saw the probe leave, for the exit's `ProbeSent`.
+    pub wire_ifindex: u32,
+    pub _pad2: u32,
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@
 
 use aya_ebpf::helpers::bpf_jiffies64;
 use keepalive_common::{
-    EventKind, FLAG_KEEPALIVE_ON, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter,
+    EventKind, FLAG_KEEPALIVE_ON, FLAG_WIRE_SEEN, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter,
 };
 
 use crate::{
@@ -46,27 +46,17 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
         return Ok(());
     }
     scratch.keepalive_on = 1;
+    scratch.wire_ifindex = 0;
     count(counter::TIMER_FIRES, 1);
     let cookie = scratch.cookie;
     if cookie == 0 {
         count(counter::NO_COOKIE, 1);
     }
-    let mut probes_total = 0;
     if let Some(c) = socket_counters(cookie) {
         add(unsafe { &raw mut (*c).timer_fires }, 1);
-        probes_total = unsafe { (*c).probes } as u32;
     }
-    let probes_out = scratch.probes_out_before;
-    let now = unsafe { bpf_jiffies64() } as u32;
-    emit(EventKind::TimerFired, cookie, |ev| {
-        ev.timer = TIMER_KEEPALIVE;
-        ev.flags = FLAG_KEEPALIVE_ON;
-        ev.probes_out = probes_out.into();
-        ev.probes_total = probes_total;
-        let _ = kernel::fill_socket(ev, sk);
-        let _ = kernel::settings(sk, &mut ev.settings);
-        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
-    });
+    // The event waits for exit: one event per run, `ProbeSent` when the
+    // run sent a probe, else `TimerFired`.
     Ok(())
 }
 
@@ -106,9 +96,24 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     } else {
         0
     };
+    let now = unsafe { bpf_jiffies64() } as u32;
     if sent == 0 {
+        let probes_total = SOCKETS
+            .get_ptr_mut(cookie)
+            .map(|c| unsafe { (*c).probes } as u32)
+            .unwrap_or(0);
+        emit(EventKind::TimerFired, cookie, |ev| {
+            ev.timer = TIMER_KEEPALIVE;
+            ev.flags = FLAG_KEEPALIVE_ON;
+            ev.probes_out = after.into();
+            ev.probes_total = probes_total;
+            let _ = kernel::fill_socket(ev, sk);
+            let _ = kernel::settings(sk, &mut ev.settings);
+            ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+        });
         return Ok(());
     }
+    let (wire_seen, wire_ifindex) = (scratch.wire_probe_seen, scratch.wire_ifindex);
     count(counter::PROBES, sent);
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
@@ -124,6 +129,11 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;
         ev.flags = FLAG_KEEPALIVE_ON;
+        if wire_seen != 0 {
+            ev.flags |= FLAG_WIRE_SEEN;
+            ev.ifindex = wire_ifindex;
+        }
+        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
         ev.probes_out = after.into();
         ev.seq = snd_una.wrapping_sub(1);
         ev.probes_total = probes_total;

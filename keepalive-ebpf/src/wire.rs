@@ -11,7 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use keepalive_common::{
-    EventKind, FLAG_IN_KEEPALIVE_TIMER, FlowKey, ProbeInFlight, TIMER_KEEPALIVE, counter,
+    EventKind, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FlowKey, ProbeInFlight,
+    TIMER_KEEPALIVE, TIMER_NONE, counter,
 };
 
 use crate::{
@@ -167,14 +168,30 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let now = unsafe { bpf_ktime_get_ns() };
     let mut in_keepalive = false;
+    let mut timer_running = false;
     if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
         let scratch = unsafe { &mut *scratch };
+        timer_running = scratch.kind != TIMER_NONE;
         // The scratch cookie is 0 for a socket whose cookie was created just
         // now; the timer callback only transmits for its own socket.
         if scratch.kind == TIMER_KEEPALIVE && (scratch.cookie == cookie || scratch.cookie == 0) {
             in_keepalive = true;
             scratch.cookie = cookie;
             scratch.wire_probe_seen = 1;
+            scratch.wire_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        }
+    }
+    // No timer of ours is running on this CPU, yet a probe left: the timer
+    // hook was not invoked for this run (it happens under heavy timer
+    // load). A socket whose keepalive timer we have seen sends no
+    // zero-window probe without a write timer, so this is a keepalive probe.
+    let mut wire_only = false;
+    if !in_keepalive && !timer_running {
+        if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
+            if unsafe { (*c).timer_fires } > 0 {
+                wire_only = true;
+                in_keepalive = true;
+            }
         }
     }
     count(
@@ -185,10 +202,36 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         },
         1,
     );
+    let mut probes_total = 0u32;
+    let mut acks_total = 0u32;
     if in_keepalive {
         if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
             add(unsafe { &raw mut (*c).wire_probes }, 1);
+            if wire_only {
+                add(unsafe { &raw mut (*c).probes }, 1);
+                unsafe {
+                    (*c).last_probe_ns = now;
+                    probes_total = (*c).probes as u32;
+                    acks_total = (*c).acks as u32;
+                }
+            }
         }
+    }
+    if wire_only {
+        count(counter::PROBES, 1);
+        count(counter::PROBES_WIRE_ONLY, 1);
+        emit(EventKind::ProbeSent, cookie, |ev| {
+            ev.timer = TIMER_KEEPALIVE;
+            ev.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY;
+            ev.seq = seg.seq;
+            ev.probes_total = probes_total;
+            ev.acks_total = acks_total;
+            ev.family = seg.family;
+            ev.sport = seg.sport;
+            ev.dport = seg.dport;
+            ev.saddr = seg.saddr;
+            ev.daddr = seg.daddr;
+        });
     }
     if in_keepalive {
         let key = FlowKey {
@@ -208,6 +251,10 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         if IN_FLIGHT.insert(&key, &flight, 0).is_err() {
             count(counter::IN_FLIGHT_FULL, 1);
         }
+    }
+    if in_keepalive && !wire_only {
+        // The timer's exit reports this probe with FLAG_WIRE_SEEN.
+        return Ok(());
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     emit(EventKind::WireProbe, cookie, |ev| {

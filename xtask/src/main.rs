@@ -45,6 +45,12 @@ enum Command {
         #[arg(long)]
         compare: Option<PathBuf>,
     },
+    /// Holds idle keepalive connections for the benchmark until stdin closes.
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        conns: usize,
+    },
     /// Build, then run the unit tests and the real-kernel integration tests
     /// (as root) on this machine's kernel and on the VM kernel matrix;
     /// arguments after `--` go to the host's integration test runner.
@@ -91,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench::run(quick, json, compare)
         }
+        Command::BenchHold { conns } => bench::hold(conns),
         Command::Test { kernels, args } => {
             // Refuse a misspelt kernel before minutes of building.
             let vms = kernels

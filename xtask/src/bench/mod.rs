@@ -6,7 +6,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,18 +16,27 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-struct Netns(String);
+mod hold;
+mod tc;
+
+pub use hold::hold;
+
+pub(crate) struct Netns(String);
 
 impl Netns {
-    fn new(name: &str) -> anyhow::Result<Netns> {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+    pub(crate) fn new(name: &str) -> anyhow::Result<Netns> {
+        // A namespace left by an interrupted run; usually there is none.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         crate::cmd::run("ip", &["netns", "add", name])?;
         crate::cmd::run("ip", &["-n", name, "link", "set", "lo", "up"])?;
         Ok(Netns(name.into()))
     }
 
     /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
         let file = fs::File::open(format!("/run/netns/{}", self.0))?;
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -60,7 +69,7 @@ impl Drop for Netns {
 }
 
 /// The agent as a child; stopped with SIGTERM.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     lines: std::sync::mpsc::Receiver<Value>,
     ready: Value,
@@ -68,7 +77,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(extra: &[&str]) -> anyhow::Result<Agent> {
+    pub(crate) fn start(extra: &[&str]) -> anyhow::Result<Agent> {
         let started = Instant::now();
         let mut child = Command::new("target/release/keepalive-agent")
             .args(["run", "--json", "--quiet", "--listen", "127.0.0.1:0"])
@@ -135,7 +144,7 @@ impl Agent {
         (cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
     }
 
-    fn stop(mut self) -> anyhow::Result<Value> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<Value> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -150,6 +159,17 @@ impl Agent {
             }
         }
         bail!("agent did not stop within 60 s")
+    }
+}
+
+/// A benchmark that fails half-way must not leave an agent attached.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -188,39 +208,6 @@ fn tcp_keepalive_counter() -> u64 {
         .unwrap_or(0)
 }
 
-fn raise_nofile() {
-    let lim = libc::rlimit {
-        rlim_cur: 1 << 20,
-        rlim_max: 1 << 20,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-}
-
-/// `n` keepalive connections (1 s idle, 1 s interval, 100 probes) over
-/// loopback, with their accepted ends; 20k clients per listening port.
-fn connections(n: usize) -> anyhow::Result<Vec<TcpStream>> {
-    let mut all = Vec::with_capacity(2 * n);
-    let mut listener: Option<TcpListener> = None;
-    for i in 0..n {
-        if i % 20_000 == 0 {
-            listener = Some(TcpListener::bind("127.0.0.1:0")?);
-        }
-        let l = listener.as_ref().context("listener")?;
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(1))
-                .with_interval(Duration::from_secs(1))
-                .with_retries(100),
-        )?;
-        s.connect(&l.local_addr()?.into())?;
-        all.push(TcpStream::from(s));
-        all.push(l.accept()?.0);
-    }
-    Ok(all)
-}
-
 fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     let ns = Netns::new("kabench")?;
     let agent = Agent::start(&[
@@ -231,7 +218,7 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     ])?;
     let before = ns.run(tcp_keepalive_counter)?;
     let made = Instant::now();
-    let socks = ns.run(|| connections(n))??;
+    let socks = hold::Holders::spawn(&ns.0, n)?;
     let setup_s = made.elapsed().as_secs_f64();
     let (cpu0, _, _) = agent.usage();
     let t0 = Instant::now();
@@ -277,99 +264,6 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     }))
 }
 
-/// Bulk TCP throughput over the namespace's loopback for `for_`.
-fn throughput(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
-    ns.run(|| -> anyhow::Result<f64> {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let addr = l.local_addr()?;
-        let reader = std::thread::spawn(move || -> std::io::Result<u64> {
-            let (mut s, _) = l.accept()?;
-            let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0u64;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(total);
-                }
-                total += n as u64;
-            }
-        });
-        let mut c = TcpStream::connect(addr)?;
-        let chunk = vec![7u8; 1 << 16];
-        let t = Instant::now();
-        while t.elapsed() < for_ {
-            c.write_all(&chunk)?;
-        }
-        drop(c);
-        let bytes = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        Ok(bytes as f64 / t.elapsed().as_secs_f64())
-    })?
-}
-
-/// (ns per run, runs) of a program by name, from kernel.bpf_stats_enabled.
-fn prog_cost(name: &str) -> Option<(f64, u64)> {
-    let out = crate::cmd::output("bpftool", &["prog", "show", "-j"]).ok()?;
-    let progs: Value = serde_json::from_str(&out).ok()?;
-    let (mut ns, mut cnt) = (0u64, 0u64);
-    for p in progs.as_array()? {
-        if p["name"] == name {
-            ns += p["run_time_ns"].as_u64().unwrap_or(0);
-            cnt += p["run_cnt"].as_u64().unwrap_or(0);
-        }
-    }
-    (cnt > 0).then(|| (ns as f64 / cnt as f64, cnt))
-}
-
-/// Loopback throughput with the classifiers detached (agent `--no-tc`) and
-/// attached, in alternating rounds, compared by median so that one noisy
-/// round on a 2-core machine does not decide. BPF run-time statistics add
-/// two clock reads per run, so they are on only for a separate round that
-/// measures the per-packet cost.
-fn tc_overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
-    let ns = Netns::new("kabenchtc")?;
-    let (mut detached, mut attached) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("bench: TC round {round}/{rounds}…");
-        let without = Agent::start(&["--no-tc"])?;
-        detached.push(throughput(&ns, window)?);
-        without.stop()?;
-        let with = Agent::start(&[])?;
-        attached.push(throughput(&ns, window)?);
-        with.stop()?;
-    }
-    let with = Agent::start(&[])?;
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    throughput(&ns, window)?;
-    let egress = prog_cost("tc_egress");
-    let ingress = prog_cost("tc_ingress");
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-    with.stop()?;
-    let (base, on) = (median(&mut detached), median(&mut attached));
-    let gbit = |v: &[f64]| v.iter().map(|b| b * 8.0 / 1e9).collect::<Vec<_>>();
-    Ok(json!({
-        "throughput_detached_gbit_s": base * 8.0 / 1e9,
-        "throughput_attached_gbit_s": on * 8.0 / 1e9,
-        "rounds_detached_gbit_s": gbit(&detached),
-        "rounds_attached_gbit_s": gbit(&attached),
-        "cost_percent": 100.0 * (1.0 - on / base),
-        "tc_egress_ns_per_packet": egress.map(|e| e.0),
-        "tc_egress_packets": egress.map(|e| e.1),
-        "tc_ingress_ns_per_packet": ingress.map(|e| e.0),
-        "tc_ingress_packets": ingress.map(|e| e.1),
-    }))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn startup() -> anyhow::Result<Value> {
     let agent = Agent::start(&[])?;
     let v = json!({
@@ -386,7 +280,6 @@ fn verdict(ok: bool) -> &'static str {
 
 pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> anyhow::Result<()> {
     crate::require_root("the benchmark")?;
-    raise_nofile();
     let steps: &[usize] = if quick {
         &[1_000, 5_000]
     } else {
@@ -399,7 +292,7 @@ pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> 
         exact.push(exactness_and_scale(n, window)?);
     }
     eprintln!("bench: TC classifiers attached vs detached…");
-    let tc = tc_overhead(
+    let tc = tc::overhead(
         Duration::from_secs(if quick { 2 } else { 4 }),
         if quick { 3 } else { 5 },
     )?;
@@ -450,13 +343,27 @@ pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> 
         last["probes_per_s"].as_f64().unwrap_or(0.0)
     );
     let cost = tc["cost_percent"].as_f64().unwrap_or(f64::NAN);
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let (bulk, ping) = (&tc["bulk_stats"], &tc["ping_pong_stats"]);
     println!(
-        "target: TC classifiers < 3 % of loopback TCP throughput: {} ({cost:.1} %: median {:.2} vs {:.2} Gbit/s; egress {:.0} ns, ingress {:.0} ns per packet)",
+        "target: TC classifiers < 3 % of loopback TCP throughput: {} ({cost:.1} %: median {:.2} attached vs {:.2} Gbit/s detached; \
+         classifiers {:.2} % of all CPU time, egress {:.0} ns, ingress {:.0} ns per packet)",
         verdict(cost < 3.0),
-        tc["throughput_attached_gbit_s"].as_f64().unwrap_or(0.0),
-        tc["throughput_detached_gbit_s"].as_f64().unwrap_or(0.0),
-        tc["tc_egress_ns_per_packet"].as_f64().unwrap_or(f64::NAN),
-        tc["tc_ingress_ns_per_packet"].as_f64().unwrap_or(f64::NAN)
+        f(&tc["throughput_attached_gbit_s"]),
+        f(&tc["throughput_detached_gbit_s"]),
+        f(&bulk["cpu_share_percent"]),
+        f(&bulk["egress_ns_per_packet"]),
+        f(&bulk["ingress_ns_per_packet"]),
+    );
+    println!(
+        "        packet rate, 64-byte ping-pong: {:.1} % ({:.0} attached vs {:.0} round trips/s detached; \
+         classifiers {:.2} % of all CPU time, egress {:.0} ns, ingress {:.0} ns per packet)",
+        f(&tc["ping_pong_cost_percent"]),
+        f(&tc["ping_pong_attached_per_s"]),
+        f(&tc["ping_pong_detached_per_s"]),
+        f(&ping["cpu_share_percent"]),
+        f(&ping["egress_ns_per_packet"]),
+        f(&ping["ingress_ns_per_packet"]),
     );
     let rss = last["agent_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let metrics = last["metrics_ms_median"].as_f64().unwrap_or(f64::NAN);
@@ -493,6 +400,11 @@ fn print_comparison(old: &Path, new: &Value) -> anyhow::Result<()> {
             "tc cost %",
             &new["tc"]["cost_percent"],
             &old["tc"]["cost_percent"],
+        ),
+        (
+            "tc ping-pong cost %",
+            &new["tc"]["ping_pong_cost_percent"],
+            &old["tc"]["ping_pong_cost_percent"],
         ),
         (
             "start-up ms",

@@ -1,0 +1,232 @@
+//! Data-path cost of the TC classifiers: loopback TCP in a namespace of its
+//! own, with the agent's classifiers detached (`--no-tc`) and attached.
+//! Two loads: bulk throughput (64 KiB writes, few large GSO packets) and a
+//! 64-byte ping-pong (the packet rate: every segment is small enough for
+//! the classifiers to parse). Rounds alternate the order (ABBA) after a
+//! discarded warm-up, and medians are compared, because a 2-core machine's
+//! round-to-round noise is larger than the cost measured. A last round with
+//! `kernel.bpf_stats_enabled` gives each program's time per packet and its
+//! share of all CPU time spent (the stats' own clock reads are kept out of
+//! the throughput rounds).
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use super::{Agent, Netns};
+
+/// Bytes per second of one bulk TCP flow over the namespace's loopback.
+fn bulk(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
+    ns.run(|| -> anyhow::Result<f64> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+            let (mut s, _) = l.accept()?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(total);
+                }
+                total += n as u64;
+            }
+        });
+        let mut c = TcpStream::connect(addr)?;
+        let chunk = vec![7u8; 1 << 16];
+        let t = Instant::now();
+        while t.elapsed() < for_ {
+            c.write_all(&chunk)?;
+        }
+        drop(c);
+        let bytes = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        Ok(bytes as f64 / t.elapsed().as_secs_f64())
+    })?
+}
+
+const PING: usize = 64;
+
+/// Round trips per second of a 64-byte ping-pong (TCP_NODELAY) over the
+/// namespace's loopback: two small segments, four classifier runs, each.
+fn ping_pong(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
+    ns.run(|| -> anyhow::Result<f64> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = l.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; PING];
+            loop {
+                match s.read_exact(&mut buf) {
+                    Ok(()) => s.write_all(&buf)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [1u8; PING];
+        let t = Instant::now();
+        let mut trips = 0u64;
+        while t.elapsed() < for_ {
+            c.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+            trips += 1;
+        }
+        let rate = trips as f64 / t.elapsed().as_secs_f64();
+        drop(c);
+        echo.join()
+            .map_err(|_| anyhow::anyhow!("echo panicked"))??;
+        Ok(rate)
+    })?
+}
+
+/// (bulk bytes/s, ping-pong round trips/s) with the agent in `mode`.
+fn round(ns: &Netns, attached: bool, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let agent = Agent::start(if attached { &[] } else { &["--no-tc"] })?;
+    let measured = (bulk(ns, window)?, ping_pong(ns, window)?);
+    agent.stop()?;
+    Ok(measured)
+}
+
+/// CPU time spent by all CPUs (not idle, not iowait), in ns, from /proc/stat.
+fn busy_cpu_ns() -> u64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    busy * 1_000_000_000 / hz
+}
+
+/// Total (run time ns, runs) of the programs called `name`, from
+/// `bpftool prog show` (needs kernel.bpf_stats_enabled).
+fn prog_stats(name: &str) -> (u64, u64) {
+    let Ok(out) = crate::cmd::output("bpftool", &["prog", "show", "-j"]) else {
+        return (0, 0);
+    };
+    let progs: Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut total = (0, 0);
+    for p in progs.as_array().into_iter().flatten() {
+        if p["name"] == name {
+            total.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            total.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Per-packet cost of each classifier and their share of all CPU time
+/// while `load` runs.
+fn stats_round(load: impl FnOnce() -> anyhow::Result<f64>) -> anyhow::Result<Value> {
+    let agent = Agent::start(&[])?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let (e0, i0, cpu0) = (
+        prog_stats("tc_egress"),
+        prog_stats("tc_ingress"),
+        busy_cpu_ns(),
+    );
+    let result = load();
+    let (e1, i1, cpu1) = (
+        prog_stats("tc_egress"),
+        prog_stats("tc_ingress"),
+        busy_cpu_ns(),
+    );
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    agent.stop()?;
+    result?;
+    let per = |a: (u64, u64), b: (u64, u64)| {
+        let runs = b.1 - a.1;
+        (runs > 0).then(|| (b.0 - a.0) as f64 / runs as f64)
+    };
+    let prog_ns = (e1.0 - e0.0) + (i1.0 - i0.0);
+    let cpu_ns = cpu1.saturating_sub(cpu0);
+    Ok(json!({
+        "egress_ns_per_packet": per(e0, e1),
+        "egress_packets": e1.1 - e0.1,
+        "ingress_ns_per_packet": per(i0, i1),
+        "ingress_packets": i1.1 - i0.1,
+        "cpu_share_percent": (cpu_ns > 0).then(|| 100.0 * prog_ns as f64 / cpu_ns as f64),
+    }))
+}
+
+pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
+    let ns = Netns::new("kabenchtc")?;
+    eprintln!("bench: TC warm-up round (discarded)…");
+    round(&ns, false, window)?;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        eprintln!("bench: TC round {}/{rounds}…", r + 1);
+        // ABBA: neither setting always goes first.
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for attached in order {
+            let m = round(&ns, attached, window)?;
+            if attached { &mut on } else { &mut off }.push(m);
+        }
+    }
+    eprintln!("bench: TC per-packet cost (bpf_stats)…");
+    let bulk_stats = stats_round(|| bulk(&ns, window))?;
+    let ping_stats = stats_round(|| ping_pong(&ns, window))?;
+    let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
+    let (bulk_off, bulk_on) = (col(&off, |m| m.0), col(&on, |m| m.0));
+    let (ping_off, ping_on) = (col(&off, |m| m.1), col(&on, |m| m.1));
+    let (b0, b1) = (median(&bulk_off), median(&bulk_on));
+    let (p0, p1) = (median(&ping_off), median(&ping_on));
+    let gbit = |v: &[f64]| v.iter().map(|b| b * 8.0 / 1e9).collect::<Vec<_>>();
+    Ok(json!({
+        "throughput_detached_gbit_s": b0 * 8.0 / 1e9,
+        "throughput_attached_gbit_s": b1 * 8.0 / 1e9,
+        "cost_percent": 100.0 * (1.0 - b1 / b0),
+        "rounds_detached_gbit_s": gbit(&bulk_off),
+        "rounds_attached_gbit_s": gbit(&bulk_on),
+        "ping_pong_detached_per_s": p0,
+        "ping_pong_attached_per_s": p1,
+        "ping_pong_cost_percent": 100.0 * (1.0 - p1 / p0),
+        "rounds_ping_pong_detached_per_s": ping_off,
+        "rounds_ping_pong_attached_per_s": ping_on,
+        "bulk_stats": bulk_stats,
+        "ping_pong_stats": ping_stats,
+    }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+}
