@@ -502,9 +502,8 @@ mod tests {
         sent.kind = EventKind::ProbeSent as u32;
         sent.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_SEEN;
         sent.ifindex = 7;
-        let kinds: Vec<(u32, u8, u32)> = unfold(sent)
-            .map(|e| (e.kind, e.flags, e.ifindex))
-            .collect();
+        let kinds: Vec<(u32, u8, u32)> =
+            unfold(sent).map(|e| (e.kind, e.flags, e.ifindex)).collect();
         assert_eq!(
             kinds,
             [
@@ -513,7 +512,11 @@ mod tests {
             ]
         );
         sent.flags = FLAG_KEEPALIVE_ON;
-        assert_eq!(unfold(sent).count(), 1, "not seen on the wire: no wire_probe");
+        assert_eq!(
+            unfold(sent).count(),
+            1,
+            "not seen on the wire: no wire_probe"
+        );
     }
 
     fn ev(timer: u8, old_state: u8, user_timeout_ms: u32) -> Event {
