@@ -473,6 +473,10 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         _ => {}
     });
     if let Some(known) = table.get(ev.cookie) {
+        if wire_only {
+            r.netns = known.netns;
+            r.state = Some(state_name(known.state));
+        }
         if has_tuple && ev.sport == 0 {
             r.local = known.local.map(endpoint_of).or(r.local);
             r.remote = known.remote.map(endpoint_of).or(r.remote);
@@ -517,6 +521,41 @@ mod tests {
             1,
             "not seen on the wire: no wire_probe"
         );
+    }
+
+    /// A probe counted from the wire alone carries no namespace: the
+    /// record takes the socket's from the table.
+    #[test]
+    fn wire_only_probe_record_keeps_the_sockets_namespace_and_settings() {
+        let clock = Clock::new(250);
+        let mut table = crate::sockets::SocketTable::new(10);
+        let mut timer = Event::zeroed();
+        timer.kind = EventKind::TimerFired as u32;
+        timer.cookie = 9;
+        timer.flags = FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE;
+        timer.netns = 42;
+        timer.state = 1;
+        timer.family = 2;
+        timer.sport = 1000;
+        timer.dport = 2000;
+        timer.settings.sock_time = 250;
+        timer.settings.net_time = 250;
+        timer.settings.net_intvl = 250;
+        timer.settings.net_probes = 9;
+        to_record(&timer, &mut table, &clock).unwrap();
+        let mut wire = Event::zeroed();
+        wire.kind = EventKind::ProbeSent as u32;
+        wire.cookie = 9;
+        wire.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY;
+        wire.family = 2;
+        wire.sport = 1000;
+        wire.dport = 2000;
+        wire.probes_total = 1;
+        let r = to_record(&wire, &mut table, &clock).unwrap();
+        assert_eq!(r.event, "probe_sent");
+        assert_eq!(r.netns, Some(42));
+        assert_eq!(r.probes_out, Some(1));
+        assert_eq!(r.keepalive.map(|k| k.idle_s), Some(1.0));
     }
 
     fn ev(timer: u8, old_state: u8, user_timeout_ms: u32) -> Event {
