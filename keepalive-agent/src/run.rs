@@ -54,10 +54,14 @@ struct Stopped {
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    bound_allocator_retention();
     crate::caps::check().context("the agent cannot run with these privileges")?;
     bump_memlock_rlimit();
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let config = offsets::resolve(&btf).context("resolving kernel offsets")?;
+    let config = {
+        // Tens of MiB parsed: gone before the agent settles in.
+        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        offsets::resolve(&btf).context("resolving kernel offsets")?
+    };
     log::debug!("kernel offsets and addresses: {config:x?}");
     // capset changes the calling thread only: drop what start-up needed
     // (kallsyms, memlock) while this is the only thread, so every thread
@@ -234,6 +238,8 @@ async fn run(
     writeln!(stdout)?;
     stdout.flush()?;
     info!("ready in {} ms", started.elapsed().as_millis());
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now).
+    release_freed_memory();
 
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
     rescan.tick().await;
@@ -403,15 +409,36 @@ fn inventory(
             )
         })
         .collect();
+    let owners_found = found.len();
     if let Ok(mut s) = state.lock() {
-        s.table.set_owners_by_inode(&found);
+        s.table.set_owners_by_inode(found);
     }
+    // The scan's buffers were as large as the node's socket count.
+    release_freed_memory();
     log::debug!(
         "inventory: {total} sockets in {} namespaces, {} owners found, {} ms",
         scanned.len(),
-        found.len(),
+        owners_found,
         started.elapsed().as_millis()
     );
+}
+
+/// Large buffers (a ring-buffer batch, an inventory, a `/sockets` reply)
+/// come and go with the node's socket count. glibc raises its mmap
+/// threshold after the first such buffer is freed and from then on serves
+/// them from the heap, which it keeps: a fixed threshold hands every large
+/// buffer back to the kernel when it is freed.
+fn bound_allocator_retention() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
+}
+
+/// Hands memory freed after a large, passing allocation back to the
+/// kernel: glibc keeps it otherwise, and the agent's RSS would stay at its
+/// start-up and inventory peaks.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Two inventories of our own namespace 250 ms apart: each record carries

@@ -12,6 +12,7 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use keepalive_common::{Event, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, SocketCounters, SocketRecord};
@@ -56,7 +57,8 @@ impl Owner {
 /// What the table knows of one socket.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Entry {
-    pub owner: Option<Owner>,
+    /// Shared by every socket of the process (see [`SocketTable::intern`]).
+    pub owner: Option<Arc<Owner>>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub netns: Option<u32>,
@@ -107,6 +109,9 @@ pub struct SocketView {
 
 pub struct SocketTable {
     live: HashMap<u64, Entry>,
+    /// One owner per process, shared by its sockets: a process with
+    /// thousands of connections stores its comm and cgroup once.
+    owners: HashMap<u32, Arc<Owner>>,
     closed: HashMap<u64, Entry>,
     closed_order: VecDeque<u64>,
     capacity: usize,
@@ -119,6 +124,7 @@ impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         SocketTable {
             live: HashMap::new(),
+            owners: HashMap::new(),
             closed: HashMap::new(),
             closed_order: VecDeque::new(),
             capacity,
@@ -137,8 +143,22 @@ impl SocketTable {
     }
 
     pub fn set_owner(&mut self, cookie: u64, owner: Owner) {
+        let owner = self.intern(owner);
         if let Some(e) = self.entry(cookie) {
             e.owner = Some(owner);
+        }
+    }
+
+    /// The shared copy of `owner` (a pid reused by another program gets a
+    /// copy of its own).
+    fn intern(&mut self, owner: Owner) -> Arc<Owner> {
+        match self.owners.get(&owner.pid) {
+            Some(known) if **known == owner => known.clone(),
+            _ => {
+                let shared = Arc::new(owner);
+                self.owners.insert(shared.pid, shared.clone());
+                shared
+            }
         }
     }
 
@@ -186,6 +206,8 @@ impl SocketTable {
     /// Starts an inventory pass; sockets of a scanned namespace that the
     /// pass does not see are gone (their close event may have been lost).
     pub fn begin_inventory(&mut self) -> u64 {
+        // Owners no socket refers to any more.
+        self.owners.retain(|_, o| Arc::strong_count(o) > 1);
         self.generation += 1;
         self.generation
     }
@@ -252,10 +274,14 @@ impl SocketTable {
     }
 
     /// Sets owners found by inode.
-    pub fn set_owners_by_inode(&mut self, owners: &HashMap<u64, Owner>) {
+    pub fn set_owners_by_inode(&mut self, owners: HashMap<u64, Owner>) {
+        let shared: HashMap<u64, Arc<Owner>> = owners
+            .into_iter()
+            .map(|(inode, o)| (inode, self.intern(o)))
+            .collect();
         for e in self.live.values_mut() {
             if e.owner.is_none()
-                && let Some(o) = owners.get(&e.inode)
+                && let Some(o) = shared.get(&e.inode)
             {
                 e.owner = Some(o.clone());
             }
@@ -289,7 +315,7 @@ pub fn view(cookie: u64, e: &Entry, rules: &[Rule]) -> SocketView {
         state: events::state_name(e.state),
         local: e.local.map(events::endpoint_of),
         remote: e.remote.map(events::endpoint_of),
-        owner: e.owner.clone(),
+        owner: e.owner.as_deref().cloned(),
         uid: e.uid,
         inode: e.inode,
         keepalive: e.keepalive.clone(),
@@ -324,6 +350,24 @@ mod tests {
             comm: "x".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn sockets_of_one_process_share_its_owner() {
+        let mut t = SocketTable::new(10);
+        t.set_owner(1, owner(5));
+        t.set_owner(2, owner(5));
+        let (a, b) = (t.get(1).unwrap(), t.get(2).unwrap());
+        assert!(Arc::ptr_eq(
+            a.owner.as_ref().unwrap(),
+            b.owner.as_ref().unwrap()
+        ));
+        // The pid reused by another program: a copy of its own.
+        let mut other = owner(5);
+        other.comm = "other".into();
+        t.set_owner(3, other);
+        assert_eq!(t.get(3).unwrap().owner.as_ref().unwrap().comm, "other");
+        assert_ne!(t.get(1).unwrap().owner.as_ref().unwrap().comm, "other");
     }
 
     #[test]
