@@ -283,7 +283,7 @@ pub fn run(quick: bool, json_out: Option<PathBuf>, compare: Option<PathBuf>) -> 
     let steps: &[usize] = if quick {
         &[1_000, 5_000]
     } else {
-        &[1_000, 10_000, 50_000]
+        &[1_000, 10_000, 25_000, 50_000]
     };
     let window = Duration::from_secs(if quick { 5 } else { 10 });
     let mut exact = Vec::new();
