@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use keepalive_common::{
-    Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY,
-    FLAG_WIRE_SEEN, KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
+    AckEvent, Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON,
+    FLAG_WIRE_ONLY, FLAG_WIRE_SEEN, KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
 };
 use serde::Serialize;
 
@@ -21,11 +21,30 @@ const TCP_CLOSE: u8 = 7;
 /// Copies a record out of ring-buffer memory; `None` when it is too short
 /// (an object built from other sources).
 pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < core::mem::size_of::<Event>() {
+    if bytes.len() >= core::mem::size_of::<Event>() {
+        // SAFETY: Event is plain old data and the length was checked.
+        return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) });
+    }
+    if bytes.len() < core::mem::size_of::<AckEvent>() {
         return None;
     }
-    // SAFETY: Event is plain old data and the length was checked.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    // SAFETY: AckEvent is plain old data and the length was checked.
+    let ack = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AckEvent>()) };
+    if ack.kind != EventKind::ProbeAck as u32 {
+        return None;
+    }
+    // The socket's tuple comes from the table (family 0: not carried).
+    let mut ev = Event::zeroed();
+    ev.kind = ack.kind;
+    ev.cpu = ack.cpu;
+    ev.ts_ns = ack.ts_ns;
+    ev.jiffies = ack.jiffies;
+    ev.cookie = ack.cookie;
+    ev.rtt_ns = ack.rtt_ns;
+    ev.seq = ack.seq;
+    ev.acks_total = ack.acks_total;
+    ev.ifindex = ack.ifindex;
+    Some(ev)
 }
 
 /// The events one ring-buffer record stands for, in order: a `ProbeSent`
@@ -331,7 +350,8 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
     // A probe seen by TC alone carries the wire's tuple, not the socket's
     // settings: those stay as the table knows them.
     let wire_only = ev.flags & FLAG_WIRE_ONLY != 0;
-    if has_tuple || wire_only || matches!(kind, EventKind::WireProbe | EventKind::ProbeAck) {
+    let carries_tuple = has_tuple || wire_only || kind == EventKind::WireProbe;
+    if carries_tuple || (kind == EventKind::ProbeAck && ev.family != 0) {
         r.local = Some(endpoint(ev.family, &ev.saddr, ev.sport));
         r.remote = Some(endpoint(ev.family, &ev.daddr, ev.dport));
     }
@@ -473,6 +493,10 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         _ => {}
     });
     if let Some(known) = table.get(ev.cookie) {
+        if kind == EventKind::ProbeAck && ev.family == 0 {
+            r.local = known.local.map(endpoint_of);
+            r.remote = known.remote.map(endpoint_of);
+        }
         if wire_only {
             r.netns = known.netns;
             r.state = Some(state_name(known.state));
@@ -499,6 +523,7 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keepalive_common::ACK_EVENT_SIZE;
 
     #[test]
     fn probe_seen_on_the_wire_unfolds_into_wire_probe_then_probe_sent() {
@@ -521,6 +546,44 @@ mod tests {
             1,
             "not seen on the wire: no wire_probe"
         );
+    }
+
+    /// A compact ACK record decodes into an ACK whose tuple comes from the
+    /// socket the table knows.
+    #[test]
+    fn compact_ack_takes_its_tuple_from_the_table() {
+        let clock = Clock::new(250);
+        let mut table = crate::sockets::SocketTable::new(10);
+        let mut sent = Event::zeroed();
+        sent.kind = EventKind::ProbeSent as u32;
+        sent.cookie = 9;
+        sent.flags = FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE;
+        sent.family = 2;
+        sent.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        sent.daddr[..4].copy_from_slice(&[192, 0, 2, 2]);
+        sent.sport = 1000;
+        sent.dport = 2000;
+        sent.state = 1;
+        to_record(&sent, &mut table, &clock).unwrap();
+        let ack = AckEvent {
+            kind: EventKind::ProbeAck as u32,
+            cookie: 9,
+            rtt_ns: 81_000,
+            seq: 41,
+            acks_total: 1,
+            ifindex: 3,
+            ..Default::default()
+        };
+        // SAFETY: AckEvent is plain old data.
+        let bytes: [u8; ACK_EVENT_SIZE] = unsafe { std::mem::transmute(ack) };
+        let ev = decode(&bytes).expect("a compact ACK decodes");
+        let r = to_record(&ev, &mut table, &clock).unwrap();
+        assert_eq!(r.event, "probe_ack");
+        assert_eq!(r.rtt_us, Some(81.0));
+        assert_eq!(r.seq, Some(41));
+        assert_eq!(r.local.as_deref(), Some("192.0.2.1:1000"));
+        assert_eq!(r.remote.as_deref(), Some("192.0.2.2:2000"));
+        assert!(decode(&bytes[..40]).is_none(), "short records are refused");
     }
 
     /// A probe counted from the wire alone carries no namespace: the

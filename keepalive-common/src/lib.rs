@@ -214,6 +214,28 @@ pub struct Event {
     pub _pad: [u8; 4],
 }
 
+/// The ring buffer's compact record for a probe's ACK, the one event per
+/// probe that needs no socket details (the agent knows the socket from its
+/// `ProbeSent`): 56 bytes instead of 184, so bursts of probes fit three
+/// times as many ACKs. Its leading fields are laid out as [`Event`]'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AckEvent {
+    pub kind: u32,
+    pub cpu: u32,
+    pub ts_ns: u64,
+    pub jiffies: u64,
+    pub cookie: u64,
+    pub rtt_ns: u64,
+    pub seq: u32,
+    pub acks_total: u32,
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+pub const ACK_EVENT_SIZE: usize = 56;
+const _: () = assert!(core::mem::size_of::<AckEvent>() == ACK_EVENT_SIZE);
+
 pub const EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 176);

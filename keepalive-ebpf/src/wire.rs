@@ -16,7 +16,7 @@ use keepalive_common::{
 };
 
 use crate::{
-    emit::emit,
+    emit::{emit, emit_ack},
     kernel::{AF_INET, AF_INET6, config},
     maps::{IN_FLIGHT, SCRATCH, add, count},
 };
@@ -311,16 +311,11 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
         }
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    emit(EventKind::ProbeAck, cookie, |ev| {
+    emit_ack(cookie, |ev| {
         ev.rtt_ns = rtt;
         ev.seq = seq;
         ev.acks_total = acks_total;
         ev.ifindex = ifindex;
-        ev.family = key.family;
-        ev.sport = key.sport;
-        ev.dport = key.dport;
-        ev.saddr = key.saddr;
-        ev.daddr = key.daddr;
     });
     Ok(())
 }

@@ -14,6 +14,14 @@ pub fn tcp_ext(name: &str) -> u64 {
         .unwrap_or_else(|| panic!("TcpExt {name} not in /proc/net/netstat"))
 }
 
+/// A `Tcp:` counter of `/proc/net/snmp` (e.g. `RetransSegs`) as seen by
+/// the calling thread's namespace.
+pub fn tcp_snmp(name: &str) -> u64 {
+    let text = fs::read_to_string("/proc/thread-self/net/snmp")
+        .expect("reading /proc/thread-self/net/snmp");
+    parse(&text, "Tcp:", name).unwrap_or_else(|| panic!("Tcp {name} not in /proc/net/snmp"))
+}
+
 fn parse(text: &str, prefix: &str, name: &str) -> Option<u64> {
     let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let header: Vec<&str> = lines.next()?.split_whitespace().collect();

@@ -11,6 +11,7 @@ use std::{
 
 use keepalive_tests::{
     agent::Agent,
+    netstat::{tcp_ext, tcp_snmp},
     sock,
     world::{self, Pair},
 };
@@ -101,7 +102,14 @@ fn retransmissions_exhausted_is_cause_retransmit() {
     let agent = Agent::start(&[]);
     let (client, _server, comm, to) = connected(&pair, |_| {});
     let local = sock::endpoint(client.local_addr().unwrap());
+    // Retransmitted segments less tail-loss probes (a TLP resends the last
+    // segment before the first RTO but is not one of `icsk_retransmits`).
+    let by_rto = || tcp_snmp("RetransSegs") - tcp_ext("TCPLossProbes");
+    let before = pair.a.run(by_rto);
     assert_eq!(errno_of(&client), libc::ETIMEDOUT);
+    // The only connection of its namespace: every retransmission there is
+    // one of its own.
+    let retransmitted = pair.a.run(by_rto) - before;
     let t = the_timeout(
         agent,
         sock::cookie(&client),
@@ -114,14 +122,23 @@ fn retransmissions_exhausted_is_cause_retransmit() {
     assert_eq!(t["cause"], "retransmit");
     assert_eq!(t["tcp_retries2"], 3);
     assert_eq!(t["old_state"], "ESTAB");
-    // tcp_write_timeout gives up when retransmits_timed_out: the time since
-    // the first retransmission exceeds the model of tcp_retries2 backoffs,
-    // checked at the next timer run, whose retransmission count is one more
-    // (measured here: 4 with tcp_retries2=3, every run).
-    assert_eq!(t["retransmits"], 4, "{t}");
-    // RTO from 200 ms doubling: 0.2+0.4+0.8+1.6 s of retransmissions, then
-    // 3.2 s before the run that gives up (a little more: RTO > 200 ms).
-    assert_unanswered(&t, 6.2..=7.5);
+    // tcp_write_timeout gives up once the time since the first
+    // transmission exceeds the tcp_retries2 model (0.2+0.4+0.8+1.6 = 3 s
+    // from a 200 ms RTO), checked at a timer run: with the minimal RTO
+    // that is the run after the 4th retransmission (6.4 s); a larger RTO
+    // (slow machines, e.g. a software-emulated VM) reaches 3 s one
+    // retransmission earlier. Either way the kernel's count is the oracle.
+    assert!(
+        (3..=4).contains(&retransmitted),
+        "{retransmitted} retransmissions"
+    );
+    assert_eq!(t["retransmits"], retransmitted, "{t}");
+    let expected = if retransmitted == 4 {
+        6.2..=7.5
+    } else {
+        3.0..=4.5
+    };
+    assert_unanswered(&t, expected);
 }
 
 #[test]
