@@ -548,22 +548,28 @@ mod tests {
         );
     }
 
+    /// An event of socket 9, 192.0.2.1:1000 -> 192.0.2.2:2000, ESTABLISHED.
+    fn socket_event(kind: EventKind, flags: u8) -> Event {
+        let mut ev = Event::zeroed();
+        ev.kind = kind as u32;
+        ev.cookie = 9;
+        ev.flags = flags;
+        ev.family = 2;
+        ev.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        ev.daddr[..4].copy_from_slice(&[192, 0, 2, 2]);
+        ev.sport = 1000;
+        ev.dport = 2000;
+        ev.state = 1;
+        ev
+    }
+
     /// A compact ACK record decodes into an ACK whose tuple comes from the
     /// socket the table knows.
     #[test]
     fn compact_ack_takes_its_tuple_from_the_table() {
         let clock = Clock::new(250);
         let mut table = crate::sockets::SocketTable::new(10);
-        let mut sent = Event::zeroed();
-        sent.kind = EventKind::ProbeSent as u32;
-        sent.cookie = 9;
-        sent.flags = FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE;
-        sent.family = 2;
-        sent.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
-        sent.daddr[..4].copy_from_slice(&[192, 0, 2, 2]);
-        sent.sport = 1000;
-        sent.dport = 2000;
-        sent.state = 1;
+        let sent = socket_event(EventKind::ProbeSent, FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE);
         to_record(&sent, &mut table, &clock).unwrap();
         let ack = AckEvent {
             kind: EventKind::ProbeAck as u32,
@@ -592,27 +598,14 @@ mod tests {
     fn wire_only_probe_record_keeps_the_sockets_namespace_and_settings() {
         let clock = Clock::new(250);
         let mut table = crate::sockets::SocketTable::new(10);
-        let mut timer = Event::zeroed();
-        timer.kind = EventKind::TimerFired as u32;
-        timer.cookie = 9;
-        timer.flags = FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE;
+        let mut timer = socket_event(EventKind::TimerFired, FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE);
         timer.netns = 42;
-        timer.state = 1;
-        timer.family = 2;
-        timer.sport = 1000;
-        timer.dport = 2000;
         timer.settings.sock_time = 250;
         timer.settings.net_time = 250;
         timer.settings.net_intvl = 250;
         timer.settings.net_probes = 9;
         to_record(&timer, &mut table, &clock).unwrap();
-        let mut wire = Event::zeroed();
-        wire.kind = EventKind::ProbeSent as u32;
-        wire.cookie = 9;
-        wire.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY;
-        wire.family = 2;
-        wire.sport = 1000;
-        wire.dport = 2000;
+        let mut wire = socket_event(EventKind::ProbeSent, FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY);
         wire.probes_total = 1;
         let r = to_record(&wire, &mut table, &clock).unwrap();
         assert_eq!(r.event, "probe_sent");

@@ -50,9 +50,6 @@ impl InterfaceFilter {
 /// One interface with both classifiers attached.
 struct Attachment {
     name: String,
-    /// Its namespace's cookie: the inode of a deleted namespace is reused
-    /// by the next one, whose `lo` is ifindex 1 again.
-    ns_cookie: Option<u64>,
     /// The path its namespace was entered by when attaching.
     path: PathBuf,
     links: Links,
@@ -130,13 +127,21 @@ fn detach_in(path: &Path, inode: u64, links: Vec<tc::SchedClassifierLink>) -> Re
     result.and(entered.map_err(|e| e.to_string())?)
 }
 
+/// An interface by its namespace and ifindex. The namespace is its inode
+/// and its cookie: a deleted namespace's inode is reused by the next one,
+/// whose `lo` is ifindex 1 again; the cookie never is (`None` before 5.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Interface {
+    inode: u64,
+    ns_cookie: Option<u64>,
+    ifindex: u32,
+}
+
 #[derive(Default)]
 pub struct TcAttacher {
-    /// (netns inode, ifindex) -> links.
-    attached: BTreeMap<(u64, u32), Attachment>,
+    attached: BTreeMap<Interface, Attachment>,
     /// Failures already logged, so a broken interface does not flood logs.
-    /// The namespace cookie rides along, as for attachments.
-    failed: BTreeMap<(u64, u32), (Option<u64>, String)>,
+    failed: BTreeMap<Interface, String>,
 }
 
 /// What one sync changed.
@@ -157,7 +162,7 @@ impl TcAttacher {
     pub fn interfaces(&self) -> Vec<String> {
         self.attached
             .iter()
-            .map(|((ns, _), a)| format!("{ns}:{}", a.name))
+            .map(|(key, a)| format!("{}:{}", key.inode, a.name))
             .collect()
     }
 
@@ -171,10 +176,15 @@ impl TcAttacher {
         let mut unread = BTreeSet::new();
         for ns in netns::all() {
             match netns::run_in(&ns.path, || (netns::cookie(), netns::interfaces())) {
-                Ok((cookie, ifaces)) => {
-                    for (index, name) in ifaces {
+                Ok((ns_cookie, ifaces)) => {
+                    for (ifindex, name) in ifaces {
                         if filter.matches(&name) {
-                            seen.push((ns.clone(), cookie, index, name));
+                            let key = Interface {
+                                inode: ns.inode,
+                                ns_cookie,
+                                ifindex,
+                            };
+                            seen.push((ns.clone(), key, name));
                         }
                     }
                 }
@@ -185,47 +195,36 @@ impl TcAttacher {
                 }
             }
         }
-        let live: BTreeMap<(u64, u32), Option<u64>> = seen
-            .iter()
-            .map(|(ns, cookie, i, _)| ((ns.inode, *i), *cookie))
-            .collect();
-        let gone: Vec<(u64, u32)> = self
+        let live: BTreeSet<Interface> = seen.iter().map(|(_, key, _)| *key).collect();
+        let gone: Vec<Interface> = self
             .attached
-            .iter()
-            .filter(|(key, a)| match live.get(key) {
-                // Same inode and ifindex, another namespace: the old one was
-                // deleted between two scans and its inode reused.
-                Some(cookie) => *cookie != a.ns_cookie,
-                None => !unread.contains(&key.0),
-            })
-            .map(|(key, _)| *key)
+            .keys()
+            .filter(|key| !live.contains(key) && !unread.contains(&key.inode))
+            .copied()
             .collect();
         for key in gone {
             if let Some(a) = self.attached.remove(&key) {
-                info!("tc: interface {} in netns {} is gone", a.name, key.0);
+                info!("tc: interface {} in netns {} is gone", a.name, key.inode);
                 // Its filters went with it; deleting by ifindex from here
                 // could only hit another namespace's interface.
                 a.links.forget();
                 report.detached += 1;
             }
         }
-        self.failed.retain(|key, (cookie, _)| match live.get(key) {
-            Some(now) => now == cookie,
-            None => unread.contains(&key.0),
-        });
+        self.failed
+            .retain(|key, _| live.contains(key) || unread.contains(&key.inode));
         // Where each namespace is reachable now, for the ones whose old
         // path no longer leads there.
         let paths: BTreeMap<u64, PathBuf> = seen
             .iter()
-            .map(|(ns, _, _, _)| (ns.inode, ns.path.clone()))
+            .map(|(ns, _, _)| (ns.inode, ns.path.clone()))
             .collect();
         for (key, a) in self.attached.iter_mut() {
-            if let Some(p) = paths.get(&key.0) {
+            if let Some(p) = paths.get(&key.inode) {
                 a.path.clone_from(p);
             }
         }
-        for (ns, ns_cookie, index, name) in seen {
-            let key = (ns.inode, index);
+        for (ns, key, name) in seen {
             if self.attached.contains_key(&key) || self.failed.contains_key(&key) {
                 continue;
             }
@@ -236,7 +235,6 @@ impl TcAttacher {
                         key,
                         Attachment {
                             name,
-                            ns_cookie,
                             path: ns.path.clone(),
                             links,
                         },
@@ -245,7 +243,7 @@ impl TcAttacher {
                 }
                 Err(e) => {
                     warn!("tc: not attached to {name} in netns {}: {e}", ns.inode);
-                    self.failed.insert(key, (ns_cookie, e));
+                    self.failed.insert(key, e);
                     report.failed += 1;
                 }
             }
@@ -265,7 +263,7 @@ impl TcAttacher {
             .into_iter()
             .map(|ns| (ns.inode, ns.path))
             .collect();
-        for ((inode, _), a) in std::mem::take(&mut self.attached) {
+        for (Interface { inode, .. }, a) in std::mem::take(&mut self.attached) {
             let path = now.get(&inode).unwrap_or(&a.path);
             match a.links.detach_in(path, inode) {
                 Ok(()) => log::debug!("tc: detached from {} in netns {inode}", a.name),

@@ -6,39 +6,52 @@ use keepalive_common::{AckEvent, Event, EventKind, counter};
 
 use crate::maps::{EVENTS, count};
 
+/// A ring-buffer record: [`Event`], or the compact [`AckEvent`], which
+/// share their leading fields.
+trait Record: Copy + 'static {
+    fn stamp(&mut self, kind: EventKind, cookie: u64);
+}
+
+macro_rules! record {
+    ($t:ty) => {
+        impl Record for $t {
+            #[inline(always)]
+            fn stamp(&mut self, kind: EventKind, cookie: u64) {
+                self.kind = kind as u32;
+                self.cookie = cookie;
+                unsafe {
+                    self.cpu = bpf_get_smp_processor_id();
+                    self.ts_ns = bpf_ktime_get_ns();
+                    self.jiffies = bpf_jiffies64();
+                }
+            }
+        }
+    };
+}
+record!(Event);
+record!(AckEvent);
+
+/// Reserves a record, stamps its head, lets `fill` write the rest and
+/// submits it; a full ring buffer counts the event as lost.
 #[inline(always)]
-pub fn emit(kind: EventKind, cookie: u64, fill: impl FnOnce(&mut Event)) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mut T)) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter::EVENTS_LOST, 1);
         return;
     };
-    let ev = entry.write(Event::zeroed());
-    ev.kind = kind as u32;
-    ev.cookie = cookie;
-    unsafe {
-        ev.cpu = bpf_get_smp_processor_id();
-        ev.ts_ns = bpf_ktime_get_ns();
-        ev.jiffies = bpf_jiffies64();
-    }
+    let ev = entry.write(zero);
+    ev.stamp(kind, cookie);
     fill(ev);
     entry.submit(0);
+}
+
+#[inline(always)]
+pub fn emit(kind: EventKind, cookie: u64, fill: impl FnOnce(&mut Event)) {
+    write(Event::zeroed(), kind, cookie, fill);
 }
 
 /// A probe's ACK as a compact [`AckEvent`].
 #[inline(always)]
 pub fn emit_ack(cookie: u64, fill: impl FnOnce(&mut AckEvent)) {
-    let Some(mut entry) = EVENTS.reserve::<AckEvent>(0) else {
-        count(counter::EVENTS_LOST, 1);
-        return;
-    };
-    let ev = entry.write(AckEvent::default());
-    ev.kind = EventKind::ProbeAck as u32;
-    ev.cookie = cookie;
-    unsafe {
-        ev.cpu = bpf_get_smp_processor_id();
-        ev.ts_ns = bpf_ktime_get_ns();
-        ev.jiffies = bpf_jiffies64();
-    }
-    fill(ev);
-    entry.submit(0);
+    write(AckEvent::default(), EventKind::ProbeAck, cookie, fill);
 }

@@ -48,12 +48,11 @@ pub struct TimerScratch {
     /// The socket reached TCP_CLOSE during the callback: it may be freed by
     /// the time of exit, so exit must not read it.
     pub closed: u8,
-    /// TC egress saw this socket's probe during the callback.
-    pub wire_probe_seen: u8,
     /// TCP state at timer entry (an error report sees CLOSE already).
     pub state_before: u8,
-    pub _pad: [u8; 2],
-    /// Where TC saw the probe leave, for the exit's `ProbeSent`.
+    pub _pad: [u8; 3],
+    /// Where TC egress saw this socket's probe leave during the callback
+    /// (0: not seen), for the exit's `ProbeSent`.
     pub wire_ifindex: u32,
     pub _pad2: u32,
 }

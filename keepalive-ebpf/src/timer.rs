@@ -37,7 +37,7 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     scratch.sk = sk;
     scratch.kind = kind;
     scratch.closed = 0;
-    scratch.wire_probe_seen = 0;
+    scratch.wire_ifindex = 0;
     scratch.keepalive_on = 0;
     scratch.cookie = kernel::cookie(sk)?;
     scratch.probes_out_before = kernel::probes_out(sk)?;
@@ -46,7 +46,6 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
         return Ok(());
     }
     scratch.keepalive_on = 1;
-    scratch.wire_ifindex = 0;
     count(counter::TIMER_FIRES, 1);
     let cookie = scratch.cookie;
     if cookie == 0 {
@@ -89,7 +88,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     let before = scratch.probes_out_before;
     let sent = if after > before {
         (after - before) as u64
-    } else if scratch.wire_probe_seen != 0 {
+    } else if scratch.wire_ifindex != 0 {
         // The ACK already reset probes_out on another CPU (after the callback
         // released the socket lock), but TC saw the probe leave.
         1
@@ -113,7 +112,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         });
         return Ok(());
     }
-    let (wire_seen, wire_ifindex) = (scratch.wire_probe_seen, scratch.wire_ifindex);
+    let wire_ifindex = scratch.wire_ifindex;
     count(counter::PROBES, sent);
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
@@ -129,7 +128,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;
         ev.flags = FLAG_KEEPALIVE_ON;
-        if wire_seen != 0 {
+        if wire_ifindex != 0 {
             ev.flags |= FLAG_WIRE_SEEN;
             ev.ifindex = wire_ifindex;
         }

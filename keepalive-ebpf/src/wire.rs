@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use keepalive_common::{
-    EventKind, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FlowKey, ProbeInFlight,
-    TIMER_KEEPALIVE, TIMER_NONE, counter,
+    Event, EventKind, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FlowKey,
+    ProbeInFlight, TIMER_KEEPALIVE, TIMER_NONE, counter,
 };
 
 use crate::{
@@ -39,6 +39,30 @@ struct Segment {
     ack: u32,
     flags: u8,
     payload: u32,
+}
+
+impl Segment {
+    /// The flow as this (the sending) side sees it.
+    #[inline(always)]
+    fn flow(&self) -> FlowKey {
+        FlowKey {
+            family: self.family,
+            sport: self.sport,
+            dport: self.dport,
+            _pad: 0,
+            saddr: self.saddr,
+            daddr: self.daddr,
+        }
+    }
+
+    #[inline(always)]
+    fn fill_tuple(&self, ev: &mut Event) {
+        ev.family = self.family;
+        ev.sport = self.sport;
+        ev.dport = self.dport;
+        ev.saddr = self.saddr;
+        ev.daddr = self.daddr;
+    }
 }
 
 /// The longest frame a probe or a probe's ACK can be: Ethernet, IPv4 with
@@ -167,7 +191,8 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut in_keepalive = false;
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let mut in_timer = false;
     let mut timer_running = false;
     if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
         let scratch = unsafe { &mut *scratch };
@@ -175,45 +200,38 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         // The scratch cookie is 0 for a socket whose cookie was created just
         // now; the timer callback only transmits for its own socket.
         if scratch.kind == TIMER_KEEPALIVE && (scratch.cookie == cookie || scratch.cookie == 0) {
-            in_keepalive = true;
+            in_timer = true;
             scratch.cookie = cookie;
-            scratch.wire_probe_seen = 1;
-            scratch.wire_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            scratch.wire_ifindex = ifindex;
         }
     }
+    let counters = crate::maps::SOCKETS.get_ptr_mut(cookie);
     // No timer of ours is running on this CPU, yet a probe left: the timer
     // hook was not invoked for this run (it happens under heavy timer
     // load). A socket whose keepalive timer we have seen sends no
     // zero-window probe without a write timer, so this is a keepalive probe.
-    let mut wire_only = false;
-    if !in_keepalive && !timer_running {
-        if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
-            if unsafe { (*c).timer_fires } > 0 {
-                wire_only = true;
-                in_keepalive = true;
-            }
-        }
+    let wire_only =
+        !in_timer && !timer_running && counters.is_some_and(|c| unsafe { (*c).timer_fires } > 0);
+    if !in_timer && !wire_only {
+        count(counter::WIRE_ZERO_WINDOW_PROBES, 1);
+        emit(EventKind::WireProbe, cookie, |ev| {
+            ev.seq = seg.seq;
+            ev.ifindex = ifindex;
+            seg.fill_tuple(ev);
+        });
+        return Ok(());
     }
-    count(
-        if in_keepalive {
-            counter::WIRE_PROBES
-        } else {
-            counter::WIRE_ZERO_WINDOW_PROBES
-        },
-        1,
-    );
+    count(counter::WIRE_PROBES, 1);
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
-    if in_keepalive {
-        if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
-            add(unsafe { &raw mut (*c).wire_probes }, 1);
-            if wire_only {
-                add(unsafe { &raw mut (*c).probes }, 1);
-                unsafe {
-                    (*c).last_probe_ns = now;
-                    probes_total = (*c).probes as u32;
-                    acks_total = (*c).acks as u32;
-                }
+    if let Some(c) = counters {
+        add(unsafe { &raw mut (*c).wire_probes }, 1);
+        if wire_only {
+            add(unsafe { &raw mut (*c).probes }, 1);
+            unsafe {
+                (*c).last_probe_ns = now;
+                probes_total = (*c).probes as u32;
+                acks_total = (*c).acks as u32;
             }
         }
     }
@@ -226,49 +244,27 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             ev.seq = seg.seq;
             ev.probes_total = probes_total;
             ev.acks_total = acks_total;
-            ev.family = seg.family;
-            ev.sport = seg.sport;
-            ev.dport = seg.dport;
-            ev.saddr = seg.saddr;
-            ev.daddr = seg.daddr;
+            seg.fill_tuple(ev);
         });
     }
-    if in_keepalive {
-        let key = FlowKey {
-            family: seg.family,
-            sport: seg.sport,
-            dport: seg.dport,
-            _pad: 0,
-            saddr: seg.saddr,
-            daddr: seg.daddr,
-        };
-        let flight = ProbeInFlight {
-            cookie,
-            sent_ns: now,
-            seq: seg.seq,
-            _pad: 0,
-        };
-        if IN_FLIGHT.insert(&key, &flight, 0).is_err() {
-            count(counter::IN_FLIGHT_FULL, 1);
-        }
+    let flight = ProbeInFlight {
+        cookie,
+        sent_ns: now,
+        seq: seg.seq,
+        _pad: 0,
+    };
+    if IN_FLIGHT.insert(seg.flow(), flight, 0).is_err() {
+        count(counter::IN_FLIGHT_FULL, 1);
     }
-    if in_keepalive && !wire_only {
-        // The timer's exit reports this probe with FLAG_WIRE_SEEN.
-        return Ok(());
-    }
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    emit(EventKind::WireProbe, cookie, |ev| {
-        if in_keepalive {
+    if wire_only {
+        emit(EventKind::WireProbe, cookie, |ev| {
             ev.flags = FLAG_IN_KEEPALIVE_TIMER;
-        }
-        ev.seq = seg.seq;
-        ev.ifindex = ifindex;
-        ev.family = seg.family;
-        ev.sport = seg.sport;
-        ev.dport = seg.dport;
-        ev.saddr = seg.saddr;
-        ev.daddr = seg.daddr;
-    });
+            ev.seq = seg.seq;
+            ev.ifindex = ifindex;
+            seg.fill_tuple(ev);
+        });
+    }
+    // Otherwise the timer's exit reports this probe with FLAG_WIRE_SEEN.
     Ok(())
 }
 
@@ -291,7 +287,7 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
         saddr: seg.daddr,
         daddr: seg.saddr,
     };
-    let Some(flight) = (unsafe { IN_FLIGHT.get(&key) }) else {
+    let Some(flight) = (unsafe { IN_FLIGHT.get(key) }) else {
         return Ok(());
     };
     if seg.ack != flight.seq.wrapping_add(1) {
@@ -300,7 +296,7 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
     let cookie = flight.cookie;
     let rtt = unsafe { bpf_ktime_get_ns() }.wrapping_sub(flight.sent_ns);
     let seq = flight.seq;
-    let _ = IN_FLIGHT.remove(&key);
+    let _ = IN_FLIGHT.remove(key);
     count(counter::ACKS, 1);
     let mut acks_total = 0u32;
     if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {

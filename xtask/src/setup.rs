@@ -51,46 +51,26 @@ fn python_packages() -> anyhow::Result<()> {
 
 fn virtme_ng() -> anyhow::Result<()> {
     let installed = cmd::output("vng", &["--version"]).unwrap_or_default();
-    if installed.trim().ends_with(VIRTME_NG) {
-        eprintln!("setup: virtme-ng {VIRTME_NG} present");
-        return Ok(());
-    }
-    crate::step(&format!("pip install virtme-ng=={VIRTME_NG}"), || {
-        cmd::run(
-            "python3",
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                &format!("virtme-ng=={VIRTME_NG}"),
-            ],
-        )
-    })
+    pip_install("virtme-ng", VIRTME_NG, &installed)
 }
 
 fn kubernetes_validate() -> anyhow::Result<()> {
     let installed =
         cmd::output("python3", &["-m", "kubernetes_validate", "--version"]).unwrap_or_default();
-    if installed.trim().ends_with(KUBERNETES_VALIDATE) {
-        eprintln!("setup: kubernetes-validate {KUBERNETES_VALIDATE} present");
+    pip_install("kubernetes-validate", KUBERNETES_VALIDATE, &installed)
+}
+
+/// `pip install package==version`, unless the `installed` version line
+/// already names that version.
+fn pip_install(package: &str, version: &str, installed: &str) -> anyhow::Result<()> {
+    if installed.trim().ends_with(version) {
+        eprintln!("setup: {package} {version} present");
         return Ok(());
     }
-    crate::step(
-        &format!("pip install kubernetes-validate=={KUBERNETES_VALIDATE}"),
-        || {
-            cmd::run(
-                "python3",
-                &[
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    &format!("kubernetes-validate=={KUBERNETES_VALIDATE}"),
-                ],
-            )
-        },
-    )
+    let spec = format!("{package}=={version}");
+    crate::step(&format!("pip install {spec}"), || {
+        cmd::run("python3", &["-m", "pip", "install", "--quiet", &spec])
+    })
 }
 
 fn nightly() -> anyhow::Result<()> {
