@@ -81,7 +81,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
                 saddr: ev.saddr,
                 daddr: ev.daddr,
             };
-            let _ = IN_FLIGHT.remove(&key);
+            let _ = IN_FLIGHT.remove(key);
         }
     });
     Ok(())

@@ -30,7 +30,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check and clippy -D warnings.
+    /// cargo fmt --check and clippy -D warnings (the kernel programs for bpfel).
     Lint,
     /// Benchmark exactness, overhead and scale (as root); prints figures
     /// beside their targets and writes JSON.
@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             all.extend(args);
             cmd::exec("target/release/keepalive-agent", &all)
         }
-        Command::Lint => lint(),
+        Command::Lint => lint(&root),
         Command::Bench {
             quick,
             json,
@@ -152,11 +152,29 @@ fn build() -> anyhow::Result<()> {
     })
 }
 
-fn lint() -> anyhow::Result<()> {
+fn lint(root: &std::path::Path) -> anyhow::Result<()> {
     step("cargo fmt --check", || {
         cmd::run("cargo", &["fmt", "--all", "--check"])
     })?;
-    // The eBPF crate targets bpfel: it is checked by its own build.
+    // The eBPF crate builds for bpfel only, with nightly's core.
+    step("cargo clippy (kernel programs)", || {
+        cmd::run_in(
+            &root.join("keepalive-ebpf"),
+            "cargo",
+            &[
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })?;
     step("cargo clippy", || {
         cmd::run(
             "cargo",

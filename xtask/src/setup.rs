@@ -1,7 +1,7 @@
 //! Makes a fresh Debian machine ready, idempotently, one line per step: the
-//! nightly toolchain with rust-src (aya-build compiles the eBPF crate with
-//! `-Z build-std=core`), bpf-linker built against nightly's own LLVM (no
-//! system LLVM needed), and the Debian packages the tests drive.
+//! nightly toolchain with rust-src and clippy (the eBPF crate is built and
+//! linted with `-Z build-std=core`), bpf-linker built against nightly's own
+//! LLVM (no system LLVM needed), and the Debian packages the tests drive.
 
 use std::{
     fs,
@@ -86,16 +86,20 @@ fn nightly() -> anyhow::Result<()> {
         "rustup",
         &["component", "list", "--installed", "--toolchain", "nightly"],
     )?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: nightly rust-src present");
-        return Ok(());
+    // rust-src to build the eBPF crate's core, clippy to lint it.
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("setup: nightly {component} present");
+            continue;
+        }
+        crate::step(&format!("add {component} to nightly"), || {
+            cmd::run(
+                "rustup",
+                &["component", "add", component, "--toolchain", "nightly"],
+            )
+        })?;
     }
-    crate::step("add rust-src to nightly", || {
-        cmd::run(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-        )
-    })
+    Ok(())
 }
 
 fn cargo_bin() -> PathBuf {
