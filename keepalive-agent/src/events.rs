@@ -6,8 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use keepalive_common::{
-    AckEvent, Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON,
-    FLAG_WIRE_ONLY, FLAG_WIRE_SEEN, KeepaliveSettings, SocketRecord, TIMER_KEEPALIVE, TIMER_WRITE,
+    ACK_EVENT_SIZE, AckEvent, Event, EventKind, FLAG_HAS_TUPLE, FLAG_IN_KEEPALIVE_TIMER,
+    FLAG_KEEPALIVE_ON, FLAG_WIRE_SEEN, KeepaliveSettings, STATE_EVENT_SIZE, SocketRecord,
+    StateEvent, TIMER_KEEPALIVE, TIMER_WRITE,
 };
 use serde::Serialize;
 
@@ -18,32 +19,61 @@ const AF_INET6: u16 = 10;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_CLOSE: u8 = 7;
 
-/// Copies a record out of ring-buffer memory; `None` when it is too short
-/// (an object built from other sources).
+/// Bytes every ring-buffer record shares with [`Event`]'s start.
+const RECORD_HEAD: usize = 32;
+const _: () = assert!(std::mem::offset_of!(Event, cookie) + 8 == RECORD_HEAD);
+const _: () = assert!(std::mem::offset_of!(AckEvent, cookie) + 8 == RECORD_HEAD);
+const _: () = assert!(std::mem::offset_of!(StateEvent, cookie) + 8 == RECORD_HEAD);
+
+/// Copies a record out of ring-buffer memory (a full [`Event`] or a
+/// compact [`AckEvent`] or [`StateEvent`], told apart by kind and length);
+/// `None` when it is none of them.
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     if bytes.len() >= core::mem::size_of::<Event>() {
         // SAFETY: Event is plain old data and the length was checked.
         return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) });
     }
-    if bytes.len() < core::mem::size_of::<AckEvent>() {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    let compact = match kind {
+        k if k == EventKind::ProbeAck as u32 => ACK_EVENT_SIZE,
+        k if k == EventKind::StateChange as u32 => STATE_EVENT_SIZE,
+        _ => return None,
+    };
+    if bytes.len() < compact {
         return None;
     }
-    // SAFETY: AckEvent is plain old data and the length was checked.
-    let ack = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AckEvent>()) };
-    if ack.kind != EventKind::ProbeAck as u32 {
-        return None;
-    }
-    // The socket's tuple comes from the table (family 0: not carried).
     let mut ev = Event::zeroed();
-    ev.kind = ack.kind;
-    ev.cpu = ack.cpu;
-    ev.ts_ns = ack.ts_ns;
-    ev.jiffies = ack.jiffies;
-    ev.cookie = ack.cookie;
-    ev.rtt_ns = ack.rtt_ns;
-    ev.seq = ack.seq;
-    ev.acks_total = ack.acks_total;
-    ev.ifindex = ack.ifindex;
+    // SAFETY: the compact records begin with Event's first RECORD_HEAD
+    // bytes (kind, cpu, ts_ns, jiffies, cookie), and the length was checked.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut ev).cast::<u8>(), RECORD_HEAD)
+    };
+    if compact == ACK_EVENT_SIZE {
+        // SAFETY: AckEvent is plain old data and the length was checked.
+        let ack = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AckEvent>()) };
+        // The socket's tuple comes from the table (family 0: not carried).
+        ev.rtt_ns = ack.rtt_ns;
+        ev.seq = ack.seq;
+        ev.acks_total = ack.acks_total;
+        ev.ifindex = ack.ifindex;
+    } else {
+        // SAFETY: StateEvent is plain old data and the length was checked.
+        let st = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<StateEvent>()) };
+        ev.cgroup_id = st.cgroup_id;
+        ev.netns = st.netns;
+        ev.pid = st.pid;
+        ev.family = st.family;
+        ev.sport = st.sport;
+        ev.dport = st.dport;
+        ev.state = st.state;
+        ev.old_state = st.old_state;
+        ev.saddr = st.saddr;
+        ev.daddr = st.daddr;
+        ev.comm = st.comm;
+        ev.probes_total = st.probes_total;
+        ev.acks_total = st.acks_total;
+        ev.flags = st.flags;
+    }
     Some(ev)
 }
 
@@ -153,10 +183,12 @@ pub struct Record {
     pub cookie: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<u32>,
+    /// `ss` notation (`192.0.2.1:80`, `[2001:db8::1]:80`): serde writes
+    /// socket addresses as their display strings.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub local: Option<String>,
+    pub local: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub remote: Option<String>,
+    pub remote: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -258,10 +290,6 @@ pub fn errno_name(errno: u32) -> String {
 }
 
 /// `ss` notation: 127.0.0.1:22, [::1]:22.
-pub fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> String {
-    endpoint_parts(ip(family, addr), port)
-}
-
 pub fn endpoint_of(addr: SocketAddr) -> String {
     endpoint_parts(addr.ip(), addr.port())
 }
@@ -347,13 +375,11 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         ..Default::default()
     };
     let has_tuple = ev.flags & FLAG_HAS_TUPLE != 0;
-    // A probe seen by TC alone carries the wire's tuple, not the socket's
-    // settings: those stay as the table knows them.
-    let wire_only = ev.flags & FLAG_WIRE_ONLY != 0;
-    let carries_tuple = has_tuple || wire_only || kind == EventKind::WireProbe;
+    let carries_tuple = has_tuple || kind == EventKind::WireProbe;
     if carries_tuple || (kind == EventKind::ProbeAck && ev.family != 0) {
-        r.local = Some(endpoint(ev.family, &ev.saddr, ev.sport));
-        r.remote = Some(endpoint(ev.family, &ev.daddr, ev.dport));
+        let (local, remote) = addrs(ev);
+        r.local = Some(local);
+        r.remote = Some(remote);
     }
     if has_tuple {
         r.netns = Some(ev.netns);
@@ -372,15 +398,6 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.probes_out = Some(ev.probes_out);
             r.probes = Some(ev.probes_total);
             r.idle_s = Some(clock.seconds(ev.idle_jiffies));
-        }
-        EventKind::ProbeSent if wire_only => {
-            r.event = "probe_sent";
-            let known = table.get(ev.cookie);
-            r.keepalive = known.and_then(|e| e.keepalive.clone());
-            r.probes_out = known.map(|e| e.probes_out.saturating_add(1));
-            r.probes = Some(ev.probes_total);
-            r.acks = Some(ev.acks_total);
-            r.seq = Some(ev.seq);
         }
         EventKind::ProbeSent => {
             r.event = "probe_sent";
@@ -455,27 +472,28 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             if ev.state == TCP_SYN_SENT {
                 // connect() runs in the owner's context: the only reliable
                 // moment to learn who owns an outgoing connection.
-                let mut owner = Owner::from_event(ev);
-                // The connecting process is alive now: its cgroup names
-                // the container, for every later event of the socket.
-                if let Some((cgroup, container)) = crate::owners::cgroup_of(owner.pid) {
-                    owner.cgroup = Some(cgroup);
-                    owner.container_id = container;
+                let owner = Owner::from_event(ev);
+                // A process opening thousands of connections is looked up
+                // in /proc once: same pid, comm and cgroup, same owner.
+                match table.known_owner(&owner) {
+                    Some(known) => table.set_shared_owner(ev.cookie, known),
+                    None => {
+                        let mut owner = owner;
+                        // The connecting process is alive now: its cgroup
+                        // names the container, for every later event.
+                        if let Some((cgroup, container)) = crate::owners::cgroup_of(owner.pid) {
+                            owner.cgroup = Some(cgroup);
+                            owner.container_id = container;
+                        }
+                        table.set_owner(ev.cookie, owner);
+                    }
                 }
-                table.set_owner(ev.cookie, owner);
             }
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
         }
     }
     table.update(ev.cookie, |e| match kind {
-        EventKind::ProbeSent if wire_only => {
-            e.probes_out = e.probes_out.saturating_add(1);
-            if e.probes_out == 1 {
-                e.first_unanswered_probe_ns = Some(ev.ts_ns);
-            }
-            e.probes = e.probes.max(ev.probes_total.into());
-        }
         EventKind::TimerFired | EventKind::ProbeSent => {
             if kind == EventKind::ProbeSent && ev.probes_out == 1 {
                 e.first_unanswered_probe_ns = Some(ev.ts_ns);
@@ -494,16 +512,12 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
     });
     if let Some(known) = table.get(ev.cookie) {
         if kind == EventKind::ProbeAck && ev.family == 0 {
-            r.local = known.local.map(endpoint_of);
-            r.remote = known.remote.map(endpoint_of);
-        }
-        if wire_only {
-            r.netns = known.netns;
-            r.state = Some(state_name(known.state));
+            r.local = known.local;
+            r.remote = known.remote;
         }
         if has_tuple && ev.sport == 0 {
-            r.local = known.local.map(endpoint_of).or(r.local);
-            r.remote = known.remote.map(endpoint_of).or(r.remote);
+            r.local = known.local.or(r.local);
+            r.remote = known.remote.or(r.remote);
         }
         // Timer and softirq context has no meaningful current task: the
         // owner is the one recorded for the socket.
@@ -587,31 +601,55 @@ mod tests {
         assert_eq!(r.event, "probe_ack");
         assert_eq!(r.rtt_us, Some(81.0));
         assert_eq!(r.seq, Some(41));
-        assert_eq!(r.local.as_deref(), Some("192.0.2.1:1000"));
-        assert_eq!(r.remote.as_deref(), Some("192.0.2.2:2000"));
+        assert_eq!(
+            r.local.map(|a| a.to_string()).as_deref(),
+            Some("192.0.2.1:1000")
+        );
+        assert_eq!(
+            r.remote.map(|a| a.to_string()).as_deref(),
+            Some("192.0.2.2:2000")
+        );
         assert!(decode(&bytes[..40]).is_none(), "short records are refused");
     }
 
-    /// A probe counted from the wire alone carries no namespace: the
-    /// record takes the socket's from the table.
+    /// A compact state-change record decodes into the full event, tuple
+    /// and owner included.
     #[test]
-    fn wire_only_probe_record_keeps_the_sockets_namespace_and_settings() {
-        let clock = Clock::new(250);
+    fn compact_state_change_decodes_whole() {
+        let mut st = StateEvent {
+            kind: EventKind::StateChange as u32,
+            ts_ns: 5,
+            cookie: 9,
+            cgroup_id: 77,
+            netns: 42,
+            pid: 1234,
+            family: 2,
+            sport: 1000,
+            dport: 2000,
+            state: 1,
+            old_state: 2,
+            probes_total: 3,
+            flags: FLAG_HAS_TUPLE,
+            ..Default::default()
+        };
+        st.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        st.daddr[..4].copy_from_slice(&[192, 0, 2, 2]);
+        st.comm[..4].copy_from_slice(b"curl");
+        // SAFETY: StateEvent is plain old data.
+        let bytes: [u8; STATE_EVENT_SIZE] = unsafe { std::mem::transmute(st) };
+        let ev = decode(&bytes).expect("a compact state change decodes");
+        assert_eq!((ev.kind, ev.ts_ns, ev.cookie), (st.kind, 5, 9));
+        assert_eq!((ev.pid, ev.cgroup_id, ev.comm), (1234, 77, st.comm));
         let mut table = crate::sockets::SocketTable::new(10);
-        let mut timer = socket_event(EventKind::TimerFired, FLAG_KEEPALIVE_ON | FLAG_HAS_TUPLE);
-        timer.netns = 42;
-        timer.settings.sock_time = 250;
-        timer.settings.net_time = 250;
-        timer.settings.net_intvl = 250;
-        timer.settings.net_probes = 9;
-        to_record(&timer, &mut table, &clock).unwrap();
-        let mut wire = socket_event(EventKind::ProbeSent, FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY);
-        wire.probes_total = 1;
-        let r = to_record(&wire, &mut table, &clock).unwrap();
-        assert_eq!(r.event, "probe_sent");
+        let r = to_record(&ev, &mut table, &Clock::new(250)).unwrap();
+        assert_eq!(r.event, "state_change");
         assert_eq!(r.netns, Some(42));
-        assert_eq!(r.probes_out, Some(1));
-        assert_eq!(r.keepalive.map(|k| k.idle_s), Some(1.0));
+        assert_eq!(
+            r.local.map(|a| a.to_string()).as_deref(),
+            Some("192.0.2.1:1000")
+        );
+        assert_eq!(r.old_state, Some("SYN-SENT"));
+        assert!(decode(&bytes[..100]).is_none(), "short records are refused");
     }
 
     fn ev(timer: u8, old_state: u8, user_timeout_ms: u32) -> Event {

@@ -101,10 +101,10 @@ impl Filter {
             && self.pid.is_none_or(|p| r.pid == Some(p))
             && self.netns.is_none_or(|n| r.netns == Some(n))
             && self.port.is_none_or(|p| {
-                [&r.local, &r.remote]
+                [r.local, r.remote]
                     .into_iter()
                     .flatten()
-                    .any(|a| port_of(a) == Some(p))
+                    .any(|a| a.port() == p)
             })
     }
 }
@@ -147,8 +147,8 @@ mod tests {
     fn matches_records_by_port() {
         let r = Record {
             event: "probe_sent",
-            local: Some("[::1]:5000".into()),
-            remote: Some("[::1]:22".into()),
+            local: Some("[::1]:5000".parse().unwrap()),
+            remote: Some("[::1]:22".parse().unwrap()),
             ..Default::default()
         };
         let f = Filter {

@@ -30,10 +30,15 @@ pub enum LoadError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerMode {
-    /// fentry where the kernel permits it, else the tracepoints.
+    /// fentry where the kernel permits it, else the tracepoints, else the
+    /// wire alone.
     Auto,
     Fentry,
     Tracepoint,
+    /// No timer hook: the TC egress classifier alone counts probes (it
+    /// misses probes that never reach TC, as to a peer whose neighbour entry
+    /// failed, and cannot tell which timer killed a connection).
+    Wire,
 }
 
 /// One hook's state, for logs, `/metrics` and the `ready` event.
@@ -57,6 +62,9 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub hooks: Vec<HookStatus>,
+    /// The socket iterator, loaded here while the kernel's BTF is parsed
+    /// (it is not kept: ~9 MiB).
+    pub iterator: Result<(), crate::socket_iter::IterError>,
 }
 
 pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
@@ -82,11 +90,27 @@ pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadErr
             note: None,
         });
     }
-    Ok(Loaded { ebpf, hooks })
+    let iterator = crate::socket_iter::load(&mut ebpf, &btf);
+    Ok(Loaded {
+        ebpf,
+        hooks,
+        iterator,
+    })
 }
 
 fn attach_timers(ebpf: &mut Ebpf, btf: &AyaBtf, mode: TimerMode) -> Result<HookStatus, LoadError> {
     const HOOK: &str = "keepalive_timer";
+    let wire_only = |note: String| HookStatus {
+        hook: HOOK,
+        mode: "wire".into(),
+        live: false,
+        note: Some(note),
+    };
+    if mode == TimerMode::Wire {
+        return Ok(wire_only(
+            "--timer-mode wire: probes counted by the TC classifiers alone".into(),
+        ));
+    }
     let mut note = None;
     if mode != TimerMode::Tracepoint {
         match attach_fentry_pairs(ebpf, btf) {
@@ -109,16 +133,21 @@ fn attach_timers(ebpf: &mut Ebpf, btf: &AyaBtf, mode: TimerMode) -> Result<HookS
             Err(reason) => note = Some(format!("fentry refused, using tracepoints: {reason}")),
         }
     }
-    for prog in ["timer_expire_entry", "timer_expire_exit"] {
-        attach_tp_btf(ebpf, btf, prog, prog)
-            .map_err(|reason| LoadError::Hook { hook: HOOK, reason })?;
+    let attached = ["timer_expire_entry", "timer_expire_exit"]
+        .into_iter()
+        .try_for_each(|prog| attach_tp_btf(ebpf, btf, prog, prog));
+    match attached {
+        Ok(()) => Ok(HookStatus {
+            hook: HOOK,
+            mode: "tp_btf".into(),
+            live: true,
+            note,
+        }),
+        Err(reason) if mode == TimerMode::Auto => Ok(wire_only(format!(
+            "fentry and timer tracepoints refused ({reason}): probes counted by the TC classifiers alone"
+        ))),
+        Err(reason) => Err(LoadError::Hook { hook: HOOK, reason }),
     }
-    Ok(HookStatus {
-        hook: HOOK,
-        mode: "tp_btf".into(),
-        live: true,
-        note,
-    })
 }
 
 /// fentry+fexit on both timer callbacks, all or nothing.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
@@ -19,34 +19,55 @@ use crate::{
     sysctl::KeepaliveSysctls,
 };
 
+/// A namespace's inode; empty when unknown. Label values are typed, not
+/// strings: the event path counts tens of thousands of probes a second
+/// and should not allocate to do it.
+pub type NetnsValue = Option<u32>;
+
+/// A service port, or "other" past `--max-port-labels`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum PortLabel {
+    Port(u16),
+    Other,
+}
+
+impl EncodeLabelValue for PortLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            PortLabel::Port(p) => EncodeLabelValue::encode(p, encoder),
+            PortLabel::Other => EncodeLabelValue::encode(&"other", encoder),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetnsPort {
-    pub netns: String,
-    pub port: String,
+    pub netns: NetnsValue,
+    pub port: PortLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TimeoutLabels {
-    pub netns: String,
-    pub port: String,
-    pub cause: String,
+    pub netns: NetnsValue,
+    pub port: PortLabel,
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetnsLabel {
-    pub netns: String,
+    pub netns: NetnsValue,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SocketsLabels {
-    pub netns: String,
-    pub keepalive: String,
+    pub netns: NetnsValue,
+    pub keepalive: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RiskLabels {
-    pub netns: String,
-    pub port: String,
+    pub netns: NetnsValue,
+    pub port: PortLabel,
     pub profile: String,
     pub reason: String,
 }
@@ -244,7 +265,7 @@ impl Metrics {
 
     /// The label of a connection's service port: the lower of the two
     /// (servers listen low, clients bind ephemeral ports), capped.
-    pub fn port_label(&mut self, local: u16, remote: u16) -> String {
+    pub fn port_label(&mut self, local: u16, remote: u16) -> PortLabel {
         self.ports.label(local.min(remote))
     }
 
@@ -282,8 +303,9 @@ impl Metrics {
         self.sysctl_intvl.clear();
         self.sysctl_probes.clear();
         for (netns, v) in s.sysctls {
+            // Namespace inodes are 32-bit (`ns.inum`).
             let l = NetnsLabel {
-                netns: netns.to_string(),
+                netns: Some(*netns as u32),
             };
             self.sysctl_time.get_or_create(&l).set(v.time_s.into());
             self.sysctl_intvl.get_or_create(&l).set(v.intvl_s.into());
@@ -297,18 +319,18 @@ impl Metrics {
             if e.state != ESTABLISHED {
                 continue;
             }
-            let netns = e.netns.map(|n| n.to_string()).unwrap_or_default();
+            let netns = e.netns;
             let on = e.keepalive.as_ref().is_some_and(|k| k.enabled);
             self.sockets
                 .get_or_create(&SocketsLabels {
-                    netns: netns.clone(),
-                    keepalive: if on { "on" } else { "off" }.into(),
+                    netns,
+                    keepalive: if on { "on" } else { "off" },
                 })
                 .inc();
             if let Some(risk) = sockets::risk_of(e, s.rules) {
                 let port = match (e.local, e.remote) {
                     (Some(l), Some(r)) => self.port_label(l.port(), r.port()),
-                    _ => "other".into(),
+                    _ => PortLabel::Other,
                 };
                 self.at_risk
                     .get_or_create(&RiskLabels {
@@ -377,12 +399,12 @@ impl PortLabels {
         }
     }
 
-    fn label(&mut self, port: u16) -> String {
+    fn label(&mut self, port: u16) -> PortLabel {
         if self.seen.contains(&port) || self.seen.len() < self.max {
             self.seen.insert(port);
-            port.to_string()
+            PortLabel::Port(port)
         } else {
-            "other".into()
+            PortLabel::Other
         }
     }
 }
@@ -403,18 +425,18 @@ mod tests {
     #[test]
     fn port_labels_are_capped() {
         let mut p = PortLabels::new(2);
-        assert_eq!(p.label(22), "22");
-        assert_eq!(p.label(443), "443");
-        assert_eq!(p.label(5432), "other");
-        assert_eq!(p.label(22), "22");
+        assert_eq!(p.label(22), PortLabel::Port(22));
+        assert_eq!(p.label(443), PortLabel::Port(443));
+        assert_eq!(p.label(5432), PortLabel::Other);
+        assert_eq!(p.label(22), PortLabel::Port(22));
     }
 
     #[test]
     fn renders_openmetrics_with_units_and_eof() {
         let mut m = Metrics::new(8);
         let l = NetnsPort {
-            netns: "1".into(),
-            port: "22".into(),
+            netns: Some(1),
+            port: PortLabel::Port(22),
         };
         m.probes.get_or_create(&l).inc();
         let table = SocketTable::new(4);

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
-use keepalive_common::{FlowKey, ProbeInFlight, SocketCounters};
+use keepalive_common::{FlowKey, ProbeInFlight};
 use log::{info, warn};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
@@ -103,11 +103,25 @@ async fn run(
     let loader::Loaded {
         mut ebpf,
         mut hooks,
+        iterator,
     } = loader::load(&config, &opts).context("loading the kernel programs")?;
+    if let Some(h) = hooks.iter().find(|h| h.mode == "wire")
+        && args.no_tc
+    {
+        anyhow::bail!(
+            "no way left to count probes: {} and --no-tc disables the classifiers",
+            h.note.as_deref().unwrap_or("the timer hooks are off")
+        );
+    }
     for h in &hooks {
-        match &h.note {
-            Some(note) => info!("hook {} live via {} ({note})", h.hook, h.mode),
-            None => info!("hook {} live via {}", h.hook, h.mode),
+        match (&h.note, h.live) {
+            (Some(note), true) => info!("hook {} live via {} ({note})", h.hook, h.mode),
+            (None, true) => info!("hook {} live via {}", h.hook, h.mode),
+            (note, false) => warn!(
+                "hook {} down: {}",
+                h.hook,
+                note.as_deref().unwrap_or("not attached")
+            ),
         }
     }
 
@@ -133,8 +147,7 @@ async fn run(
             note: (report.failed > 0).then(|| format!("{} interfaces failed", report.failed)),
         });
     }
-    let aya_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-    let inventory_hook = match socket_iter::load(&mut ebpf, &aya_btf) {
+    let inventory_hook = match iterator {
         Ok(()) => loader::HookStatus {
             hook: "socket_inventory",
             mode: "iter".into(),
@@ -168,11 +181,6 @@ async fn run(
         Err(e) => return Err(e.into()),
     };
 
-    let counters = CounterReader::new(&mut ebpf)?;
-    let socket_map: BpfHashMap<MapData, u64, SocketCounters> = BpfHashMap::try_from(
-        ebpf.take_map("SOCKETS")
-            .context("map SOCKETS missing from the eBPF object")?,
-    )?;
     let mut in_flight: BpfHashMap<MapData, FlowKey, ProbeInFlight> = BpfHashMap::try_from(
         ebpf.take_map("IN_FLIGHT")
             .context("map IN_FLIGHT missing from the eBPF object")?,
@@ -183,7 +191,7 @@ async fn run(
     let ring = RingBuf::try_from(ring)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, for
     // as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
 
     let clock = Clock::new(hz);
@@ -192,13 +200,14 @@ async fn run(
         sysctls: BTreeMap::new(),
         hooks: hooks.clone(),
         kernel: KernelCounters::default(),
+        kernel_counters: CounterReader::new(&mut ebpf)?,
         rules: args.idle_timeouts.clone(),
         metrics: Metrics::new(args.max_port_labels as usize),
         tc_interfaces: tc.attached_count(),
     }));
     let mut sysctl_watch = sysctl::SysctlWatch::new();
     if inventory_live {
-        tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
+        tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock));
     }
     refresh_sysctls(&mut sysctl_watch, &state, None);
 
@@ -224,7 +233,6 @@ async fn run(
     });
     tokio::spawn(serve::serve(listener, http::router(api), on_stall));
 
-    let mut stdout = BufWriter::new(std::io::stdout().lock());
     let ready = Ready {
         event: "ready",
         hooks: &hooks,
@@ -234,9 +242,7 @@ async fn run(
         hz,
         startup_ms: started.elapsed().as_millis(),
     };
-    serde_json::to_writer(&mut stdout, &ready)?;
-    writeln!(stdout)?;
-    stdout.flush()?;
+    print_line(&ready)?;
     info!("ready in {} ms", started.elapsed().as_millis());
     // Loading parsed the kernel's BTF (tens of MiB, freed by now).
     release_freed_memory();
@@ -248,17 +254,27 @@ async fn run(
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let mut lost_reported = 0u64;
     let sink = Sink {
-        state: &state,
-        clock: &clock,
-        args: &args,
-        events: &events_tx,
+        state: state.clone(),
+        clock,
+        print: Printing {
+            quiet: args.quiet,
+            json: args.json,
+            all_events: args.all_events,
+        },
+        events: events_tx.clone(),
     };
+    // The ring buffer has a task of its own: the periodic work below
+    // (inventories of 100k sockets, namespace rescans) blocks for tenths of
+    // a second, which at tens of thousands of events per second would
+    // overflow the ring if the same loop drained it.
+    let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut reader = tokio::spawn(read_ring(ring, sink.clone(), reader_stopped));
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                sink.drain(guard.get_inner_mut(), &mut stdout)?;
-                guard.clear_ready();
+            done = &mut reader => {
+                // The reader only returns early on an error.
+                done.context("the ring buffer reader panicked")??;
+                anyhow::bail!("the ring buffer reader stopped");
             }
             _ = rescan.tick(), if !args.no_tc => {
                 let report = tokio::task::block_in_place(|| tc.sync(&mut ebpf, &filter));
@@ -271,82 +287,132 @@ async fn run(
             }
             _ = inventory_tick.tick() => {
                 if inventory_live {
-                    tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock, &socket_map));
+                    tokio::task::block_in_place(|| inventory(&mut ebpf, &state, &clock));
                 }
                 expire_in_flight(&mut in_flight, &state);
-                refresh_sysctls(&mut sysctl_watch, &state, Some((&sink, &mut stdout)));
+                refresh_sysctls(&mut sysctl_watch, &state, Some(&sink));
             }
             _ = health.tick() => {
-                let c = counters.read().context("reading kernel counters")?;
+                let c = lock(&state)?.refresh_kernel().context("reading kernel counters")?;
                 if c.events_lost > lost_reported {
                     warn!("ring buffer full: {} events lost so far (kernel counters stay exact)", c.events_lost);
                     lost_reported = c.events_lost;
-                }
-                if let Ok(mut s) = state.lock() {
-                    s.kernel = c;
                 }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    sink.drain(ring.get_mut(), &mut stdout)?;
+    // The reader drains what is left, then ends.
+    let _ = stop_reader.send(());
+    reader.await.context("the ring buffer reader panicked")??;
+    let (counters, sockets_refused) = {
+        let mut s = lock(&state)?;
+        let counters = s.refresh_kernel().context("reading kernel counters")?;
+        (counters, s.table.refused)
+    };
     let stopped = Stopped {
         event: "stopped",
-        counters: counters.read().context("reading kernel counters")?,
-        sockets_refused: state.lock().map(|s| s.table.refused).unwrap_or(0),
+        counters,
+        sockets_refused,
     };
-    serde_json::to_writer(&mut stdout, &stopped)?;
-    writeln!(stdout)?;
-    stdout.flush()?;
+    print_line(&stopped)?;
     tc.clear();
     info!("stopped; all hooks detached");
     Ok(())
 }
 
-/// Where records go: the table and metrics, `/events` subscribers, stdout.
-struct Sink<'a> {
-    state: &'a Shared,
-    clock: &'a Clock,
-    args: &'a RunArgs,
-    events: &'a broadcast::Sender<Arc<Record>>,
+fn lock(state: &Shared) -> anyhow::Result<std::sync::MutexGuard<'_, AgentState>> {
+    state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("agent state poisoned"))
 }
 
-impl Sink<'_> {
-    fn drain(
-        &self,
-        ring: &mut RingBuf<MapData>,
-        out: &mut impl std::io::Write,
-    ) -> anyhow::Result<()> {
-        let mut records = Vec::new();
-        {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
-            while let Some(item) = ring.next() {
-                let Some(ev) = events::decode(&item) else {
-                    warn!("short ring buffer record ({} bytes)", item.len());
-                    continue;
-                };
-                for ev in events::unfold(ev) {
-                    if let Some(record) = events::to_record(&ev, &mut state.table, self.clock) {
-                        state.count(&record);
-                        records.push(record);
+/// One JSON line on stdout, flushed.
+fn print_line(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    out.flush().context("writing to stdout")
+}
+
+/// Follows the ring buffer until `stop`, then drains what is left.
+async fn read_ring(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    sink: Sink,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                sink.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = &mut stop => break,
+        }
+    }
+    sink.drain(ring.get_mut())
+}
+
+/// What goes to stdout.
+#[derive(Clone, Copy)]
+struct Printing {
+    quiet: bool,
+    json: bool,
+    all_events: bool,
+}
+
+/// Where records go: the table and metrics, `/events` subscribers, stdout.
+#[derive(Clone)]
+struct Sink {
+    state: Shared,
+    clock: Clock,
+    print: Printing,
+    events: broadcast::Sender<Arc<Record>>,
+}
+
+/// Records decoded per hold of the state lock: bounds the batch's memory
+/// and how long an HTTP request waits for the lock during a burst.
+const BATCH: usize = 1024;
+
+impl Sink {
+    fn drain(&self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let mut records = Vec::with_capacity(BATCH);
+        loop {
+            {
+                let mut state = lock(&self.state)?;
+                while records.len() < BATCH {
+                    let Some(item) = ring.next() else { break };
+                    let Some(ev) = events::decode(&item) else {
+                        warn!("short ring buffer record ({} bytes)", item.len());
+                        continue;
+                    };
+                    for ev in events::unfold(ev) {
+                        if let Some(record) = events::to_record(&ev, &mut state.table, &self.clock)
+                        {
+                            state.count(&record);
+                            records.push(record);
+                        }
                     }
                 }
             }
-        }
-        for record in records {
-            self.emit(record, out)?;
+            let more = records.len() >= BATCH;
+            for record in records.drain(..) {
+                self.emit(record, &mut out)?;
+            }
+            if !more {
+                break;
+            }
         }
         out.flush().context("writing to stdout")?;
         Ok(())
     }
 
-    fn emit(&self, record: Record, out: &mut (impl std::io::Write + ?Sized)) -> anyhow::Result<()> {
-        if !self.args.quiet && should_print(&record, self.args) {
-            output::write(out, &record, self.args.json).context("writing to stdout")?;
+    fn emit(&self, record: Record, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        if !self.print.quiet && should_print(&record, self.print) {
+            output::write(out, &record, self.print.json).context("writing to stdout")?;
         }
         // No subscriber is not an error.
         let _ = self.events.send(Arc::new(record));
@@ -356,7 +422,7 @@ impl Sink<'_> {
 
 /// State changes are the bulk of events on a busy node; by default only a
 /// close of a socket that had keepalive activity is printed.
-fn should_print(r: &Record, args: &RunArgs) -> bool {
+fn should_print(r: &Record, args: Printing) -> bool {
     match r.event {
         "state_change" => args.all_events,
         "socket_closed" => args.all_events || r.probes.unwrap_or(0) > 0,
@@ -366,31 +432,31 @@ fn should_print(r: &Record, args: &RunArgs) -> bool {
 
 /// Every namespace's sockets, their exact kernel counters, and owners for
 /// sockets whose connect we did not see.
-fn inventory(
-    ebpf: &mut aya::Ebpf,
-    state: &Shared,
-    clock: &Clock,
-    socket_map: &BpfHashMap<MapData, u64, SocketCounters>,
-) {
+fn inventory(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) {
     let started = Instant::now();
-    let mut scanned = Vec::new();
+    let Ok(mut s) = state.lock() else { return };
+    s.table.begin_inventory();
+    drop(s);
+    let (mut total, mut namespaces) = (0, 0);
     for ns in netns::all() {
-        match socket_iter::scan(ebpf, &ns) {
-            Ok(records) => scanned.push((ns, records)),
+        // The lock is taken per chunk: the ring buffer's reader needs it too.
+        let scanned = socket_iter::scan(ebpf, &ns, |records| {
+            if let Ok(mut s) = state.lock() {
+                s.table.apply_inventory(records, clock);
+            }
+        });
+        match scanned {
+            Ok(n) => {
+                total += n;
+                namespaces += 1;
+                if let Ok(mut s) = state.lock() {
+                    s.table.end_inventory_of(ns.inode as u32);
+                }
+            }
             Err(e) => log::debug!("{e}"),
         }
     }
-    let counters: Vec<(u64, SocketCounters)> = socket_map.iter().filter_map(Result::ok).collect();
-    let Ok(mut s) = state.lock() else { return };
-    s.table.begin_inventory();
-    let mut total = 0;
-    for (ns, records) in &scanned {
-        total += records.len();
-        s.table.apply_inventory(ns.inode as u32, records, clock);
-    }
-    for (cookie, c) in &counters {
-        s.table.apply_counters(*cookie, c);
-    }
+    let Ok(s) = state.lock() else { return };
     let wanted = s.table.ownerless_inodes();
     drop(s);
     let found = owners::resolve(&wanted);
@@ -416,8 +482,7 @@ fn inventory(
     // The scan's buffers were as large as the node's socket count.
     release_freed_memory();
     log::debug!(
-        "inventory: {total} sockets in {} namespaces, {} owners found, {} ms",
-        scanned.len(),
+        "inventory: {total} sockets in {namespaces} namespaces, {} owners found, {} ms",
         owners_found,
         started.elapsed().as_millis()
     );
@@ -451,12 +516,11 @@ fn calibrate_hz(ebpf: &mut aya::Ebpf) -> anyhow::Result<u32> {
         path: "/proc/self/ns/net".into(),
     };
     let mut sample = || -> anyhow::Result<(u64, u64)> {
-        let records = socket_iter::scan(ebpf, &own)?;
-        let jiffies = records
-            .iter()
-            .map(|r| r.jiffies)
-            .max()
-            .context("no socket in our namespace")?;
+        let mut jiffies = None;
+        socket_iter::scan(ebpf, &own, |records| {
+            jiffies = records.iter().map(|r| r.jiffies).chain(jiffies).max();
+        })?;
+        let jiffies = jiffies.context("no socket in our namespace")?;
         Ok((jiffies, monotonic_ns()))
     };
     let first = sample()?;
@@ -495,17 +559,14 @@ fn expire_in_flight(map: &mut BpfHashMap<MapData, FlowKey, ProbeInFlight>, state
 }
 
 /// Reads every namespace's keepalive sysctls; changes become events.
-fn refresh_sysctls(
-    watch: &mut sysctl::SysctlWatch,
-    state: &Shared,
-    sink: Option<(&Sink<'_>, &mut dyn std::io::Write)>,
-) {
+fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink>) {
     let changes = tokio::task::block_in_place(|| watch.poll());
     let current = watch.current().clone();
     if let Ok(mut s) = state.lock() {
         s.sysctls = current.into_iter().collect();
     }
-    let Some((sink, out)) = sink else { return };
+    let Some(sink) = sink else { return };
+    let mut out = std::io::stdout().lock();
     for c in changes {
         info!(
             "netns {}: net.ipv4.{} changed {} -> {}",
@@ -520,7 +581,7 @@ fn refresh_sysctls(
             new_value: Some(c.new),
             ..Default::default()
         };
-        if let Err(e) = sink.emit(record, out) {
+        if let Err(e) = sink.emit(record, &mut out) {
             warn!("{e:#}");
         }
     }

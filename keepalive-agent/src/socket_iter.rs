@@ -40,8 +40,17 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Iter, IterError> {
         .map_err(|e: ProgramError| IterError::Load(e.to_string()))
 }
 
-/// Every TCP socket of `ns`.
-pub fn scan(ebpf: &mut Ebpf, ns: &Netns) -> Result<Vec<SocketRecord>, IterError> {
+/// Records per read: an inventory of a namespace with 100k sockets
+/// never holds them all at once.
+const CHUNK_RECORDS: usize = 1024;
+
+/// Every TCP socket of `ns`, handed to `each` a chunk at a time (from a
+/// thread inside the namespace); returns how many there were.
+pub fn scan(
+    ebpf: &mut Ebpf,
+    ns: &Netns,
+    mut each: impl FnMut(&[SocketRecord]) + Send,
+) -> Result<usize, IterError> {
     let fail = |reason: String| IterError::Read {
         netns: ns.inode,
         reason,
@@ -49,15 +58,27 @@ pub fn scan(ebpf: &mut Ebpf, ns: &Netns) -> Result<Vec<SocketRecord>, IterError>
     let prog = program(ebpf)?;
     let id = prog.attach().map_err(|e| fail(e.to_string()))?;
     let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
-    let bytes = netns::run_in(&ns.path, move || -> Result<Vec<u8>, String> {
+    netns::run_in(&ns.path, move || -> Result<usize, String> {
         let mut file = link.into_file().map_err(|e| e.to_string())?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-        Ok(bytes)
+        let mut buf = vec![0u8; CHUNK_RECORDS * SOCKET_RECORD_SIZE];
+        let (mut filled, mut total) = (0, 0);
+        loop {
+            let n = file.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(total);
+            }
+            filled += n;
+            // A read may end inside a record: the rest waits for the next.
+            let whole = filled - filled % SOCKET_RECORD_SIZE;
+            let records = parse(&buf[..whole]);
+            total += records.len();
+            each(&records);
+            buf.copy_within(whole..filled, 0);
+            filled -= whole;
+        }
     })
     .map_err(|e| fail(e.to_string()))?
-    .map_err(fail)?;
-    Ok(parse(&bytes))
+    .map_err(fail)
 }
 
 fn parse(bytes: &[u8]) -> Vec<SocketRecord> {

@@ -11,11 +11,12 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::SocketAddr,
     sync::Arc,
 };
 
-use keepalive_common::{Event, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, SocketCounters, SocketRecord};
+use keepalive_common::{Event, FLAG_COUNTERS, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, SocketRecord};
 use serde::Serialize;
 
 use crate::{
@@ -107,12 +108,43 @@ pub struct SocketView {
     pub risk: Option<Risk>,
 }
 
+type CookieMap<V> = HashMap<u64, V, BuildHasherDefault<CookieHasher>>;
+
+/// Socket cookies are kernel-made counters (handed out in per-CPU runs), not
+/// attacker-chosen keys. Hashed to themselves, sockets made together sit
+/// together in the table, and events come in such runs (a burst of
+/// connects, timers armed together): lookups hit the cache instead of
+/// missing it once per event. Only the top 7 bits, which the table compares
+/// in groups, are mixed.
+#[derive(Default)]
+pub struct CookieHasher(u64);
+
+impl Hasher for CookieHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by u64 keys; any other key still hashes soundly.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(MIX);
+        }
+    }
+
+    fn write_u64(&mut self, cookie: u64) {
+        self.0 = cookie;
+    }
+
+    fn finish(&self) -> u64 {
+        const LOW: u64 = u64::MAX >> 7;
+        (self.0 & LOW) | (self.0.wrapping_mul(MIX) & !LOW)
+    }
+}
+
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
 pub struct SocketTable {
-    live: HashMap<u64, Entry>,
+    live: CookieMap<Entry>,
     /// One owner per process, shared by its sockets: a process with
     /// thousands of connections stores its comm and cgroup once.
     owners: HashMap<u32, Arc<Owner>>,
-    closed: HashMap<u64, Entry>,
+    closed: CookieMap<Entry>,
     closed_order: VecDeque<u64>,
     capacity: usize,
     generation: u64,
@@ -123,9 +155,9 @@ pub struct SocketTable {
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         SocketTable {
-            live: HashMap::new(),
+            live: CookieMap::default(),
             owners: HashMap::new(),
-            closed: HashMap::new(),
+            closed: CookieMap::default(),
             closed_order: VecDeque::new(),
             capacity,
             generation: 0,
@@ -139,11 +171,30 @@ impl SocketTable {
             self.refused += 1;
             return None;
         }
-        Some(self.live.entry(cookie).or_default())
+        // Born in this pass: an inventory that started before the socket
+        // existed must not count it as gone.
+        let generation = self.generation;
+        Some(self.live.entry(cookie).or_insert_with(|| Entry {
+            generation,
+            ..Entry::default()
+        }))
     }
 
     pub fn set_owner(&mut self, cookie: u64, owner: Owner) {
         let owner = self.intern(owner);
+        self.set_shared_owner(cookie, owner);
+    }
+
+    /// The owner already known for `owner`'s process, if it is the same
+    /// program in the same cgroup (a reused pid is not).
+    pub fn known_owner(&self, owner: &Owner) -> Option<Arc<Owner>> {
+        self.owners
+            .get(&owner.pid)
+            .filter(|k| k.comm == owner.comm && k.cgroup_id == owner.cgroup_id)
+            .cloned()
+    }
+
+    pub fn set_shared_owner(&mut self, cookie: u64, owner: Arc<Owner>) {
         if let Some(e) = self.entry(cookie) {
             e.owner = Some(owner);
         }
@@ -212,8 +263,8 @@ impl SocketTable {
         self.generation
     }
 
-    /// Takes in one namespace's inventory.
-    pub fn apply_inventory(&mut self, netns: u32, records: &[SocketRecord], clock: &Clock) {
+    /// Takes in inventory records (a chunk of a namespace's).
+    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) {
         let generation = self.generation;
         for rec in records {
             if rec.cookie == 0 {
@@ -241,7 +292,21 @@ impl SocketTable {
                 e.timer_in_s = (rec.timer_expires != 0)
                     .then(|| clock.seconds(rec.timer_expires.saturating_sub(rec.jiffies) as u32));
             }
+            // Exact counters from the kernel's per-socket map.
+            if rec.flags & FLAG_COUNTERS != 0 {
+                e.probes = rec.probes;
+                e.acks = rec.acks;
+                if rec.last_rtt_ns != 0 {
+                    e.last_rtt_us = Some(rec.last_rtt_ns as f64 / 1e3);
+                }
+            }
         }
+    }
+
+    /// A namespace's inventory is complete: its sockets the pass did not
+    /// see are gone.
+    pub fn end_inventory_of(&mut self, netns: u32) {
+        let generation = self.generation;
         let gone: Vec<u64> = self
             .live
             .iter()
@@ -250,17 +315,6 @@ impl SocketTable {
             .collect();
         for cookie in gone {
             self.close(cookie);
-        }
-    }
-
-    /// Exact counters from the kernel's per-socket map.
-    pub fn apply_counters(&mut self, cookie: u64, c: &SocketCounters) {
-        if let Some(e) = self.live.get_mut(&cookie) {
-            e.probes = c.probes;
-            e.acks = c.acks;
-            if c.last_rtt_ns != 0 {
-                e.last_rtt_us = Some(c.last_rtt_ns as f64 / 1e3);
-            }
         }
     }
 
@@ -350,6 +404,42 @@ mod tests {
             comm: "x".into(),
             ..Default::default()
         }
+    }
+
+    /// An inventory pass closes its namespace's sockets it did not see,
+    /// but not one that an event brought in while the pass ran.
+    #[test]
+    fn inventory_closes_the_unseen_but_not_the_newborn() {
+        let mut t = SocketTable::new(10);
+        let mut ev = Event::zeroed();
+        ev.netns = 7;
+        ev.sport = 1;
+        t.set_tuple(1, &ev);
+        t.begin_inventory();
+        t.set_tuple(2, &ev);
+        t.apply_inventory(&[], &Clock::new(250));
+        t.end_inventory_of(7);
+        assert!(!t.is_live(1), "unseen by the pass: gone");
+        assert!(t.is_live(2), "born during the pass: kept");
+    }
+
+    /// Consecutive cookies keep consecutive bucket bits (locality) and get
+    /// distinct top bits (what the table's group match compares).
+    #[test]
+    fn cookie_hash_keeps_runs_together_and_mixes_the_top() {
+        let hash = |c: u64| {
+            let mut h = CookieHasher::default();
+            h.write_u64(c);
+            h.finish()
+        };
+        let base = 0x1_0000_1000u64;
+        let tops: HashSet<u64> = (0..64)
+            .map(|i| {
+                assert_eq!(hash(base + i) & 0xffff, (base + i) & 0xffff);
+                hash(base + i) >> 57
+            })
+            .collect();
+        assert!(tops.len() > 32, "top 7 bits barely vary: {tops:?}");
     }
 
     #[test]

@@ -7,9 +7,8 @@ use std::{
 };
 
 use crate::{
-    counters::KernelCounters,
+    counters::{CounterReader, KernelCounters},
     events::Record,
-    filters::port_of,
     loader::HookStatus,
     metrics::{Metrics, NetnsLabel, NetnsPort, Snapshot, TimeoutLabels},
     risk::Rule,
@@ -22,6 +21,7 @@ pub struct AgentState {
     pub sysctls: BTreeMap<u64, KeepaliveSysctls>,
     pub hooks: Vec<HookStatus>,
     pub kernel: KernelCounters,
+    pub kernel_counters: CounterReader,
     pub rules: Vec<Rule>,
     pub metrics: Metrics,
     pub tc_interfaces: usize,
@@ -33,37 +33,27 @@ impl AgentState {
     /// Counts one record into the metrics.
     pub fn count(&mut self, r: &Record) {
         self.metrics.events_read.inc();
-        let netns = r.netns.map(|n| n.to_string()).unwrap_or_default();
-        let port = || {
-            let l = r.local.as_deref().and_then(port_of).unwrap_or(0);
-            let p = r.remote.as_deref().and_then(port_of).unwrap_or(0);
-            (l, p)
+        let netns = r.netns;
+        let port = |m: &mut crate::metrics::Metrics| {
+            let l = r.local.map_or(0, |a| a.port());
+            let p = r.remote.map_or(0, |a| a.port());
+            m.port_label(l, p)
         };
         match r.event {
             "probe_sent" => {
-                let (l, p) = port();
-                let port = self.metrics.port_label(l, p);
+                let port = port(&mut self.metrics);
                 self.metrics
                     .probes
                     .get_or_create(&NetnsPort { netns, port })
                     .inc();
             }
             "probe_ack" => {
-                let (l, p) = port();
-                let port = self.metrics.port_label(l, p);
+                let port = port(&mut self.metrics);
                 // Wire events carry no namespace; the table knows it.
-                let netns = self
-                    .table
-                    .get(r.cookie)
-                    .and_then(|e| e.netns)
-                    .map(|n| n.to_string())
-                    .unwrap_or(netns);
+                let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(netns);
                 self.metrics
                     .acks
-                    .get_or_create(&NetnsPort {
-                        netns: netns.clone(),
-                        port,
-                    })
+                    .get_or_create(&NetnsPort { netns, port })
                     .inc();
                 if let Some(us) = r.rtt_us {
                     self.metrics
@@ -73,9 +63,8 @@ impl AgentState {
                 }
             }
             _ if r.errno == Some(crate::events::ETIMEDOUT) => {
-                let (l, p) = port();
-                let port = self.metrics.port_label(l, p);
-                let cause = r.cause.unwrap_or("other").to_string();
+                let port = port(&mut self.metrics);
+                let cause = r.cause.unwrap_or("other");
                 self.metrics
                     .timeouts
                     .get_or_create(&TimeoutLabels { netns, port, cause })
@@ -85,7 +74,16 @@ impl AgentState {
         }
     }
 
+    /// Reads the kernel's counters afresh (a scrape sees them as of now).
+    pub fn refresh_kernel(&mut self) -> Result<KernelCounters, aya::maps::MapError> {
+        self.kernel = self.kernel_counters.read()?;
+        Ok(self.kernel)
+    }
+
     pub fn render_metrics(&mut self) -> String {
+        if let Err(e) = self.refresh_kernel() {
+            log::warn!("reading kernel counters: {e}");
+        }
         let AgentState {
             table,
             sysctls,
@@ -94,6 +92,7 @@ impl AgentState {
             rules,
             metrics,
             tc_interfaces,
+            kernel_counters: _,
         } = self;
         metrics.render(Snapshot {
             hooks,

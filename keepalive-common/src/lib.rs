@@ -125,9 +125,8 @@ pub const FLAG_KEEPALIVE_ON: u8 = 1;
 pub const FLAG_IN_KEEPALIVE_TIMER: u8 = 2;
 /// The socket's tuple/netns fields are filled.
 pub const FLAG_HAS_TUPLE: u8 = 4;
-/// A `ProbeSent` seen only by the TC classifier (see
-/// `counter::PROBES_WIRE_ONLY`): it carries the wire's 4-tuple but no
-/// socket settings or `probes_out`.
+/// A `ProbeSent` reported by the TC classifier because the timer hook
+/// missed the run (see `counter::PROBES_WIRE_ONLY`).
 pub const FLAG_WIRE_ONLY: u8 = 16;
 /// A `ProbeSent` whose probe TC saw leave (at `ifindex`) during the timer
 /// run: it stands for the `WireProbe` event too, so a probe costs the ring
@@ -233,6 +232,39 @@ pub struct AckEvent {
     pub _pad: u32,
 }
 
+/// The ring buffer's compact record for a state change, the bulk of
+/// events on a node that opens connections fast (four per connection):
+/// the socket and its owner, without the keepalive and error fields of
+/// [`Event`] (120 bytes instead of 184). Its leading fields are laid out as
+/// [`Event`]'s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateEvent {
+    pub kind: u32,
+    pub cpu: u32,
+    pub ts_ns: u64,
+    pub jiffies: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub pid: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: u8,
+    pub old_state: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+    pub probes_total: u32,
+    pub acks_total: u32,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+pub const STATE_EVENT_SIZE: usize = 120;
+const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
+
 pub const ACK_EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<AckEvent>() == ACK_EVENT_SIZE);
 
@@ -315,10 +347,17 @@ pub struct SocketRecord {
     pub idle_jiffies: u32,
     pub user_timeout_ms: u32,
     pub _pad: u32,
+    /// The socket's [`SocketCounters`] (`FLAG_COUNTERS`): read here, the
+    /// agent needs no walk of the map.
+    pub probes: u64,
+    pub acks: u64,
+    pub last_rtt_ns: u64,
 }
 
 pub const FLAG_FULL_SOCK: u8 = 8;
-pub const SOCKET_RECORD_SIZE: usize = 120;
+/// A [`SocketRecord`] carries the socket's kernel counters.
+pub const FLAG_COUNTERS: u8 = 64;
+pub const SOCKET_RECORD_SIZE: usize = 144;
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == SOCKET_RECORD_SIZE);
 
 /// Exact per-socket counters, kept in the `SOCKETS` hash map keyed by socket
@@ -380,7 +419,7 @@ pub mod counter {
     pub const CLOSED_IN_TIMER: u32 = 11;
     /// Keepalive probes counted from the wire alone: the timer hook did not
     /// run for that timer (seen under heavy timer load), but TC saw the
-    /// probe leave a socket whose keepalive timer it had seen before.
+    /// probe leave while the socket's keepalive callback ran.
     /// Included in `PROBES`.
     pub const PROBES_WIRE_ONLY: u32 = 12;
     pub const COUNT: u32 = 13;

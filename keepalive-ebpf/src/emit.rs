@@ -2,12 +2,12 @@
 //! the 512-byte BPF stack).
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
-use keepalive_common::{AckEvent, Event, EventKind, counter};
+use keepalive_common::{AckEvent, Event, EventKind, StateEvent, counter};
 
 use crate::maps::{EVENTS, count};
 
-/// A ring-buffer record: [`Event`], or the compact [`AckEvent`], which
-/// share their leading fields.
+/// A ring-buffer record: [`Event`], or the compact [`AckEvent`] and
+/// [`StateEvent`], which share their leading fields.
 trait Record: Copy + 'static {
     fn stamp(&mut self, kind: EventKind, cookie: u64);
 }
@@ -30,6 +30,7 @@ macro_rules! record {
 }
 record!(Event);
 record!(AckEvent);
+record!(StateEvent);
 
 /// Reserves a record, stamps its head, lets `fill` write the rest and
 /// submits it; a full ring buffer counts the event as lost.
@@ -48,6 +49,12 @@ fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mu
 #[inline(always)]
 pub fn emit(kind: EventKind, cookie: u64, fill: impl FnOnce(&mut Event)) {
     write(Event::zeroed(), kind, cookie, fill);
+}
+
+/// A state change as a compact [`StateEvent`].
+#[inline(always)]
+pub fn emit_state(cookie: u64, fill: impl FnOnce(&mut StateEvent)) {
+    write(StateEvent::default(), EventKind::StateChange, cookie, fill);
 }
 
 /// A probe's ACK as a compact [`AckEvent`].

@@ -3,15 +3,20 @@
 //! way to learn SO_KEEPALIVE and the TCP_KEEP* options of sockets that
 //! existed before the agent (sock_diag does not report them). Reading a
 //! socket's cookie here also creates it, so later timer runs can key it.
+//! Each record carries the socket's exact counters from `SOCKETS`.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, generated::bpf_seq_write};
 use keepalive_common::{
-    FLAG_FULL_SOCK, FLAG_HAS_TUPLE, FLAG_KEEPALIVE_ON, KeepaliveSettings, SocketRecord,
+    FLAG_COUNTERS, FLAG_FULL_SOCK, FLAG_HAS_TUPLE, FLAG_KEEPALIVE_ON, KeepaliveSettings,
+    SocketRecord,
 };
 
-use crate::kernel::{self, config, read};
+use crate::{
+    kernel::{self, config, read},
+    maps::SOCKETS,
+};
 
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
@@ -60,8 +65,17 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
         idle_jiffies: 0,
         user_timeout_ms: 0,
         _pad: 0,
+        probes: 0,
+        acks: 0,
+        last_rtt_ns: 0,
     };
     fill(&mut rec, base)?;
+    if let Some(c) = unsafe { SOCKETS.get(cookie) } {
+        rec.probes = c.probes;
+        rec.acks = c.acks;
+        rec.last_rtt_ns = c.last_rtt_ns;
+        rec.flags |= FLAG_COUNTERS;
+    }
     unsafe {
         bpf_seq_write(
             seq.cast(),

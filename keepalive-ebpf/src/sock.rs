@@ -5,10 +5,12 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
-use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter};
+use keepalive_common::{
+    Event, EventKind, FLAG_HAS_TUPLE, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter,
+};
 
 use crate::{
-    emit::emit,
+    emit::{emit, emit_state},
     kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
     maps::{IN_FLIGHT, SCRATCH, SOCKETS, count},
 };
@@ -28,11 +30,17 @@ fn is_tcp(sk: u64) -> bool {
 
 #[inline(always)]
 fn fill_task(ev: &mut Event) {
-    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
+    (ev.pid, ev.cgroup_id, ev.comm) = current_task();
+}
+
+/// (tgid, cgroup id, comm) of the task the hook runs in.
+#[inline(always)]
+fn current_task() -> (u32, u64, [u8; 16]) {
+    (
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        unsafe { bpf_get_current_cgroup_id() },
+        bpf_get_current_comm().unwrap_or([0; 16]),
+    )
 }
 
 /// `cookie` must come from `bpf_get_socket_cookie`, which also creates it:
@@ -64,12 +72,20 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
             let _ = SOCKETS.remove(cookie);
         }
     }
-    emit(EventKind::StateChange, cookie, |ev| {
+    emit_state(cookie, |ev| {
         ev.old_state = old as u8;
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
-        fill_task(ev);
-        let _ = kernel::fill_socket(ev, sk);
+        (ev.pid, ev.cgroup_id, ev.comm) = current_task();
+        if let Ok(t) = kernel::tuple(sk) {
+            ev.family = t.family;
+            ev.sport = t.sport;
+            ev.dport = t.dport;
+            ev.saddr = t.saddr;
+            ev.daddr = t.daddr;
+            ev.netns = t.netns;
+            ev.flags |= FLAG_HAS_TUPLE;
+        }
         ev.state = new;
         if new == TCP_CLOSE {
             // A probe still waiting for its ACK will never get one.

@@ -1,24 +1,27 @@
 //! TC classifiers: the wire view. Egress recognises a probe as a pure ACK
 //! with no payload and seq = snd_una - 1 (`tcp_xmit_probe_skb`); the per-CPU
-//! timer scratch tells a keepalive probe from a zero-window probe, which
+//! timer scratch (or, when the timer hook missed a run, the socket's own
+//! keepalive timer) tells a keepalive probe from a zero-window probe, which
 //! looks the same on the wire but comes from another timer. Ingress matches
 //! the peer's ACK (ack = probe seq + 1) to the probe in flight and measures
 //! the round trip. Observers only: every packet continues unchanged.
 
 use aya_ebpf::{
     bindings::bpf_sock,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock},
+    helpers::{
+        bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock,
+    },
     programs::TcContext,
 };
 use keepalive_common::{
-    Event, EventKind, FLAG_IN_KEEPALIVE_TIMER, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FlowKey,
-    ProbeInFlight, TIMER_KEEPALIVE, TIMER_NONE, counter,
+    Event, EventKind, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FLAG_WIRE_SEEN, FlowKey, ProbeInFlight,
+    TIMER_KEEPALIVE, TIMER_NONE, counter,
 };
 
 use crate::{
     emit::{emit, emit_ack},
-    kernel::{AF_INET, AF_INET6, config},
-    maps::{IN_FLIGHT, SCRATCH, add, count},
+    kernel::{self, AF_INET, AF_INET6, config, read},
+    maps::{IN_FLIGHT, SCRATCH, add, count, socket_counters},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -205,13 +208,8 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             scratch.wire_ifindex = ifindex;
         }
     }
-    let counters = crate::maps::SOCKETS.get_ptr_mut(cookie);
-    // No timer of ours is running on this CPU, yet a probe left: the timer
-    // hook was not invoked for this run (it happens under heavy timer
-    // load). A socket whose keepalive timer we have seen sends no
-    // zero-window probe without a write timer, so this is a keepalive probe.
-    let wire_only =
-        !in_timer && !timer_running && counters.is_some_and(|c| unsafe { (*c).timer_fires } > 0);
+    let sk = address_of(full);
+    let wire_only = !in_timer && !timer_running && sk != 0 && in_keepalive_callback(sk);
     if !in_timer && !wire_only {
         count(counter::WIRE_ZERO_WINDOW_PROBES, 1);
         emit(EventKind::WireProbe, cookie, |ev| {
@@ -222,11 +220,15 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     count(counter::WIRE_PROBES, 1);
-    let mut probes_total = 0u32;
-    let mut acks_total = 0u32;
-    if let Some(c) = counters {
-        add(unsafe { &raw mut (*c).wire_probes }, 1);
-        if wire_only {
+    if wire_only {
+        // The timer hook missed this run: count the probe and report it
+        // here, as the timer's exit would have.
+        count(counter::PROBES, 1);
+        count(counter::PROBES_WIRE_ONLY, 1);
+        let mut probes_total = 0u32;
+        let mut acks_total = 0u32;
+        if let Some(c) = socket_counters(cookie) {
+            add(unsafe { &raw mut (*c).wire_probes }, 1);
             add(unsafe { &raw mut (*c).probes }, 1);
             unsafe {
                 (*c).last_probe_ns = now;
@@ -234,18 +236,23 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
                 acks_total = (*c).acks as u32;
             }
         }
-    }
-    if wire_only {
-        count(counter::PROBES, 1);
-        count(counter::PROBES_WIRE_ONLY, 1);
+        let now_jiffies = unsafe { bpf_jiffies64() } as u32;
         emit(EventKind::ProbeSent, cookie, |ev| {
             ev.timer = TIMER_KEEPALIVE;
-            ev.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY;
+            ev.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY | FLAG_WIRE_SEEN;
+            ev.ifindex = ifindex;
             ev.seq = seg.seq;
             ev.probes_total = probes_total;
             ev.acks_total = acks_total;
-            seg.fill_tuple(ev);
+            // The callback counts the probe once this send returns.
+            ev.probes_out = kernel::probes_out(sk).unwrap_or(0) as u32 + 1;
+            ev.idle_jiffies = kernel::idle_jiffies(sk, now_jiffies).unwrap_or(0);
+            let _ = kernel::fill_socket(ev, sk);
+            let _ = kernel::settings(sk, &mut ev.settings);
         });
+    } else if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
+        // The timer's exit reports this probe with FLAG_WIRE_SEEN.
+        add(unsafe { &raw mut (*c).wire_probes }, 1);
     }
     let flight = ProbeInFlight {
         cookie,
@@ -256,16 +263,30 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     if IN_FLIGHT.insert(seg.flow(), flight, 0).is_err() {
         count(counter::IN_FLIGHT_FULL, 1);
     }
-    if wire_only {
-        emit(EventKind::WireProbe, cookie, |ev| {
-            ev.flags = FLAG_IN_KEEPALIVE_TIMER;
-            ev.seq = seg.seq;
-            ev.ifindex = ifindex;
-            seg.fill_tuple(ev);
-        });
-    }
-    // Otherwise the timer's exit reports this probe with FLAG_WIRE_SEEN.
     Ok(())
+}
+
+/// The kernel address of a socket, as a number: the verifier forbids
+/// arithmetic on a `bpf_sock` pointer, so the pointer is copied off the
+/// stack with `bpf_probe_read_kernel`, which yields a plain scalar.
+#[inline(always)]
+fn address_of(sk: *mut bpf_sock) -> u64 {
+    let slot = sk as u64;
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(&raw const slot) }.unwrap_or(0)
+}
+
+/// A probe leaves with no timer of ours running on this CPU: the timer
+/// hook was not invoked for this run (seen under heavy timer load). It is
+/// a keepalive probe when the socket has SO_KEEPALIVE and its keepalive
+/// timer is not pending: the timer is detached while its callback runs, and
+/// `tcp_keepalive_timer` sends before it re-arms, while a zero-window probe
+/// comes from the write timer with the keepalive timer armed. (Read through
+/// `bpf_probe_read_kernel`: TC sees the socket only as a `bpf_sock`.)
+#[inline(always)]
+fn in_keepalive_callback(sk: u64) -> bool {
+    let timer = sk + config!(sock_keepalive_timer) as u64;
+    kernel::keepalive_on(sk).unwrap_or(false)
+        && read::<u64>(timer, config!(timer_pending_link)).is_ok_and(|pprev| pprev == 0)
 }
 
 pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {

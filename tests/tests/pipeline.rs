@@ -283,3 +283,61 @@ fn hooks_report_their_mode() {
     }
     agent.stop();
 }
+
+/// With the timer hooks off, the TC egress classifier alone counts every
+/// probe: it knows a keepalive probe by the socket's keepalive timer being
+/// detached (its callback is running) while the probe leaves.
+#[test]
+fn wire_mode_probes_equal_kernel_counter() {
+    let ns = Netns::new("kaw");
+    let mut agent = Agent::start(&["--timer-mode", "wire"]);
+    assert_eq!(agent.ready["hooks"][0]["mode"], "wire");
+    assert_eq!(agent.ready["hooks"][0]["live"], false);
+    let (cookie, _, delta) = ns.run(|| idle_keepalive_client("127.0.0.1:0"));
+    agent.settle(Duration::from_millis(500));
+    let (records, stopped) = agent.stop();
+    assert_probes_match(&records, cookie, delta);
+    assert_eq!(probes_in_netns(&records, ns.inode()), delta as usize);
+    assert_eq!(stopped["counters"]["timer_fires"], 0);
+    assert_eq!(stopped["counters"]["probes_wire_only"], delta);
+    assert_eq!(stopped["counters"]["events_lost"], 0);
+}
+
+/// Zero-window probes look like keepalive probes on the wire; neither the
+/// timer marker nor the wire-only rule may count them as keepalive probes.
+fn zero_window_probes_are_told_apart(mode: &str) {
+    let ns = Netns::new("kaz");
+    let mut agent = Agent::start(&["--timer-mode", mode]);
+    let zw = ns.run(|| scenario::zero_window_sender(Duration::from_secs(5)));
+    agent.settle(Duration::from_millis(500));
+    let (records, _) = agent.stop();
+    assert!(
+        zw.window_probes >= 3,
+        "the kernel sent only {} zero-window probes",
+        zw.window_probes
+    );
+    assert_eq!(
+        zw.keepalive_probes, 0,
+        "keepalive waits while data is queued"
+    );
+    assert_eq!(count(&records, "probe_sent", zw.cookie), 0);
+    let wire: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "wire_probe" && r["cookie"] == zw.cookie)
+        .collect();
+    assert_eq!(wire.len() as u64, zw.window_probes, "TCPWinProbe");
+    assert!(
+        wire.iter().all(|r| r["keepalive_probe"] == false),
+        "{wire:?}"
+    );
+}
+
+#[test]
+fn zero_window_probes_are_not_keepalive_probes() {
+    zero_window_probes_are_told_apart("auto");
+}
+
+#[test]
+fn zero_window_probes_are_not_keepalive_probes_in_wire_mode() {
+    zero_window_probes_are_told_apart("wire");
+}

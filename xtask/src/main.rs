@@ -38,6 +38,9 @@ enum Command {
         /// Smaller steps (1k and 5k connections), for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Connection counts to step through instead (e.g. `25000,50000`).
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<usize>,
         /// Where to write the results (default target/bench/latest.json).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -90,12 +93,13 @@ fn main() -> anyhow::Result<()> {
         Command::Lint => lint(&root),
         Command::Bench {
             quick,
+            steps,
             json,
             compare,
         } => {
             setup::run()?;
             build()?;
-            bench::run(quick, json, compare)
+            bench::run(quick, steps, json, compare)
         }
         Command::BenchHold { conns } => bench::hold(conns),
         Command::Test { kernels, args } => {
