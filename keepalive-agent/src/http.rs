@@ -170,7 +170,7 @@ async fn healthz(State(api): State<Api>) -> Response {
         Ok(s) => s
             .hooks
             .iter()
-            .filter(|h| !h.live && h.mode != "none")
+            .filter(|h| h.is_down())
             .map(|h| h.hook.to_string())
             .collect(),
         Err(r) => return *r,

@@ -53,6 +53,16 @@ pub struct HookStatus {
     pub note: Option<String>,
 }
 
+impl HookStatus {
+    /// Down for `/healthz`: not attached, and neither off by choice (`none`)
+    /// nor replaced by the TC view (`wire`). A restart cannot bring back a
+    /// hook the kernel refuses, so a replaced hook must not fail readiness;
+    /// `keepalive_agent_hook_up` still reads 0 for it.
+    pub fn is_down(&self) -> bool {
+        !self.live && self.mode != "none" && self.mode != "wire"
+    }
+}
+
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub max_sockets: u32,

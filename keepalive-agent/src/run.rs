@@ -118,7 +118,7 @@ async fn run(
             (Some(note), true) => info!("hook {} live via {} ({note})", h.hook, h.mode),
             (None, true) => info!("hook {} live via {}", h.hook, h.mode),
             (note, false) => warn!(
-                "hook {} down: {}",
+                "hook {} not attached: {}",
                 h.hook,
                 note.as_deref().unwrap_or("not attached")
             ),

@@ -293,6 +293,8 @@ fn wire_mode_probes_equal_kernel_counter() {
     let mut agent = Agent::start(&["--timer-mode", "wire"]);
     assert_eq!(agent.ready["hooks"][0]["mode"], "wire");
     assert_eq!(agent.ready["hooks"][0]["live"], false);
+    // Replaced, not down: a restart would not bring the hook back.
+    assert_eq!(agent.get("/healthz").0, 200);
     let (cookie, _, delta) = ns.run(|| idle_keepalive_client("127.0.0.1:0"));
     agent.settle(Duration::from_millis(500));
     let (records, stopped) = agent.stop();
