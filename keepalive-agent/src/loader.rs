@@ -53,13 +53,17 @@ pub struct HookStatus {
     pub note: Option<String>,
 }
 
+/// The timer hook's mode when no timer hook is attached and the TC
+/// classifiers count probes alone.
+pub const WIRE_MODE: &str = "wire";
+
 impl HookStatus {
     /// Down for `/healthz`: not attached, and neither off by choice (`none`)
-    /// nor replaced by the TC view (`wire`). A restart cannot bring back a
-    /// hook the kernel refuses, so a replaced hook must not fail readiness;
-    /// `keepalive_agent_hook_up` still reads 0 for it.
+    /// nor replaced by the TC view ([`WIRE_MODE`]). A restart cannot bring
+    /// back a hook the kernel refuses, so a replaced hook must not fail
+    /// readiness; `keepalive_agent_hook_up` still reads 0 for it.
     pub fn is_down(&self) -> bool {
-        !self.live && self.mode != "none" && self.mode != "wire"
+        !self.live && self.mode != "none" && self.mode != WIRE_MODE
     }
 }
 
@@ -112,7 +116,7 @@ fn attach_timers(ebpf: &mut Ebpf, btf: &AyaBtf, mode: TimerMode) -> Result<HookS
     const HOOK: &str = "keepalive_timer";
     let wire_only = |note: String| HookStatus {
         hook: HOOK,
-        mode: "wire".into(),
+        mode: WIRE_MODE.into(),
         live: false,
         note: Some(note),
     };

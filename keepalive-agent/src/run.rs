@@ -105,7 +105,7 @@ async fn run(
         mut hooks,
         iterator,
     } = loader::load(&config, &opts).context("loading the kernel programs")?;
-    if let Some(h) = hooks.iter().find(|h| h.mode == "wire")
+    if let Some(h) = hooks.iter().find(|h| h.mode == loader::WIRE_MODE)
         && args.no_tc
     {
         anyhow::bail!(
@@ -117,11 +117,8 @@ async fn run(
         match (&h.note, h.live) {
             (Some(note), true) => info!("hook {} live via {} ({note})", h.hook, h.mode),
             (None, true) => info!("hook {} live via {}", h.hook, h.mode),
-            (note, false) => warn!(
-                "hook {} not attached: {}",
-                h.hook,
-                note.as_deref().unwrap_or("not attached")
-            ),
+            (Some(note), false) => warn!("hook {} not attached: {note}", h.hook),
+            (None, false) => warn!("hook {} not attached", h.hook),
         }
     }
 

@@ -9,8 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, generated::bpf_seq_write};
 use keepalive_common::{
-    FLAG_COUNTERS, FLAG_FULL_SOCK, FLAG_HAS_TUPLE, FLAG_KEEPALIVE_ON, KeepaliveSettings,
-    SocketRecord,
+    FLAG_COUNTERS, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, KeepaliveSettings, SocketRecord,
 };
 
 use crate::{
@@ -88,15 +87,7 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
 
 #[inline(always)]
 fn fill(rec: &mut SocketRecord, sk: u64) -> Result<(), i64> {
-    let t = kernel::tuple(sk)?;
-    rec.family = t.family;
-    rec.sport = t.sport;
-    rec.dport = t.dport;
-    rec.state = t.state;
-    rec.saddr = t.saddr;
-    rec.daddr = t.daddr;
-    rec.netns = t.netns;
-    rec.flags |= FLAG_HAS_TUPLE;
+    kernel::copy_tuple!(rec, kernel::tuple(sk)?);
     // Time-wait and request sockets are not full sockets: nothing below
     // exists in them.
     if rec.state == TCP_TIME_WAIT || rec.state == TCP_NEW_SYN_RECV {

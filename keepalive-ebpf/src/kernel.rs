@@ -143,17 +143,26 @@ pub fn tuple(sk: u64) -> Result<Tuple, i64> {
     Ok(t)
 }
 
+/// Copies a [`Tuple`] into a record whose fields bear the same names
+/// ([`Event`], `StateEvent`, `SocketRecord`) and marks it `FLAG_HAS_TUPLE`.
+macro_rules! copy_tuple {
+    ($rec:expr, $t:expr) => {{
+        let (rec, t) = (&mut *$rec, &$t);
+        rec.family = t.family;
+        rec.sport = t.sport;
+        rec.dport = t.dport;
+        rec.state = t.state;
+        rec.saddr = t.saddr;
+        rec.daddr = t.daddr;
+        rec.netns = t.netns;
+        rec.flags |= keepalive_common::FLAG_HAS_TUPLE;
+    }};
+}
+pub(crate) use copy_tuple;
+
 /// Tuple, state and namespace of `sk` into `ev`.
 #[inline(always)]
 pub fn fill_socket(ev: &mut Event, sk: u64) -> Result<(), i64> {
-    let t = tuple(sk)?;
-    ev.family = t.family;
-    ev.sport = t.sport;
-    ev.dport = t.dport;
-    ev.state = t.state;
-    ev.saddr = t.saddr;
-    ev.daddr = t.daddr;
-    ev.netns = t.netns;
-    ev.flags |= keepalive_common::FLAG_HAS_TUPLE;
+    copy_tuple!(ev, tuple(sk)?);
     Ok(())
 }

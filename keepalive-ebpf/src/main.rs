@@ -1,124 +1,35 @@
-//! keepalive-agent's kernel programs: thin wrappers around the `try`-style
-//! handlers in the modules below. Every handler error is already counted
-//! (`READ_ERRORS`, `EVENTS_LOST`, …); the wrappers only map it to the
+//! keepalive-agent's kernel programs: thin wrappers (`programs`) around the
+//! `try`-style handlers in the modules below. Every handler error is already
+//! counted (`READ_ERRORS`, `EVENTS_LOST`, …); the wrappers only map it to the
 //! program's return value. All policy lives in the agent.
-#![no_std]
-#![no_main]
+//!
+//! The programs exist for BPF only (keepalive-agent's build.rs builds them
+//! for `bpfel`); a workspace-wide build for the host (`cargo clippy
+//! --workspace`) sees an empty program.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // BPF has atomic add but core's Atomic types do not expose it for this target.
-#![expect(internal_features, reason = "atomic_xadd is unstable")]
-#![feature(core_intrinsics)]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic_xadd is unstable"),
+    feature(core_intrinsics)
+)]
 
+#[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
 mod inventory;
+#[cfg(target_arch = "bpf")]
 mod kernel;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
 mod timer;
+#[cfg(target_arch = "bpf")]
 mod wire;
 
-use core::ffi::c_void;
-
-use aya_ebpf::{
-    helpers::bpf_get_socket_cookie,
-    macros::{btf_tracepoint, classifier, fentry, fexit},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, TcContext},
-};
-
-/// TCX_NEXT / TC_ACT_UNSPEC: we only observe, the next program decides.
-const TC_NEXT: i32 = -1;
-
-// Keepalive timer, tracepoint flavour: every timer_list expiry in the
-// system, filtered on the callback address.
-#[btf_tracepoint(function = "timer_expire_entry")]
-pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_entry(timer);
-    0
-}
-
-#[btf_tracepoint(function = "timer_expire_exit")]
-pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_exit(timer);
-    0
-}
-
-// Keepalive and retransmit timers, fentry flavour: only the two callbacks
-// run the program (cheaper), where the kernel permits fentry.
-#[fentry(function = "tcp_keepalive_timer")]
-pub fn keepalive_timer_entry(ctx: FEntryContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_entry(timer);
-    0
-}
-
-#[fexit(function = "tcp_keepalive_timer")]
-pub fn keepalive_timer_exit(ctx: FExitContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_exit(timer);
-    0
-}
-
-#[fentry(function = "tcp_write_timer")]
-pub fn write_timer_entry(ctx: FEntryContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_entry(timer);
-    0
-}
-
-#[fexit(function = "tcp_write_timer")]
-pub fn write_timer_exit(ctx: FExitContext) -> i32 {
-    let timer: u64 = ctx.arg(0);
-    let _ = timer::on_exit(timer);
-    0
-}
-
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    // Also creates the cookie, so later timer runs can key the socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    let _ = sock::on_set_state(sk as u64, cookie, old, new);
-    0
-}
-
-#[btf_tracepoint(function = "inet_sk_error_report")]
-pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
-    let sk: *mut c_void = ctx.arg(0);
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
-    let _ = sock::on_error_report(sk as u64, cookie);
-    0
-}
-
-#[classifier]
-pub fn tc_egress(ctx: TcContext) -> i32 {
-    let _ = wire::on_egress(&ctx);
-    TC_NEXT
-}
-
-#[classifier]
-pub fn tc_ingress(ctx: TcContext) -> i32 {
-    let _ = wire::on_ingress(&ctx);
-    TC_NEXT
-}
-
-/// Socket inventory; aya-ebpf has no iterator macro, so the section is
-/// named by hand (`iter/<target>` is what libbpf and aya-obj recognise).
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/tcp")]
-pub fn dump_tcp(ctx: *mut c_void) -> i32 {
-    let _ = inventory::dump(ctx);
-    0
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

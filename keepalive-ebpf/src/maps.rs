@@ -84,6 +84,24 @@ pub fn socket_counters(cookie: u64) -> Option<*mut SocketCounters> {
     SOCKETS.get_ptr_mut(cookie)
 }
 
+/// Counts `probes` keepalive probes (`wire` of them seen by TC) for the
+/// socket `cookie`, creating its counters if needed; returns its totals of
+/// probes and ACKs for the event that reports them.
+#[inline(always)]
+pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> (u32, u32) {
+    let Some(c) = socket_counters(cookie) else {
+        return (0, 0);
+    };
+    unsafe {
+        add(&raw mut (*c).probes, probes);
+        if wire != 0 {
+            add(&raw mut (*c).wire_probes, wire);
+        }
+        (*c).last_probe_ns = now_ns;
+        ((*c).probes as u32, (*c).acks as u32)
+    }
+}
+
 /// Atomic add: TC on one CPU and the timer on another may update the same socket.
 #[inline(always)]
 pub fn add(field: *mut u64, n: u64) {

@@ -5,9 +5,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
-use keepalive_common::{
-    Event, EventKind, FLAG_HAS_TUPLE, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter,
-};
+use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter};
 
 use crate::{
     emit::{emit, emit_state},
@@ -78,13 +76,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.acks_total = acks_total;
         (ev.pid, ev.cgroup_id, ev.comm) = current_task();
         if let Ok(t) = kernel::tuple(sk) {
-            ev.family = t.family;
-            ev.sport = t.sport;
-            ev.dport = t.dport;
-            ev.saddr = t.saddr;
-            ev.daddr = t.daddr;
-            ev.netns = t.netns;
-            ev.flags |= FLAG_HAS_TUPLE;
+            kernel::copy_tuple!(ev, t);
         }
         ev.state = new;
         if new == TCP_CLOSE {

@@ -13,7 +13,7 @@ use keepalive_common::{
 use crate::{
     emit::emit,
     kernel::{self, config, read},
-    maps::{SCRATCH, SOCKETS, add, count, socket_counters},
+    maps::{SCRATCH, SOCKETS, add, count, count_socket_probes, socket_counters},
 };
 
 pub fn on_entry(timer: u64) -> Result<(), i64> {
@@ -114,16 +114,8 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     }
     let wire_ifindex = scratch.wire_ifindex;
     count(counter::PROBES, sent);
-    let mut probes_total = 0u32;
-    let mut acks_total = 0u32;
-    if let Some(c) = socket_counters(cookie) {
-        add(unsafe { &raw mut (*c).probes }, sent);
-        unsafe {
-            (*c).last_probe_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-            probes_total = (*c).probes as u32;
-            acks_total = (*c).acks as u32;
-        }
-    }
+    let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns);
     let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;

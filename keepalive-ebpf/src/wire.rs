@@ -21,7 +21,7 @@ use keepalive_common::{
 use crate::{
     emit::{emit, emit_ack},
     kernel::{self, AF_INET, AF_INET6, config, read},
-    maps::{IN_FLIGHT, SCRATCH, add, count, socket_counters},
+    maps::{IN_FLIGHT, SCRATCH, add, count, count_socket_probes},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -225,17 +225,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         // here, as the timer's exit would have.
         count(counter::PROBES, 1);
         count(counter::PROBES_WIRE_ONLY, 1);
-        let mut probes_total = 0u32;
-        let mut acks_total = 0u32;
-        if let Some(c) = socket_counters(cookie) {
-            add(unsafe { &raw mut (*c).wire_probes }, 1);
-            add(unsafe { &raw mut (*c).probes }, 1);
-            unsafe {
-                (*c).last_probe_ns = now;
-                probes_total = (*c).probes as u32;
-                acks_total = (*c).acks as u32;
-            }
-        }
+        let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now);
         let now_jiffies = unsafe { bpf_jiffies64() } as u32;
         emit(EventKind::ProbeSent, cookie, |ev| {
             ev.timer = TIMER_KEEPALIVE;
