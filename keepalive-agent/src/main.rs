@@ -1,35 +1,29 @@
 //! keepalive-agent: loads the kernel programs, follows their events and
 //! reports TCP keepalive per socket.
+//!
+//! Layers, each depending only on those listed before it:
+//! - [`model`]: pure types and policy (clock, keepalive settings, causes, risk);
+//! - [`kernel`]: facts about the running kernel (BTF, offsets, kallsyms, HZ);
+//! - [`host`]: the node outside BPF (namespaces, owners, sysctls, capabilities);
+//! - [`bpf`]: the loaded object (loader, hooks, TC, iterator, ring, counters);
+//! - [`table`]: the socket table and how an event changes it;
+//! - [`cli`]: arguments, the HTTP client commands, text output;
+//! - [`api`]: HTTP routes, server, filters, metrics, shared state;
+//! - [`run`]: the `run` command as named phases.
 
-mod btf;
-mod caps;
+mod api;
+mod bpf;
 mod cli;
-mod client;
-mod counters;
-mod events;
-mod filters;
-mod http;
-mod hz;
-mod kallsyms;
-mod loader;
-mod metrics;
-mod netns;
-mod offsets;
-mod output;
-mod owners;
-mod risk;
+mod host;
+mod kernel;
+mod model;
 mod run;
-mod serve;
-mod socket_iter;
-mod sockets;
-mod state;
-mod sysctl;
-mod tc;
+mod table;
 
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match cli::args::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version on stdout with exit 0, errors with 2.
@@ -42,10 +36,10 @@ fn main() -> std::process::ExitCode {
         .format_timestamp_millis()
         .init();
     let result = match cli.command {
-        cli::Command::Run(args) => run::main(args),
-        cli::Command::Sockets(args) => client::sockets(args),
-        cli::Command::Advise(args) => client::advise(args),
-        cli::Command::Events(args) => client::events(args),
+        cli::args::Command::Run(args) => run::main(args),
+        cli::args::Command::Sockets(args) => cli::client::sockets(args),
+        cli::args::Command::Advise(args) => cli::advise::advise(args),
+        cli::args::Command::Events(args) => cli::client::events(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -79,7 +79,7 @@ pub struct KernelConfig {
     pub _pad: [u8; 5],
 }
 
-/// What an [`Event`] reports.
+/// What a ring-buffer record reports ([`Head::kind`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -117,21 +117,28 @@ pub const TIMER_NONE: u8 = 0;
 pub const TIMER_KEEPALIVE: u8 = 1;
 pub const TIMER_WRITE: u8 = 2;
 
-/// `Event::flags` bits.
-/// SO_KEEPALIVE was set on the socket.
-pub const FLAG_KEEPALIVE_ON: u8 = 1;
-/// A wire probe seen while this socket's keepalive timer ran on this CPU
-/// (a keepalive probe, not a zero-window probe).
-pub const FLAG_IN_KEEPALIVE_TIMER: u8 = 2;
-/// The socket's tuple/netns fields are filled.
-pub const FLAG_HAS_TUPLE: u8 = 4;
-/// A `ProbeSent` reported by the TC classifier because the timer hook
-/// missed the run (see `counter::PROBES_WIRE_ONLY`).
-pub const FLAG_WIRE_ONLY: u8 = 16;
-/// A `ProbeSent` whose probe TC saw leave (at `ifindex`) during the timer
-/// run: it stands for the `WireProbe` event too, so a probe costs the ring
-/// buffer one event, not two.
-pub const FLAG_WIRE_SEEN: u8 = 32;
+/// Every `flags` bit of [`Event`], [`StateEvent`] and [`SocketRecord`].
+pub mod flag {
+    /// SO_KEEPALIVE was set on the socket.
+    pub const KEEPALIVE_ON: u8 = 1;
+    /// A wire probe seen while this socket's keepalive timer ran on this
+    /// CPU (a keepalive probe, not a zero-window probe).
+    pub const IN_KEEPALIVE_TIMER: u8 = 2;
+    /// The record's [`Tuple`](super::Tuple) is filled.
+    pub const HAS_TUPLE: u8 = 4;
+    /// [`SocketRecord`](super::SocketRecord): the tcp_sock fields were read
+    /// (not for TIME-WAIT/NEW-SYN-RECV sockets).
+    pub const FULL_SOCK: u8 = 8;
+    /// A `ProbeSent` reported by the TC classifier because the timer hook
+    /// missed the run (see `KernelCounters::probes_wire_only`).
+    pub const WIRE_ONLY: u8 = 16;
+    /// A `ProbeSent` whose probe TC saw leave (at `ifindex`) during the
+    /// timer run: it stands for the `WireProbe` event too, so a probe costs
+    /// the ring buffer one event, not two.
+    pub const WIRE_SEEN: u8 = 32;
+    /// [`SocketRecord`](super::SocketRecord): carries the socket's kernel counters.
+    pub const COUNTERS: u8 = 64;
+}
 
 /// Keepalive settings as the kernel holds them. Socket values of 0 mean
 /// "not set on the socket: use the namespace's sysctl".
@@ -150,22 +157,17 @@ pub struct KeepaliveSettings {
     pub net_probes: u32,
 }
 
-/// One ring-buffer record. The fields a kind does not use are zero.
+/// Where a socket is: the `sock_common` part every socket kind has (full,
+/// time-wait and request sockets alike). Embedded in every record that
+/// carries a socket's addresses.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct Event {
-    pub kind: u32,
-    pub cpu: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
-    pub ts_ns: u64,
-    /// `bpf_jiffies64`, to convert jiffies fields to time.
-    pub jiffies: u64,
-    pub cookie: u64,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    /// Addresses in network byte order; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     /// Network namespace inode (as in `/proc/<pid>/ns/net`).
     pub netns: u32,
-    /// tgid of the current task (meaningful in process context only).
-    pub pid: u32,
-    pub cgroup_id: u64,
     /// AF_INET or AF_INET6.
     pub family: u16,
     /// Local and remote port, host byte order.
@@ -173,12 +175,32 @@ pub struct Event {
     pub dport: u16,
     /// TCP state (as in `ss`: 1 ESTABLISHED … 7 CLOSE).
     pub state: u8,
-    /// StateChange: the previous state. SocketError: the state when the
-    /// timer that raised the error started (the socket is CLOSE by then).
-    pub old_state: u8,
-    /// Addresses in network byte order; IPv4 in the first 4 bytes.
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub _pad: u8,
+}
+
+/// The start of every ring-buffer record: what it is, where and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// An [`EventKind`].
+    pub kind: u32,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `bpf_jiffies64`, to convert jiffies fields to time.
+    pub jiffies: u64,
+    pub cookie: u64,
+}
+
+/// The ring buffer's full record. The fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    pub head: Head,
+    pub cgroup_id: u64,
+    pub tuple: Tuple,
+    /// tgid of the current task (meaningful in process context only).
+    pub pid: u32,
     pub comm: [u8; 16],
     pub settings: KeepaliveSettings,
     /// `icsk_probes_out` at the event.
@@ -198,33 +220,32 @@ pub struct Event {
     /// Probes counted for this socket in the kernel map so far.
     pub probes_total: u32,
     pub acks_total: u32,
+    /// StateChange: the previous state. SocketError: the state when the
+    /// timer that raised the error started (the socket is CLOSE by then).
+    pub old_state: u8,
     /// One of `TIMER_*`: the timer running on this CPU when the event fired.
     pub timer: u8,
-    /// `FLAG_*` bits.
+    /// [`flag`] bits.
     pub flags: u8,
     /// The namespace's `net.ipv4.tcp_retries2` and `tcp_syn_retries`
     /// (SocketError): what bounded the retransmission that failed.
     pub retries2: u8,
     pub syn_retries: u8,
+    pub _pad: [u8; 3],
     /// `tp->retrans_stamp` (SocketError): when the oldest unacknowledged
     /// segment (or the SYN) was first sent, in ms of CLOCK_MONOTONIC
     /// (µs where the route uses usec TCP timestamps); 0 when none.
     pub retrans_stamp: u32,
-    pub _pad: [u8; 4],
 }
 
 /// The ring buffer's compact record for a probe's ACK, the one event per
 /// probe that needs no socket details (the agent knows the socket from its
 /// `ProbeSent`): 56 bytes instead of 184, so bursts of probes fit three
-/// times as many ACKs. Its leading fields are laid out as [`Event`]'s.
+/// times as many ACKs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AckEvent {
-    pub kind: u32,
-    pub cpu: u32,
-    pub ts_ns: u64,
-    pub jiffies: u64,
-    pub cookie: u64,
+    pub head: Head,
     pub rtt_ns: u64,
     pub seq: u32,
     pub acks_total: u32,
@@ -235,31 +256,20 @@ pub struct AckEvent {
 /// The ring buffer's compact record for a state change, the bulk of
 /// events on a node that opens connections fast (four per connection):
 /// the socket and its owner, without the keepalive and error fields of
-/// [`Event`] (120 bytes instead of 184). Its leading fields are laid out as
-/// [`Event`]'s.
+/// [`Event`] (120 bytes instead of 184).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StateEvent {
-    pub kind: u32,
-    pub cpu: u32,
-    pub ts_ns: u64,
-    pub jiffies: u64,
-    pub cookie: u64,
+    pub head: Head,
     pub cgroup_id: u64,
-    pub netns: u32,
+    pub tuple: Tuple,
     pub pid: u32,
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub state: u8,
-    pub old_state: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
     pub comm: [u8; 16],
     pub probes_total: u32,
     pub acks_total: u32,
+    pub old_state: u8,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
 }
 
 pub const STATE_EVENT_SIZE: usize = 120;
@@ -272,58 +282,11 @@ pub const EVENT_SIZE: usize = 184;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 176);
 
-impl Event {
-    pub const fn zeroed() -> Self {
-        Self {
-            kind: 0,
-            cpu: 0,
-            ts_ns: 0,
-            jiffies: 0,
-            cookie: 0,
-            netns: 0,
-            pid: 0,
-            cgroup_id: 0,
-            family: 0,
-            sport: 0,
-            dport: 0,
-            state: 0,
-            old_state: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            comm: [0; 16],
-            settings: KeepaliveSettings {
-                sock_time: 0,
-                sock_intvl: 0,
-                sock_probes: 0,
-                net_time: 0,
-                net_intvl: 0,
-                net_probes: 0,
-            },
-            probes_out: 0,
-            seq: 0,
-            rtt_ns: 0,
-            idle_jiffies: 0,
-            err: 0,
-            user_timeout_ms: 0,
-            retransmits: 0,
-            ifindex: 0,
-            probes_total: 0,
-            acks_total: 0,
-            timer: 0,
-            flags: 0,
-            retries2: 0,
-            syn_retries: 0,
-            retrans_stamp: 0,
-            _pad: [0; 4],
-        }
-    }
-}
-
 /// One socket from the `iter/tcp` inventory: every TCP socket of the
 /// namespace the iterator was created in, with what only the kernel knows
 /// (SO_KEEPALIVE and the per-socket TCP_KEEP* options).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct SocketRecord {
     pub cookie: u64,
     pub inode: u64,
@@ -331,32 +294,22 @@ pub struct SocketRecord {
     /// (0: not pending).
     pub jiffies: u64,
     pub timer_expires: u64,
-    pub netns: u32,
+    pub tuple: Tuple,
     pub uid: u32,
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub state: u8,
-    /// `FLAG_KEEPALIVE_ON` and `FLAG_HAS_TUPLE`; `FLAG_FULL_SOCK` when the
-    /// tcp_sock fields below were read (not for TIME-WAIT/NEW-SYN-RECV).
-    pub flags: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
     pub settings: KeepaliveSettings,
     pub probes_out: u32,
     pub idle_jiffies: u32,
     pub user_timeout_ms: u32,
-    pub _pad: u32,
-    /// The socket's [`SocketCounters`] (`FLAG_COUNTERS`): read here, the
+    /// [`flag`] bits: `KEEPALIVE_ON`, `HAS_TUPLE`, `FULL_SOCK`, `COUNTERS`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// The socket's [`SocketCounters`] (`flag::COUNTERS`): read here, the
     /// agent needs no walk of the map.
     pub probes: u64,
     pub acks: u64,
     pub last_rtt_ns: u64,
 }
 
-pub const FLAG_FULL_SOCK: u8 = 8;
-/// A [`SocketRecord`] carries the socket's kernel counters.
-pub const FLAG_COUNTERS: u8 = 64;
 pub const SOCKET_RECORD_SIZE: usize = 144;
 const _: () = assert!(core::mem::size_of::<SocketRecord>() == SOCKET_RECORD_SIZE);
 
@@ -385,6 +338,19 @@ pub struct FlowKey {
     pub daddr: [u8; 16],
 }
 
+impl FlowKey {
+    pub fn of(t: &Tuple) -> Self {
+        FlowKey {
+            family: t.family,
+            sport: t.sport,
+            dport: t.dport,
+            _pad: 0,
+            saddr: t.saddr,
+            daddr: t.daddr,
+        }
+    }
+}
+
 /// A probe seen on egress, waiting for its ACK on ingress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -395,42 +361,94 @@ pub struct ProbeInFlight {
     pub _pad: u32,
 }
 
-/// Indices of the per-CPU `COUNTERS` array; userspace sums over CPUs.
-pub mod counter {
-    pub const TIMER_FIRES: u32 = 0;
-    pub const PROBES: u32 = 1;
-    pub const WIRE_PROBES: u32 = 2;
-    pub const WIRE_ZERO_WINDOW_PROBES: u32 = 3;
-    pub const ACKS: u32 = 4;
-    pub const TIMEOUTS: u32 = 5;
+/// The kernel programs' exact global counters: the one table of them.
+/// Each field is one slot of the per-CPU `COUNTERS` array, in field order
+/// ([`counter!`] names a slot by its field); userspace sums the slots over
+/// CPUs into this struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct KernelCounters {
+    /// Keepalive timer runs of sockets with SO_KEEPALIVE.
+    pub timer_fires: u64,
+    /// Keepalive probes sent: what TcpExt `TCPKeepAlive` counts.
+    pub probes: u64,
+    /// Keepalive probes seen leaving by TC egress.
+    pub wire_probes: u64,
+    /// Zero-window probes seen by TC egress (probe-shaped, not keepalive).
+    pub wire_zero_window_probes: u64,
+    pub acks: u64,
+    /// Keepalive ETIMEDOUT kills.
+    pub keepalive_timeouts: u64,
     /// Ring-buffer reservations that failed: events lost.
-    pub const EVENTS_LOST: u32 = 6;
+    pub events_lost: u64,
     /// Sockets not tracked because `SOCKETS` was full.
-    pub const SOCKET_MAP_FULL: u32 = 7;
+    pub socket_map_full: u64,
     /// Kernel memory reads that failed.
-    pub const READ_ERRORS: u32 = 8;
+    pub read_errors: u64,
     /// Probes in flight that could not be recorded (`IN_FLIGHT` full).
-    pub const IN_FLIGHT_FULL: u32 = 9;
+    pub in_flight_full: u64,
     /// Timer runs whose socket had no cookie yet (predates the agent and
     /// was not yet inventoried); such a socket's probes are still counted.
-    pub const NO_COOKIE: u32 = 10;
+    pub no_cookie: u64,
     /// Sockets whose exit-time read was skipped because the socket closed
     /// inside the timer run.
-    pub const CLOSED_IN_TIMER: u32 = 11;
+    pub closed_in_timer: u64,
     /// Keepalive probes counted from the wire alone: the timer hook did not
     /// run for that timer (seen under heavy timer load), but TC saw the
-    /// probe leave while the socket's keepalive callback ran.
-    /// Included in `PROBES`.
-    pub const PROBES_WIRE_ONLY: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// probe leave while the socket's keepalive callback ran. Included in
+    /// `probes`.
+    pub probes_wire_only: u64,
+    /// Timer hook runs that could not get the per-CPU scratch (a per-CPU
+    /// array of one entry: never expected, counted so it cannot pass unseen).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub scratch_missing: u64,
+}
+
+/// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.
+pub const COUNTER_SLOTS: u32 = (core::mem::size_of::<KernelCounters>() / 8) as u32;
+
+impl KernelCounters {
+    /// The counters from per-slot sums, in field order.
+    pub fn from_slots(slots: [u64; COUNTER_SLOTS as usize]) -> Self {
+        // SAFETY: KernelCounters is repr(C) with exactly COUNTER_SLOTS u64
+        // fields and no padding (asserted below), so it has the layout of
+        // the array.
+        unsafe { core::mem::transmute(slots) }
+    }
+}
+const _: () = assert!(core::mem::size_of::<KernelCounters>() == COUNTER_SLOTS as usize * 8);
+
+/// The `COUNTERS` slot of a [`KernelCounters`] field: `counter!(probes)`.
+#[macro_export]
+macro_rules! counter {
+    ($field:ident) => {
+        (core::mem::offset_of!($crate::KernelCounters, $field) / 8) as u32
+    };
+}
+
+impl Event {
+    /// All zeroes, as a constant: the kernel programs write it into the
+    /// ring buffer in place instead of building it on the BPF stack.
+    pub const fn zeroed() -> Self {
+        // SAFETY: Event holds only integers and arrays of them, for which
+        // all-zero bytes are a valid value.
+        unsafe { core::mem::zeroed() }
+    }
 }
 
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::KernelConfig {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::SocketCounters {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::ProbeInFlight {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::SocketRecord {}
 }

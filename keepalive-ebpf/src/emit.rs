@@ -2,46 +2,55 @@
 //! the 512-byte BPF stack).
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};
-use keepalive_common::{AckEvent, Event, EventKind, StateEvent, counter};
+use keepalive_common::{AckEvent, Event, EventKind, Head, StateEvent, counter};
 
 use crate::maps::{EVENTS, count};
 
 /// A ring-buffer record: [`Event`], or the compact [`AckEvent`] and
-/// [`StateEvent`], which share their leading fields.
+/// [`StateEvent`]; each begins with a [`Head`].
 trait Record: Copy + 'static {
-    fn stamp(&mut self, kind: EventKind, cookie: u64);
+    fn head(&mut self) -> &mut Head;
 }
 
-macro_rules! record {
-    ($t:ty) => {
-        impl Record for $t {
-            #[inline(always)]
-            fn stamp(&mut self, kind: EventKind, cookie: u64) {
-                self.kind = kind as u32;
-                self.cookie = cookie;
-                unsafe {
-                    self.cpu = bpf_get_smp_processor_id();
-                    self.ts_ns = bpf_ktime_get_ns();
-                    self.jiffies = bpf_jiffies64();
-                }
-            }
-        }
-    };
+impl Record for Event {
+    #[inline(always)]
+    fn head(&mut self) -> &mut Head {
+        &mut self.head
+    }
 }
-record!(Event);
-record!(AckEvent);
-record!(StateEvent);
+
+impl Record for AckEvent {
+    #[inline(always)]
+    fn head(&mut self) -> &mut Head {
+        &mut self.head
+    }
+}
+
+impl Record for StateEvent {
+    #[inline(always)]
+    fn head(&mut self) -> &mut Head {
+        &mut self.head
+    }
+}
 
 /// Reserves a record, stamps its head, lets `fill` write the rest and
 /// submits it; a full ring buffer counts the event as lost.
 #[inline(always)]
 fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        count(counter::EVENTS_LOST, 1);
+        count(counter!(events_lost), 1);
         return;
     };
     let ev = entry.write(zero);
-    ev.stamp(kind, cookie);
+    let head = ev.head();
+    head.kind = kind as u32;
+    head.cookie = cookie;
+    // SAFETY: these helpers take no arguments and only read kernel state.
+    unsafe {
+        head.cpu = bpf_get_smp_processor_id();
+        head.ts_ns = bpf_ktime_get_ns();
+        head.jiffies = bpf_jiffies64();
+    }
     fill(ev);
     entry.submit(0);
 }

@@ -8,9 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, generated::bpf_seq_write};
-use keepalive_common::{
-    FLAG_COUNTERS, FLAG_FULL_SOCK, FLAG_KEEPALIVE_ON, KeepaliveSettings, SocketRecord,
-};
+use keepalive_common::{SocketRecord, flag};
 
 use crate::{
     kernel::{self, config, read},
@@ -36,45 +34,31 @@ struct IterMeta {
 
 pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
     let ctx = ctx as *const IterTcp;
+    // SAFETY: the kernel passes a valid `bpf_iter__tcp` context.
     let (meta, sk) = unsafe { ((*ctx).meta, (*ctx).sk_common) };
     if sk.is_null() || meta.is_null() {
         // The final call after the last socket.
         return Ok(());
     }
-    let seq = unsafe { (*meta).seq };
-    let uid = unsafe { (*ctx).uid };
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: meta and sk were checked non-null; the context is the kernel's.
+    let (seq, uid, cookie) = unsafe { ((*meta).seq, (*ctx).uid, bpf_get_socket_cookie(sk)) };
     let base = sk as u64;
     let mut rec = SocketRecord {
         cookie,
-        inode: 0,
+        // SAFETY: no arguments; reads the kernel's jiffies.
         jiffies: unsafe { bpf_jiffies64() },
-        timer_expires: 0,
-        netns: 0,
         uid,
-        family: 0,
-        sport: 0,
-        dport: 0,
-        state: 0,
-        flags: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        settings: KeepaliveSettings::default(),
-        probes_out: 0,
-        idle_jiffies: 0,
-        user_timeout_ms: 0,
-        _pad: 0,
-        probes: 0,
-        acks: 0,
-        last_rtt_ns: 0,
+        ..SocketRecord::default()
     };
     fill(&mut rec, base)?;
+    // SAFETY: the value is copied out at once.
     if let Some(c) = unsafe { SOCKETS.get(cookie) } {
         rec.probes = c.probes;
         rec.acks = c.acks;
         rec.last_rtt_ns = c.last_rtt_ns;
-        rec.flags |= FLAG_COUNTERS;
+        rec.flags |= flag::COUNTERS;
     }
+    // SAFETY: `rec` lives on our stack for the call; the helper copies it.
     unsafe {
         bpf_seq_write(
             seq.cast(),
@@ -87,15 +71,15 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
 
 #[inline(always)]
 fn fill(rec: &mut SocketRecord, sk: u64) -> Result<(), i64> {
-    kernel::copy_tuple!(rec, kernel::tuple(sk)?);
+    kernel::fill_tuple(&mut rec.tuple, &mut rec.flags, sk)?;
     // Time-wait and request sockets are not full sockets: nothing below
     // exists in them.
-    if rec.state == TCP_TIME_WAIT || rec.state == TCP_NEW_SYN_RECV {
+    if rec.tuple.state == TCP_TIME_WAIT || rec.tuple.state == TCP_NEW_SYN_RECV {
         return Ok(());
     }
-    rec.flags |= FLAG_FULL_SOCK;
+    rec.flags |= flag::FULL_SOCK;
     if kernel::keepalive_on(sk)? {
-        rec.flags |= FLAG_KEEPALIVE_ON;
+        rec.flags |= flag::KEEPALIVE_ON;
     }
     kernel::settings(sk, &mut rec.settings)?;
     rec.probes_out = kernel::probes_out(sk)?.into();

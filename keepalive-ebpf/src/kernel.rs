@@ -2,11 +2,13 @@
 //! Rust eBPF), and filling the socket part of an event.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use keepalive_common::{Event, KeepaliveSettings, KernelConfig, counter};
+use keepalive_common::{KeepaliveSettings, KernelConfig, Tuple, counter, flag};
 
 use crate::maps::count;
 
 /// Filled by the agent through `EbpfLoader::override_global`.
+// SAFETY: KernelConfig is plain integers: all zeroes is a valid value
+// (`enabled == 0`: every program a no-op until the agent fills it).
 #[unsafe(no_mangle)]
 pub static CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 
@@ -14,6 +16,7 @@ pub static CONFIG: KernelConfig = unsafe { core::mem::zeroed() };
 /// zero it was compiled with.
 macro_rules! config {
     ($field:ident) => {
+        // SAFETY: CONFIG is a static, always valid for reads.
         unsafe { core::ptr::read_volatile(&raw const crate::kernel::CONFIG.$field) }
     };
 }
@@ -26,8 +29,10 @@ pub const ETIMEDOUT: u32 = 110;
 
 #[inline(always)]
 pub fn read<T: Copy>(base: u64, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel checks the address itself and fails
+    // (counted) rather than fault; `T` is a plain integer or byte array.
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.map_err(|e| {
-        count(counter::READ_ERRORS, 1);
+        count(counter!(read_errors), 1);
         e as i64
     })
 }
@@ -108,18 +113,8 @@ pub fn idle_jiffies(sk: u64, now: u32) -> Result<u32, i64> {
     Ok(now.wrapping_sub(last))
 }
 
-/// Where a socket is: the `sock_common` part every socket kind has
+/// Where a socket is, from the `sock_common` part every socket kind has
 /// (full, time-wait and request sockets alike).
-pub struct Tuple {
-    pub family: u16,
-    pub sport: u16,
-    pub dport: u16,
-    pub state: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub netns: u32,
-}
-
 #[inline(always)]
 pub fn tuple(sk: u64) -> Result<Tuple, i64> {
     let mut t = Tuple {
@@ -127,9 +122,8 @@ pub fn tuple(sk: u64) -> Result<Tuple, i64> {
         sport: read::<u16>(sk, config!(skc_num))?,
         dport: u16::from_be(read::<u16>(sk, config!(skc_dport))?),
         state: read::<u8>(sk, config!(skc_state))?,
-        saddr: [0; 16],
-        daddr: [0; 16],
         netns: read::<u32>(net(sk)?, config!(net_ns_inum))?,
+        ..Tuple::default()
     };
     if t.family == AF_INET6 {
         t.saddr = read::<[u8; 16]>(sk, config!(skc_v6_rcv_saddr))?;
@@ -143,26 +137,10 @@ pub fn tuple(sk: u64) -> Result<Tuple, i64> {
     Ok(t)
 }
 
-/// Copies a [`Tuple`] into a record whose fields bear the same names
-/// ([`Event`], `StateEvent`, `SocketRecord`) and marks it `FLAG_HAS_TUPLE`.
-macro_rules! copy_tuple {
-    ($rec:expr, $t:expr) => {{
-        let (rec, t) = (&mut *$rec, &$t);
-        rec.family = t.family;
-        rec.sport = t.sport;
-        rec.dport = t.dport;
-        rec.state = t.state;
-        rec.saddr = t.saddr;
-        rec.daddr = t.daddr;
-        rec.netns = t.netns;
-        rec.flags |= keepalive_common::FLAG_HAS_TUPLE;
-    }};
-}
-pub(crate) use copy_tuple;
-
-/// Tuple, state and namespace of `sk` into `ev`.
+/// Reads `sk`'s tuple into a record's `tuple` and marks it `flag::HAS_TUPLE`.
 #[inline(always)]
-pub fn fill_socket(ev: &mut Event, sk: u64) -> Result<(), i64> {
-    copy_tuple!(ev, tuple(sk)?);
+pub fn fill_tuple(tuple: &mut Tuple, flags: &mut u8, sk: u64) -> Result<(), i64> {
+    *tuple = self::tuple(sk)?;
+    *flags |= flag::HAS_TUPLE;
     Ok(())
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use keepalive_common::{FlowKey, ProbeInFlight, SocketCounters, counter};
+use keepalive_common::{COUNTER_SLOTS, FlowKey, ProbeInFlight, SocketCounters, counter};
 
 /// Events for the agent. Every failed reservation counts as `EVENTS_LOST`.
 #[map]
@@ -26,7 +26,7 @@ pub static IN_FLIGHT: HashMap<FlowKey, ProbeInFlight> = HashMap::with_max_entrie
 
 /// Global counters, per CPU so that hot paths never contend.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// What the timer running on this CPU is doing; see `timer.rs`.
 #[map]
@@ -57,6 +57,20 @@ pub struct TimerScratch {
     pub _pad2: u32,
 }
 
+/// This CPU's timer scratch. A miss (never expected: one entry per CPU) is
+/// counted, so a hook that silently did nothing would show.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut TimerScratch> {
+    let Some(ptr) = SCRATCH.get_ptr_mut(0) else {
+        count(counter!(scratch_missing), 1);
+        return None;
+    };
+    // SAFETY: a per-CPU map value, valid for the program's run; timer
+    // callbacks do not nest on one CPU, and the hooks that run inside one
+    // (TC, state change, error report) only touch fields it set.
+    Some(unsafe { &mut *ptr })
+}
+
 #[inline(always)]
 pub fn count(index: u32, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
@@ -78,7 +92,7 @@ pub fn socket_counters(cookie: u64) -> Option<*mut SocketCounters> {
     let fresh = SocketCounters::default();
     // BPF_NOEXIST: a concurrent creator wins, we then use its entry.
     if SOCKETS.insert(cookie, fresh, 1).is_err() && SOCKETS.get_ptr_mut(cookie).is_none() {
-        count(counter::SOCKET_MAP_FULL, 1);
+        count(counter!(socket_map_full), 1);
         return None;
     }
     SOCKETS.get_ptr_mut(cookie)
@@ -92,6 +106,7 @@ pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> 
     let Some(c) = socket_counters(cookie) else {
         return (0, 0);
     };
+    // SAFETY: `c` points at a live map value; `add` updates atomically.
     unsafe {
         add(&raw mut (*c).probes, probes);
         if wire != 0 {
@@ -105,6 +120,7 @@ pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> 
 /// Atomic add: TC on one CPU and the timer on another may update the same socket.
 #[inline(always)]
 pub fn add(field: *mut u64, n: u64) {
+    // SAFETY: callers pass a pointer into a live map value.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
             field, n,

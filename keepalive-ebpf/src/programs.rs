@@ -67,6 +67,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     // Also creates the cookie, so later timer runs can key the socket.
+    // SAFETY: the tracepoint's socket argument is a valid `struct sock`.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let _ = sock::on_set_state(sk as u64, cookie, old, new);
     0
@@ -75,6 +76,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: the tracepoint's socket argument is a valid `struct sock`.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let _ = sock::on_error_report(sk as u64, cookie);
     0

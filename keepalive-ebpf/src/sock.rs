@@ -5,12 +5,12 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
-use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter};
+use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter, flag};
 
 use crate::{
     emit::{emit, emit_state},
     kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
-    maps::{IN_FLIGHT, SCRATCH, SOCKETS, count},
+    maps::{IN_FLIGHT, SOCKETS, count, scratch},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -36,6 +36,7 @@ fn fill_task(ev: &mut Event) {
 fn current_task() -> (u32, u64, [u8; 16]) {
     (
         (bpf_get_current_pid_tgid() >> 32) as u32,
+        // SAFETY: no arguments; reads the current task's cgroup.
         unsafe { bpf_get_current_cgroup_id() },
         bpf_get_current_comm().unwrap_or([0; 16]),
     )
@@ -51,20 +52,21 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
     if new == TCP_CLOSE {
+        // SAFETY: the value is copied out at once.
         if let Some(c) = unsafe { SOCKETS.get(cookie) } {
             probes_total = c.probes as u32;
             acks_total = c.acks as u32;
         }
         let mut in_timer = false;
-        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
-            let scratch = unsafe { &mut *scratch };
-            if scratch.kind != TIMER_NONE && scratch.sk == sk {
-                // The error report comes after tcp_done (tcp_done_with_error)
-                // and needs the counters: the timer's exit removes them.
-                scratch.closed = 1;
-                scratch.cookie = cookie;
-                in_timer = true;
-            }
+        if let Some(scratch) = scratch()
+            && scratch.kind != TIMER_NONE
+            && scratch.sk == sk
+        {
+            // The error report comes after tcp_done (tcp_done_with_error)
+            // and needs the counters: the timer's exit removes them.
+            scratch.closed = 1;
+            scratch.cookie = cookie;
+            in_timer = true;
         }
         if !in_timer {
             let _ = SOCKETS.remove(cookie);
@@ -75,21 +77,11 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
         (ev.pid, ev.cgroup_id, ev.comm) = current_task();
-        if let Ok(t) = kernel::tuple(sk) {
-            kernel::copy_tuple!(ev, t);
-        }
-        ev.state = new;
+        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+        ev.tuple.state = new;
         if new == TCP_CLOSE {
             // A probe still waiting for its ACK will never get one.
-            let key = FlowKey {
-                family: ev.family,
-                sport: ev.sport,
-                dport: ev.dport,
-                _pad: 0,
-                saddr: ev.saddr,
-                daddr: ev.daddr,
-            };
-            let _ = IN_FLIGHT.remove(key);
+            let _ = IN_FLIGHT.remove(FlowKey::of(&ev.tuple));
         }
     });
     Ok(())
@@ -102,17 +94,19 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
     let err = read::<i32>(sk, config!(sk_err))? as u32;
     // The timer running on this CPU for this socket, and the state the
     // socket had when it started (tcp_done has moved it to CLOSE by now).
-    let (timer, state_before) = match SCRATCH.get(0) {
+    let (timer, state_before) = match scratch() {
         Some(s) if s.kind != TIMER_NONE && s.sk == sk => (s.kind, s.state_before),
         _ => (TIMER_NONE, 0),
     };
     if err == ETIMEDOUT && timer == TIMER_KEEPALIVE {
-        count(counter::TIMEOUTS, 1);
+        count(counter!(keepalive_timeouts), 1);
     }
+    // SAFETY: the value is copied out at once.
     let (probes_total, acks_total) = match unsafe { SOCKETS.get(cookie) } {
         Some(c) => (c.probes as u32, c.acks as u32),
         None => (0, 0),
     };
+    // SAFETY: no arguments; reads the kernel's jiffies.
     let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
     emit(EventKind::SocketError, cookie, |ev| {
         ev.err = err;
@@ -130,10 +124,10 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
         ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
         ev.retrans_stamp = read::<u32>(sk, config!(tp_retrans_stamp)).unwrap_or(0);
         if kernel::keepalive_on(sk).unwrap_or(false) {
-            ev.flags |= keepalive_common::FLAG_KEEPALIVE_ON;
+            ev.flags |= flag::KEEPALIVE_ON;
         }
         fill_task(ev);
-        let _ = kernel::fill_socket(ev, sk);
+        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         let _ = kernel::settings(sk, &mut ev.settings);
         ev.old_state = state_before;
         if let Ok((retries2, syn_retries)) = kernel::retries(sk) {

@@ -6,14 +6,12 @@
 //! from fentry/fexit on the callbacks.
 
 use aya_ebpf::helpers::bpf_jiffies64;
-use keepalive_common::{
-    EventKind, FLAG_KEEPALIVE_ON, FLAG_WIRE_SEEN, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter,
-};
+use keepalive_common::{EventKind, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter, flag};
 
 use crate::{
     emit::emit,
     kernel::{self, config, read},
-    maps::{SCRATCH, SOCKETS, add, count, count_socket_probes, socket_counters},
+    maps::{SOCKETS, add, count, count_socket_probes, scratch, socket_counters},
 };
 
 pub fn on_entry(timer: u64) -> Result<(), i64> {
@@ -31,8 +29,9 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     } else {
         return Ok(());
     };
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
-    let scratch = unsafe { &mut *scratch };
+    let Some(scratch) = scratch() else {
+        return Ok(());
+    };
     scratch.timer = timer;
     scratch.sk = sk;
     scratch.kind = kind;
@@ -46,12 +45,13 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
         return Ok(());
     }
     scratch.keepalive_on = 1;
-    count(counter::TIMER_FIRES, 1);
+    count(counter!(timer_fires), 1);
     let cookie = scratch.cookie;
     if cookie == 0 {
-        count(counter::NO_COOKIE, 1);
+        count(counter!(no_cookie), 1);
     }
     if let Some(c) = socket_counters(cookie) {
+        // SAFETY: `c` points at a live map value.
         add(unsafe { &raw mut (*c).timer_fires }, 1);
     }
     // The event waits for exit: one event per run, `ProbeSent` when the
@@ -60,8 +60,9 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
 }
 
 pub fn on_exit(timer: u64) -> Result<(), i64> {
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
-    let scratch = unsafe { &mut *scratch };
+    let Some(scratch) = scratch() else {
+        return Ok(());
+    };
     if scratch.kind == TIMER_NONE || scratch.timer != timer {
         return Ok(());
     }
@@ -71,7 +72,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     if closed != 0 {
         // tcp_done ran inside the callback; the final sock_put may have freed
         // the socket, so it is not read again. Its counters go now.
-        count(counter::CLOSED_IN_TIMER, 1);
+        count(counter!(closed_in_timer), 1);
         let _ = SOCKETS.remove(scratch.cookie);
         return Ok(());
     }
@@ -95,33 +96,36 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     } else {
         0
     };
+    // SAFETY: no arguments; reads the kernel's jiffies.
     let now = unsafe { bpf_jiffies64() } as u32;
     if sent == 0 {
         let probes_total = SOCKETS
             .get_ptr_mut(cookie)
+            // SAFETY: `c` points at a live map value.
             .map(|c| unsafe { (*c).probes } as u32)
             .unwrap_or(0);
         emit(EventKind::TimerFired, cookie, |ev| {
             ev.timer = TIMER_KEEPALIVE;
-            ev.flags = FLAG_KEEPALIVE_ON;
+            ev.flags = flag::KEEPALIVE_ON;
             ev.probes_out = after.into();
             ev.probes_total = probes_total;
-            let _ = kernel::fill_socket(ev, sk);
+            let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
             let _ = kernel::settings(sk, &mut ev.settings);
             ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
         });
         return Ok(());
     }
     let wire_ifindex = scratch.wire_ifindex;
-    count(counter::PROBES, sent);
+    count(counter!(probes), sent);
+    // SAFETY: no arguments; reads CLOCK_MONOTONIC.
     let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns);
     let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;
-        ev.flags = FLAG_KEEPALIVE_ON;
+        ev.flags = flag::KEEPALIVE_ON;
         if wire_ifindex != 0 {
-            ev.flags |= FLAG_WIRE_SEEN;
+            ev.flags |= flag::WIRE_SEEN;
             ev.ifindex = wire_ifindex;
         }
         ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
@@ -129,7 +133,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         ev.seq = snd_una.wrapping_sub(1);
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
-        let _ = kernel::fill_socket(ev, sk);
+        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         let _ = kernel::settings(sk, &mut ev.settings);
     });
     Ok(())

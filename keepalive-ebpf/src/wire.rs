@@ -14,14 +14,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use keepalive_common::{
-    Event, EventKind, FLAG_KEEPALIVE_ON, FLAG_WIRE_ONLY, FLAG_WIRE_SEEN, FlowKey, ProbeInFlight,
-    TIMER_KEEPALIVE, TIMER_NONE, counter,
+    Event, EventKind, FlowKey, ProbeInFlight, TIMER_KEEPALIVE, TIMER_NONE, counter, flag,
 };
 
 use crate::{
     emit::{emit, emit_ack},
     kernel::{self, AF_INET, AF_INET6, config, read},
-    maps::{IN_FLIGHT, SCRATCH, add, count, count_socket_probes},
+    maps::{IN_FLIGHT, add, count, count_socket_probes, scratch},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -58,13 +57,15 @@ impl Segment {
         }
     }
 
+    /// The addresses into a wire event (no namespace or state: the agent
+    /// knows those from the socket's other events).
     #[inline(always)]
     fn fill_tuple(&self, ev: &mut Event) {
-        ev.family = self.family;
-        ev.sport = self.sport;
-        ev.dport = self.dport;
-        ev.saddr = self.saddr;
-        ev.daddr = self.daddr;
+        ev.tuple.family = self.family;
+        ev.tuple.sport = self.sport;
+        ev.tuple.dport = self.dport;
+        ev.tuple.saddr = self.saddr;
+        ev.tuple.daddr = self.daddr;
     }
 }
 
@@ -92,6 +93,8 @@ fn header(ctx: &TcContext, off: usize, len: usize) -> Option<usize> {
 /// must not exceed the header's checked length.
 #[inline(always)]
 fn field<T>(header: usize, off: usize) -> T {
+    // SAFETY: `header` was bounds-checked against data_end for the whole
+    // header, and callers keep `off + size_of::<T>()` inside it.
     unsafe { core::ptr::read_unaligned((header + off) as *const T) }
 }
 
@@ -110,6 +113,7 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
     if ctx.data() + (len as usize) > ctx.data_end() && ctx.pull_data(len).is_err() {
         return None;
     }
+    // SAFETY: the skb of a TC program's context is always valid.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
     // Devices without a link-layer header (tun, wireguard) start at L3.
     let l3 = match header(ctx, 0, ETH_HLEN) {
@@ -177,28 +181,37 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     if seg.flags != TCP_ACK || seg.payload != 0 {
         return Ok(());
     }
+    // SAFETY: the skb of a TC program's context is always valid; the
+    // verifier checks each socket pointer below for null before its use.
     let sk: *mut bpf_sock = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
         return Ok(());
     }
+    // SAFETY: `sk` is the skb's socket, checked non-null.
     let full = unsafe { bpf_sk_fullsock(sk) };
     if full.is_null() {
         return Ok(());
     }
+    // SAFETY: `full` is a full socket, checked non-null.
     let tp = unsafe { bpf_tcp_sock(full) };
     if tp.is_null() {
         return Ok(());
     }
+    // SAFETY: `tp` checked non-null.
     if seg.seq != unsafe { (*tp).snd_una }.wrapping_sub(1) {
         return Ok(());
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut _) };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the context's skb; the helpers take no other input.
+    let (cookie, now, ifindex) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.skb.skb as *mut _),
+            bpf_ktime_get_ns(),
+            (*ctx.skb.skb).ifindex,
+        )
+    };
     let mut in_timer = false;
     let mut timer_running = false;
-    if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
-        let scratch = unsafe { &mut *scratch };
+    if let Some(scratch) = scratch() {
         timer_running = scratch.kind != TIMER_NONE;
         // The scratch cookie is 0 for a socket whose cookie was created just
         // now; the timer callback only transmits for its own socket.
@@ -211,7 +224,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     let sk = address_of(full);
     let wire_only = !in_timer && !timer_running && sk != 0 && in_keepalive_callback(sk);
     if !in_timer && !wire_only {
-        count(counter::WIRE_ZERO_WINDOW_PROBES, 1);
+        count(counter!(wire_zero_window_probes), 1);
         emit(EventKind::WireProbe, cookie, |ev| {
             ev.seq = seg.seq;
             ev.ifindex = ifindex;
@@ -219,17 +232,18 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         });
         return Ok(());
     }
-    count(counter::WIRE_PROBES, 1);
+    count(counter!(wire_probes), 1);
     if wire_only {
         // The timer hook missed this run: count the probe and report it
         // here, as the timer's exit would have.
-        count(counter::PROBES, 1);
-        count(counter::PROBES_WIRE_ONLY, 1);
+        count(counter!(probes), 1);
+        count(counter!(probes_wire_only), 1);
         let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now);
+        // SAFETY: no arguments; reads the kernel's jiffies.
         let now_jiffies = unsafe { bpf_jiffies64() } as u32;
         emit(EventKind::ProbeSent, cookie, |ev| {
             ev.timer = TIMER_KEEPALIVE;
-            ev.flags = FLAG_KEEPALIVE_ON | FLAG_WIRE_ONLY | FLAG_WIRE_SEEN;
+            ev.flags = flag::KEEPALIVE_ON | flag::WIRE_ONLY | flag::WIRE_SEEN;
             ev.ifindex = ifindex;
             ev.seq = seg.seq;
             ev.probes_total = probes_total;
@@ -237,11 +251,12 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             // The callback counts the probe once this send returns.
             ev.probes_out = kernel::probes_out(sk).unwrap_or(0) as u32 + 1;
             ev.idle_jiffies = kernel::idle_jiffies(sk, now_jiffies).unwrap_or(0);
-            let _ = kernel::fill_socket(ev, sk);
+            let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
             let _ = kernel::settings(sk, &mut ev.settings);
         });
     } else if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
-        // The timer's exit reports this probe with FLAG_WIRE_SEEN.
+        // The timer's exit reports this probe with flag::WIRE_SEEN.
+        // SAFETY: `c` points at a live map value.
         add(unsafe { &raw mut (*c).wire_probes }, 1);
     }
     let flight = ProbeInFlight {
@@ -251,7 +266,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         _pad: 0,
     };
     if IN_FLIGHT.insert(seg.flow(), flight, 0).is_err() {
-        count(counter::IN_FLIGHT_FULL, 1);
+        count(counter!(in_flight_full), 1);
     }
     Ok(())
 }
@@ -262,6 +277,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
 #[inline(always)]
 fn address_of(sk: *mut bpf_sock) -> u64 {
     let slot = sk as u64;
+    // SAFETY: reads our own stack slot; the helper checks the address.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(&raw const slot) }.unwrap_or(0)
 }
 
@@ -298,6 +314,7 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
         saddr: seg.daddr,
         daddr: seg.saddr,
     };
+    // SAFETY: the value is copied out at once.
     let Some(flight) = (unsafe { IN_FLIGHT.get(key) }) else {
         return Ok(());
     };
@@ -305,18 +322,22 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     let cookie = flight.cookie;
+    // SAFETY: no arguments; reads CLOCK_MONOTONIC.
     let rtt = unsafe { bpf_ktime_get_ns() }.wrapping_sub(flight.sent_ns);
     let seq = flight.seq;
     let _ = IN_FLIGHT.remove(key);
-    count(counter::ACKS, 1);
+    count(counter!(acks), 1);
     let mut acks_total = 0u32;
     if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
+        // SAFETY: `c` points at a live map value.
         add(unsafe { &raw mut (*c).acks }, 1);
+        // SAFETY: as above.
         unsafe {
             (*c).last_rtt_ns = rtt;
             acks_total = (*c).acks as u32;
         }
     }
+    // SAFETY: the skb of a TC program's context is always valid.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     emit_ack(cookie, |ev| {
         ev.rtt_ns = rtt;

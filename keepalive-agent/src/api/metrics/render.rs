@@ -1,0 +1,111 @@
+//! One scrape: gauges refreshed from the state, counters mirrored from the
+//! kernel's, then encoded.
+
+use std::collections::BTreeMap;
+
+use keepalive_api::{HookStatus, TcpState};
+use keepalive_common::KernelCounters;
+use prometheus_client::encoding::text::encode;
+
+use super::{HookLabels, Metrics, NetnsLabel, PortLabel, RiskLabels, SocketsLabels};
+use crate::{
+    host::sysctl::KeepaliveSysctls,
+    model::risk::Rule,
+    table::{self, SocketTable},
+};
+
+/// What a scrape reads from the agent's state.
+pub struct Snapshot<'a> {
+    pub hooks: &'a [HookStatus],
+    pub kernel: &'a KernelCounters,
+    pub table: &'a SocketTable,
+    pub sysctls: &'a BTreeMap<u64, KeepaliveSysctls>,
+    pub rules: &'a [Rule],
+    pub tc_interfaces: usize,
+}
+
+impl Metrics {
+    /// The label of a connection's service port: the lower of the two
+    /// (servers listen low, clients bind ephemeral ports), capped.
+    pub fn port_label(&mut self, local: u16, remote: u16) -> PortLabel {
+        self.ports.label(local.min(remote))
+    }
+
+    /// Refreshes gauges and kernel-derived counters, then encodes.
+    pub fn render(&mut self, s: Snapshot<'_>) -> String {
+        self.hook_up.clear();
+        for h in s.hooks {
+            self.hook_up
+                .get_or_create(&HookLabels {
+                    hook: h.hook.as_str(),
+                    mode: h.mode.as_str(),
+                })
+                .set(i64::from(h.live));
+        }
+        let k = s.kernel;
+        let last = self.last_kernel;
+        self.events_lost
+            .inc_by(k.events_lost.saturating_sub(last.events_lost));
+        self.kernel_probes
+            .inc_by(k.probes.saturating_sub(last.probes));
+        self.kernel_timeouts
+            .inc_by(k.keepalive_timeouts.saturating_sub(last.keepalive_timeouts));
+        self.socket_map_full
+            .inc_by(k.socket_map_full.saturating_sub(last.socket_map_full));
+        self.read_errors
+            .inc_by(k.read_errors.saturating_sub(last.read_errors));
+        self.last_kernel = *k;
+        self.sockets_refused
+            .inc_by(s.table.refused.saturating_sub(self.last_refused));
+        self.last_refused = s.table.refused;
+        self.tc_interfaces.set(s.tc_interfaces as i64);
+        self.tracked.set(s.table.len() as i64);
+
+        self.sysctl_time.clear();
+        self.sysctl_intvl.clear();
+        self.sysctl_probes.clear();
+        for (netns, v) in s.sysctls {
+            // Namespace inodes are 32-bit (`ns.inum`).
+            let l = NetnsLabel {
+                netns: Some(*netns as u32),
+            };
+            self.sysctl_time.get_or_create(&l).set(v.time_s.into());
+            self.sysctl_intvl.get_or_create(&l).set(v.intvl_s.into());
+            self.sysctl_probes.get_or_create(&l).set(v.probes.into());
+        }
+
+        self.sockets.clear();
+        self.at_risk.clear();
+        for (_, e) in s.table.iter() {
+            if e.state != TcpState::Established {
+                continue;
+            }
+            let netns = e.netns;
+            let on = e.keepalive.as_ref().is_some_and(|k| k.enabled);
+            self.sockets
+                .get_or_create(&SocketsLabels {
+                    netns,
+                    keepalive: if on { "on" } else { "off" },
+                })
+                .inc();
+            if let Some(risk) = table::risk_of(e, s.rules) {
+                let port = match (e.local, e.remote) {
+                    (Some(l), Some(r)) => self.port_label(l.port(), r.port()),
+                    _ => PortLabel::Other,
+                };
+                self.at_risk
+                    .get_or_create(&RiskLabels {
+                        netns,
+                        port,
+                        profile: risk.profile,
+                        reason: risk.reason.as_str(),
+                    })
+                    .inc();
+            }
+        }
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

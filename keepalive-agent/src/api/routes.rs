@@ -1,0 +1,185 @@
+//! The agent's HTTP API: `/metrics` (OpenMetrics), `/sockets` (JSON
+//! snapshot), `/events` (NDJSON stream), `/healthz`. Bad paths are 404, bad
+//! filters 400 with the reason; `/events` clients are capped, and one that
+//! reads too slowly to keep up is disconnected and counted, never buffered
+//! without bound.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::broadcast;
+use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
+
+use keepalive_api::Record;
+
+use super::{
+    filters::{EVENTS_PARAMS, Filter, FilterError, SOCKETS_PARAMS},
+    metrics::to_prometheus_text,
+    state::{AgentState, Shared},
+};
+
+/// Query parameters in the order given (so that none is lost unseen).
+type Params = Query<Vec<(String, String)>>;
+
+fn filter(
+    q: &[(String, String)],
+    allowed: &[super::filters::Param],
+) -> Result<Filter, FilterError> {
+    Filter::parse(q.iter().map(|(k, v)| (k.as_str(), v.as_str())), allowed)
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+pub struct Api {
+    pub state: Shared,
+    pub events: broadcast::Sender<Arc<Record>>,
+    pub clients: Arc<AtomicUsize>,
+    pub max_clients: usize,
+}
+
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/sockets", get(sockets))
+        .route("/events", get(events))
+        .route("/healthz", get(healthz))
+        // Liveness only: a hook that can never attach on this node should
+        // show in /healthz, not restart the pod in a loop.
+        .route("/livez", get(|| async { "ok\n" }))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /sockets, /events, /healthz, /livez\n",
+            )
+        })
+        .with_state(api)
+}
+
+fn bad_request(reason: FilterError) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response()
+}
+
+fn locked(api: &Api) -> Result<std::sync::MutexGuard<'_, AgentState>, Box<Response>> {
+    api.state.lock().map_err(|_| {
+        Box::new((StatusCode::INTERNAL_SERVER_ERROR, "agent state poisoned\n").into_response())
+    })
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format.
+async fn metrics(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
+    let body = match locked(&api) {
+        Ok(mut s) => s.render_metrics(),
+        Err(r) => return *r,
+    };
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&body),
+        )
+            .into_response()
+    }
+}
+
+async fn sockets(State(api): State<Api>, Query(q): Params) -> Response {
+    let f = match filter(&q, SOCKETS_PARAMS) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    let rows = match locked(&api) {
+        Ok(s) => s.table.rows(&s.rules),
+        Err(r) => return *r,
+    };
+    let rows: Vec<_> = rows.into_iter().filter(|r| f.matches_row(r)).collect();
+    axum::Json(rows).into_response()
+}
+
+/// Decrements the client count when a stream ends, however it ends.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn events(State(api): State<Api>, Query(q): Params) -> Response {
+    let f = match filter(&q, EVENTS_PARAMS) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    if api.clients.fetch_add(1, Ordering::Relaxed) >= api.max_clients {
+        api.clients.fetch_sub(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /events clients\n",
+        )
+            .into_response();
+    }
+    let slot = ClientSlot(api.clients.clone());
+    let state = api.state.clone();
+    let stream = BroadcastStream::new(api.events.subscribe())
+        .map_while(move |item| {
+            let _slot = &slot;
+            match item {
+                Ok(r) => Some(r),
+                // Too slow to keep up: disconnect rather than buffer.
+                Err(_) => {
+                    if let Ok(s) = state.lock() {
+                        s.metrics.clients_dropped.inc();
+                    }
+                    None
+                }
+            }
+        })
+        .filter(move |r| f.matches_record(r))
+        .map(|r| {
+            let mut line = serde_json::to_vec(&*r).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, std::convert::Infallible>(line)
+        });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    let down: Vec<&str> = match locked(&api) {
+        Ok(s) => s
+            .hooks
+            .iter()
+            .filter(|h| h.is_down())
+            .map(|h| h.hook.as_str())
+            .collect(),
+        Err(r) => return *r,
+    };
+    if down.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("hooks down: {}\n", down.join(", ")),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,131 @@
+//! The ring buffer's records as the kernel wrote them: a full [`Event`],
+//! or a compact [`AckEvent`] or [`StateEvent`], told apart by kind and
+//! length; all three begin with a [`Head`](keepalive_common::Head).
+
+use keepalive_common::{
+    ACK_EVENT_SIZE, AckEvent, EVENT_SIZE, Event, EventKind, STATE_EVENT_SIZE, StateEvent, flag,
+};
+
+/// Copies a record out of ring-buffer memory, widened to an [`Event`];
+/// `None` when it is none of the three.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() >= EVENT_SIZE {
+        // SAFETY: Event is plain old data and the length was checked.
+        return Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) });
+    }
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    let mut ev = Event::zeroed();
+    match EventKind::from_u32(kind)? {
+        EventKind::ProbeAck if bytes.len() >= ACK_EVENT_SIZE => {
+            // SAFETY: AckEvent is plain old data and the length was checked.
+            let ack = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AckEvent>()) };
+            // The socket's tuple comes from the table (family 0: not carried).
+            ev.head = ack.head;
+            ev.rtt_ns = ack.rtt_ns;
+            ev.seq = ack.seq;
+            ev.acks_total = ack.acks_total;
+            ev.ifindex = ack.ifindex;
+        }
+        EventKind::StateChange if bytes.len() >= STATE_EVENT_SIZE => {
+            // SAFETY: StateEvent is plain old data and the length was checked.
+            let st = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<StateEvent>()) };
+            ev.head = st.head;
+            ev.cgroup_id = st.cgroup_id;
+            ev.tuple = st.tuple;
+            ev.pid = st.pid;
+            ev.comm = st.comm;
+            ev.probes_total = st.probes_total;
+            ev.acks_total = st.acks_total;
+            ev.old_state = st.old_state;
+            ev.flags = st.flags;
+        }
+        _ => return None,
+    }
+    Some(ev)
+}
+
+/// The events one ring-buffer record stands for, in order: a `ProbeSent`
+/// whose probe TC saw leave also stands for that `WireProbe` (folded in the
+/// kernel, so that a probe costs the ring buffer one event, not two).
+pub fn unfold(ev: Event) -> impl Iterator<Item = Event> {
+    let folded = ev.head.kind == EventKind::ProbeSent as u32 && ev.flags & flag::WIRE_SEEN != 0;
+    let mut wire = ev;
+    wire.head.kind = EventKind::WireProbe as u32;
+    wire.flags = flag::IN_KEEPALIVE_TIMER;
+    folded
+        .then_some(wire)
+        .into_iter()
+        .chain(std::iter::once(ev))
+}
+
+#[cfg(test)]
+mod tests {
+    use keepalive_common::Head;
+
+    use super::*;
+
+    #[test]
+    fn probe_seen_on_the_wire_unfolds_into_wire_probe_then_probe_sent() {
+        let mut sent = Event::zeroed();
+        sent.head.kind = EventKind::ProbeSent as u32;
+        sent.flags = flag::KEEPALIVE_ON | flag::WIRE_SEEN;
+        sent.ifindex = 7;
+        let kinds: Vec<(u32, u8, u32)> = unfold(sent)
+            .map(|e| (e.head.kind, e.flags, e.ifindex))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::WireProbe as u32, flag::IN_KEEPALIVE_TIMER, 7),
+                (EventKind::ProbeSent as u32, sent.flags, 7)
+            ]
+        );
+        sent.flags = flag::KEEPALIVE_ON;
+        assert_eq!(
+            unfold(sent).count(),
+            1,
+            "not seen on the wire: no wire_probe"
+        );
+    }
+
+    #[test]
+    fn compact_records_decode_whole_and_short_ones_are_refused() {
+        let ack = AckEvent {
+            head: Head {
+                kind: EventKind::ProbeAck as u32,
+                cookie: 9,
+                ..Head::default()
+            },
+            rtt_ns: 81_000,
+            seq: 41,
+            ..AckEvent::default()
+        };
+        // SAFETY: AckEvent is plain old data.
+        let bytes: [u8; ACK_EVENT_SIZE] = unsafe { std::mem::transmute(ack) };
+        let ev = decode(&bytes).expect("a compact ACK decodes");
+        assert_eq!((ev.head.cookie, ev.rtt_ns, ev.seq), (9, 81_000, 41));
+        assert!(decode(&bytes[..40]).is_none(), "short records are refused");
+        let mut st = StateEvent {
+            head: Head {
+                kind: EventKind::StateChange as u32,
+                ts_ns: 5,
+                cookie: 9,
+                ..Head::default()
+            },
+            cgroup_id: 77,
+            pid: 1234,
+            old_state: 2,
+            flags: flag::HAS_TUPLE,
+            ..StateEvent::default()
+        };
+        st.tuple.netns = 42;
+        st.tuple.sport = 1000;
+        st.comm[..4].copy_from_slice(b"curl");
+        // SAFETY: StateEvent is plain old data.
+        let bytes: [u8; STATE_EVENT_SIZE] = unsafe { std::mem::transmute(st) };
+        let ev = decode(&bytes).expect("a compact state change decodes");
+        assert_eq!((ev.head.ts_ns, ev.pid, ev.cgroup_id), (5, 1234, 77));
+        assert_eq!((ev.tuple, ev.comm, ev.old_state), (st.tuple, st.comm, 2));
+        assert!(decode(&bytes[..100]).is_none(), "short records are refused");
+    }
+}

@@ -1,0 +1,295 @@
+//! Attaches the TC classifiers (egress and ingress) to the interfaces of
+//! every network namespace, and keeps doing so as namespaces and interfaces
+//! come and go. Attaching happens inside each namespace (a socket's probes
+//! leave through its own namespace's interface, where the kernel still tells
+//! TC which socket sent them). TCX links where the kernel has them (6.6+),
+//! netlink clsact filters otherwise.
+//!
+//! The two kinds come apart differently. A TCX link is a file descriptor:
+//! closing it detaches, from any thread. A netlink filter is only
+//! (ifindex, parent, priority, handle), and aya deletes it through a
+//! netlink socket of the *calling thread's* namespace: dropped from the
+//! agent's main thread it would miss its own interface and delete the
+//! filter with the same ifindex in the agent's namespace (every `lo` is
+//! ifindex 1, every first filter priority 49152 handle 1). So netlink
+//! filters are detached inside their own namespace, and never dropped
+//! anywhere else: when their interface or namespace is gone, the kernel
+//! has already removed them with it.
+
+mod links;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use aya::{
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc},
+    util::KernelVersion,
+};
+use keepalive_api::HookMode;
+use links::{Links, detach_in};
+use log::{info, warn};
+
+use super::{
+    error::{ProgramFailure, Trimmed},
+    hooks::program,
+};
+use crate::host::netns::{self, Netns, NetnsError};
+
+/// Why an interface did not get its classifiers, or lost them.
+#[derive(Debug, thiserror::Error)]
+pub enum TcError {
+    #[error(transparent)]
+    Program(#[from] ProgramFailure),
+    #[error("{direction:?}: {}", Trimmed(error))]
+    Attach {
+        direction: TcAttachType,
+        error: ProgramError,
+    },
+    #[error("detaching: {}", Trimmed(.0))]
+    Detach(ProgramError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{} is no longer netns {inode}", path.display())]
+    Moved { path: PathBuf, inode: u64 },
+}
+
+pub const EGRESS_PROG: &str = "tc_egress";
+pub const INGRESS_PROG: &str = "tc_ingress";
+
+/// Which interfaces get classifiers: names matching any pattern (`*` at the
+/// end matches any suffix; `*` alone matches all).
+#[derive(Clone, Debug)]
+pub struct InterfaceFilter(pub Vec<String>);
+
+impl InterfaceFilter {
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
+}
+
+/// One interface with both classifiers attached.
+struct Attachment {
+    name: String,
+    /// The path its namespace was entered by when attaching.
+    path: PathBuf,
+    links: Links,
+}
+
+/// An interface by its namespace and ifindex. The namespace is its inode
+/// and its cookie: a deleted namespace's inode is reused by the next one,
+/// whose `lo` is ifindex 1 again; the cookie never is (`None` before 5.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Interface {
+    inode: u64,
+    ns_cookie: Option<u64>,
+    ifindex: u32,
+}
+
+#[derive(Default)]
+pub struct TcAttacher {
+    attached: BTreeMap<Interface, Attachment>,
+    /// Failures already logged, so a broken interface does not flood logs.
+    failed: BTreeSet<Interface>,
+}
+
+/// What one sync changed.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub attached: usize,
+    pub detached: usize,
+    pub failed: usize,
+    pub total: usize,
+}
+
+impl TcAttacher {
+    pub fn attached_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Names of attached interfaces as "netns:ifname".
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attached
+            .iter()
+            .map(|(key, a)| format!("{}:{}", key.inode, a.name))
+            .collect()
+    }
+
+    /// Attaches to new interfaces and forgets vanished ones.
+    pub fn sync(&mut self, ebpf: &mut aya::Ebpf, filter: &InterfaceFilter) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut seen = Vec::new();
+        // Namespaces listed but not entered this time (the process whose
+        // path we had exited meanwhile): their attachments stay as they are
+        // (forgetting them would attach a second filter next time).
+        let mut unread = BTreeSet::new();
+        for ns in netns::all() {
+            match netns::run_in(&ns.path, || (netns::cookie(), netns::interfaces())) {
+                Ok((ns_cookie, ifaces)) => {
+                    for (ifindex, name) in ifaces {
+                        if filter.matches(&name) {
+                            let key = Interface {
+                                inode: ns.inode,
+                                ns_cookie,
+                                ifindex,
+                            };
+                            seen.push((ns.clone(), key, name));
+                        }
+                    }
+                }
+                // The namespace vanished between listing and entering it.
+                Err(e) => {
+                    log::debug!("skipping network namespace: {e}");
+                    unread.insert(ns.inode);
+                }
+            }
+        }
+        let live: BTreeSet<Interface> = seen.iter().map(|(_, key, _)| *key).collect();
+        let gone: Vec<Interface> = self
+            .attached
+            .keys()
+            .filter(|key| !live.contains(key) && !unread.contains(&key.inode))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(a) = self.attached.remove(&key) {
+                info!("tc: interface {} in netns {} is gone", a.name, key.inode);
+                // Its filters went with it; deleting by ifindex from here
+                // could only hit another namespace's interface.
+                a.links.forget();
+                report.detached += 1;
+            }
+        }
+        self.failed
+            .retain(|key| live.contains(key) || unread.contains(&key.inode));
+        // Where each namespace is reachable now, for the ones whose old
+        // path no longer leads there.
+        let paths: BTreeMap<u64, PathBuf> = seen
+            .iter()
+            .map(|(ns, _, _)| (ns.inode, ns.path.clone()))
+            .collect();
+        for (key, a) in self.attached.iter_mut() {
+            if let Some(p) = paths.get(&key.inode) {
+                a.path.clone_from(p);
+            }
+        }
+        for (ns, key, name) in seen {
+            if self.attached.contains_key(&key) || self.failed.contains(&key) {
+                continue;
+            }
+            match attach_both(ebpf, &ns, &name) {
+                Ok(links) => {
+                    info!("tc: classifiers attached to {name} in netns {}", ns.inode);
+                    self.attached.insert(
+                        key,
+                        Attachment {
+                            name,
+                            path: ns.path.clone(),
+                            links,
+                        },
+                    );
+                    report.attached += 1;
+                }
+                Err(e) => {
+                    warn!("tc: not attached to {name} in netns {}: {e}", ns.inode);
+                    self.failed.insert(key);
+                    report.failed += 1;
+                }
+            }
+        }
+        report.total = self.attached.len();
+        report
+    }
+
+    /// Detaches everything now, each netlink filter from inside its own
+    /// namespace (also what dropping does).
+    pub fn clear(&mut self) {
+        if self.attached.is_empty() {
+            return;
+        }
+        // Paths may have gone stale since the last sync.
+        let now: BTreeMap<u64, PathBuf> = netns::all()
+            .into_iter()
+            .map(|ns| (ns.inode, ns.path))
+            .collect();
+        for (Interface { inode, .. }, a) in std::mem::take(&mut self.attached) {
+            let path = now.get(&inode).unwrap_or(&a.path);
+            match a.links.detach_in(path, inode) {
+                Ok(()) => log::debug!("tc: detached from {} in netns {inode}", a.name),
+                Err(e) => log::debug!("tc: {} in netns {inode}: nothing to detach ({e})", a.name),
+            }
+        }
+    }
+}
+
+impl Drop for TcAttacher {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// TCX links on kernels that have them (6.6+), else netlink clsact filters.
+pub fn mode() -> HookMode {
+    if tcx_supported() {
+        HookMode::Tcx
+    } else {
+        HookMode::Netlink
+    }
+}
+
+fn tcx_supported() -> bool {
+    KernelVersion::current()
+        .map(|v| v >= KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
+/// Both directions on one interface, inside its namespace.
+fn attach_both(ebpf: &mut aya::Ebpf, ns: &Netns, name: &str) -> Result<Links, TcError> {
+    let egress = attach_one(ebpf, ns, name, EGRESS_PROG, TcAttachType::Egress)?;
+    let ingress = match attach_one(ebpf, ns, name, INGRESS_PROG, TcAttachType::Ingress) {
+        Ok(l) => l,
+        Err(e) => {
+            // Not half attached: take the egress classifier off again.
+            let _ = detach_in(&ns.path, ns.inode, vec![egress]);
+            return Err(e);
+        }
+    };
+    Ok(Links { egress, ingress })
+}
+
+fn attach_one(
+    ebpf: &mut aya::Ebpf,
+    ns: &Netns,
+    name: &str,
+    prog: &'static str,
+    direction: TcAttachType,
+) -> Result<tc::SchedClassifierLink, TcError> {
+    let program: &mut SchedClassifier = program(ebpf, prog)?;
+    if program.fd().is_err() {
+        program.load().map_err(ProgramFailure::failed(prog))?;
+    }
+    let result = netns::run_in(&ns.path, || {
+        if !tcx_supported() {
+            // Netlink filters need the clsact qdisc; it may exist already.
+            let _ = tc::qdisc_add_clsact(name);
+            // Unlike TCX links, netlink filters outlive the process that
+            // attached them: remove those of an agent that was killed, or
+            // its classifiers and ours would both run.
+            if tc::qdisc_detach_program(name, direction, prog).is_ok() {
+                info!(
+                    "tc: removed a stale {prog} filter from {name} in netns {}",
+                    ns.inode
+                );
+            }
+        }
+        let id = program.attach(name, direction)?;
+        // Taken on this thread: a netlink link must not be dropped outside
+        // its namespace (see the module documentation).
+        program.take_link(id)
+    })?;
+    result.map_err(|error| TcError::Attach { direction, error })
+}

@@ -1,0 +1,236 @@
+//! Command line: every flag a DaemonSet would set also reads an environment
+//! variable (`KEEPALIVE_*`). Bad values are one-line errors, exit code 2.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{bpf::hooks::TimerMode, model::risk::Rule};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepalive-agent",
+    version,
+    about = "TCP keepalive, per socket, from the kernel"
+)]
+pub struct Cli {
+    /// Log filter for stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "KEEPALIVE_LOG", default_value = "info", value_parser = parse_log_level)]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: load the kernel programs, serve /metrics, /sockets and
+    /// /events, print events until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// List the node's TCP sockets with their keepalive settings (like `ss -tnoe`).
+    Sockets(SocketsArgs),
+    /// Recommend net.ipv4.tcp_keepalive_* for a path idle timeout, and list
+    /// the sockets still at risk.
+    Advise(AdviseArgs),
+    /// Follow the agent's event stream.
+    Events(EventsArgs),
+}
+
+/// Path idle timeouts: `PROFILE|SECONDS[@DESTINATION]`.
+const IDLE_TIMEOUT_HELP: &str = "Path idle timeout to judge sockets against: a profile (aws-alb, aws-nlb, aws-nat-gateway, aws-ec2-conntrack, aws-network-firewall, azure-lb, gcp-cloud-nat, gcp-lb) or seconds, optionally @CIDR, @CIDR:PORT, @[IPv6/LEN]:PORT or @:PORT; repeat or comma-separate";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Print events as JSON lines on stdout instead of readable lines.
+    #[arg(long, env = "KEEPALIVE_JSON")]
+    pub json: bool,
+    /// Also print socket state changes other than closes of keepalive sockets.
+    #[arg(long, env = "KEEPALIVE_ALL_EVENTS")]
+    pub all_events: bool,
+    /// Do not print events on stdout (serve them over HTTP only).
+    #[arg(long, env = "KEEPALIVE_QUIET")]
+    pub quiet: bool,
+    /// Address of the HTTP API. Loopback by default: expose it deliberately.
+    #[arg(long, env = "KEEPALIVE_LISTEN", default_value = "127.0.0.1:9977")]
+    pub listen: SocketAddr,
+    #[arg(long = "idle-timeout", env = "KEEPALIVE_IDLE_TIMEOUT", value_delimiter = ',', help = IDLE_TIMEOUT_HELP)]
+    pub idle_timeouts: Vec<Rule>,
+    /// Ring buffer size in bytes (a power of two, at least 4096).
+    #[arg(long, env = "KEEPALIVE_RING_BUFFER_BYTES", default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_bytes: u32,
+    /// Sockets tracked at once, in the kernel and in the agent.
+    #[arg(long, env = "KEEPALIVE_MAX_SOCKETS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_sockets: u32,
+    /// How to watch the keepalive timer.
+    #[arg(long, env = "KEEPALIVE_TIMER_MODE", value_enum, default_value_t = TimerMode::Auto)]
+    pub timer_mode: TimerMode,
+    /// Interfaces (in every network namespace) that get the TC classifiers;
+    /// a trailing `*` matches any suffix.
+    #[arg(
+        long,
+        env = "KEEPALIVE_INTERFACES",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub interfaces: Vec<String>,
+    /// Do not attach TC classifiers (no wire view, no ACKs or RTTs).
+    #[arg(long, env = "KEEPALIVE_NO_TC")]
+    pub no_tc: bool,
+    /// Seconds between scans for new namespaces and interfaces.
+    #[arg(long, env = "KEEPALIVE_RESCAN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub rescan_seconds: u64,
+    /// Seconds between socket inventories and sysctl reads.
+    #[arg(long, env = "KEEPALIVE_INVENTORY_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub inventory_seconds: u64,
+    /// Distinct port label values in metrics before the rest read "other".
+    #[arg(long, env = "KEEPALIVE_MAX_PORT_LABELS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_port_labels: u64,
+    /// Concurrent /events clients.
+    #[arg(long, env = "KEEPALIVE_MAX_EVENT_CLIENTS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_event_clients: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The running agent's HTTP address.
+    #[arg(long, env = "KEEPALIVE_AGENT", default_value = "http://127.0.0.1:9977")]
+    pub agent: String,
+}
+
+/// Filters `sockets` and `events` share.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only sockets with this local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Only sockets owned by this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Network namespace inode.
+    #[arg(long)]
+    pub netns: Option<u32>,
+}
+
+impl FilterArgs {
+    /// As query parameters of the HTTP API.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(p) = self.port {
+            q.push(("port", p.to_string()));
+        }
+        if let Some(p) = self.pid {
+            q.push(("pid", p.to_string()));
+        }
+        if let Some(n) = self.netns {
+            q.push(("netns", n.to_string()));
+        }
+        q
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// TCP state as ss names it (ESTAB, LISTEN, …).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only sockets at risk against the agent's --idle-timeout.
+    #[arg(long)]
+    pub at_risk: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdviseArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[arg(long = "idle-timeout", value_delimiter = ',', required = true, help = IDLE_TIMEOUT_HELP)]
+    pub idle_timeouts: Vec<Rule>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// JSON lines instead of readable lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this event kind (probe_sent, keepalive_timeout, …).
+    #[arg(long)]
+    pub event: Option<String>,
+}
+
+/// `LEVEL` or `TARGET=LEVEL`, comma-separated (env_logger's syntax), with
+/// a known level: a typo must not silently turn logging off.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArgError {
+    #[error("{0:?}: the level must be one of off, error, warn, info, debug, trace")]
+    LogLevel(String),
+    #[error("{0}")]
+    NotANumber(#[from] std::num::ParseIntError),
+    #[error("must be a power of two of at least 4096")]
+    RingSize,
+}
+
+fn parse_log_level(s: &str) -> Result<String, ArgError> {
+    for part in s.split(',') {
+        let level = part.rsplit_once('=').map_or(part, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(ArgError::LogLevel(part.to_string()));
+        }
+    }
+    Ok(s.to_string())
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, ArgError> {
+    let n: u32 = s.parse()?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(ArgError::RingSize);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_size_rules() {
+        assert!(parse_ring_size("4096").is_ok());
+        assert!(parse_ring_size("5000").is_err());
+        assert!(parse_ring_size("1024").is_err());
+        assert!(parse_ring_size("x").is_err());
+    }
+
+    #[test]
+    fn rejects_bad_flags() {
+        assert!(Cli::try_parse_from(["k", "run", "--timer-mode", "kprobe"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--max-sockets", "0"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "aws-nbl"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["k", "advise"]).is_err());
+        assert!(Cli::try_parse_from(["k", "--log-level", "verbose", "run"]).is_err());
+        assert!(Cli::try_parse_from(["k", "--log-level", "warn=loud", "run"]).is_err());
+        assert!(
+            Cli::try_parse_from(["k", "--log-level", "info,keepalive_agent::tc=debug", "run"])
+                .is_ok()
+        );
+        let ok = Cli::try_parse_from(["k", "run", "--json", "--idle-timeout", "aws-nlb,60@:443"])
+            .unwrap();
+        let Command::Run(args) = ok.command else {
+            panic!()
+        };
+        assert_eq!(args.idle_timeouts.len(), 2);
+    }
+}

@@ -1,0 +1,10 @@
+//! The command line: its arguments ([`args`]) and the commands that ask a
+//! running agent over HTTP ([`client`], [`advise`]), printing tables
+//! ([`table`]) and readable records ([`text`], also the agent's own stdout).
+//! Depends on `model` (rules, advice) and `keepalive-api`.
+
+pub mod advise;
+pub mod args;
+pub mod client;
+pub mod table;
+pub mod text;

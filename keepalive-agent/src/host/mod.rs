@@ -1,0 +1,11 @@
+//! The node outside BPF: network namespaces and entering them ([`netns`]),
+//! which process owns a socket ([`owners`]), each namespace's keepalive
+//! sysctls ([`sysctl`]), the agent's own capabilities ([`caps`]) and
+//! process limits and memory ([`process`]). Reads `/proc` and `/sys`;
+//! depends on nothing of the agent's own but `model`.
+
+pub mod caps;
+pub mod netns;
+pub mod owners;
+pub mod process;
+pub mod sysctl;

@@ -1,0 +1,18 @@
+//! Pure types and policy: no I/O, no kernel access. Everything above this
+//! layer (`table`, `api`, `run`, `cli`) builds on it; it depends on nothing
+//! of the agent's own.
+//!
+//! - [`clock`]: kernel clocks (monotonic ns, jiffies) to seconds.
+//! - [`keepalive`]: a socket's effective keepalive settings and their sources.
+//! - [`death`]: why a connection died (cause, errno names, unanswered time).
+//! - [`addr`]: socket addresses out of the kernel's byte arrays.
+//! - [`risk`]: path idle timeouts, which sockets they endanger, the advice.
+//!
+//! The vocabulary itself (record kinds, TCP states, causes, hook modes)
+//! lives in `keepalive-api`, shared with every reader of the agent's JSON.
+
+pub mod addr;
+pub mod clock;
+pub mod death;
+pub mod keepalive;
+pub mod risk;

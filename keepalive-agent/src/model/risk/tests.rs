@@ -1,0 +1,109 @@
+//! Rules, risk and advice.
+
+use super::{rule::RiskError, *};
+
+#[test]
+fn parses_profiles_seconds_and_destinations() {
+    let r: Rule = "aws-nlb".parse().unwrap();
+    assert_eq!(r.profile.idle_timeout_s, 350);
+    assert!(r.destination.is_none());
+    let r: Rule = "300@10.0.0.0/8:5432".parse().unwrap();
+    assert_eq!(r.profile.idle_timeout_s, 300);
+    let d = r.destination.unwrap();
+    assert!(d.matches("10.1.2.3".parse().unwrap(), 5432));
+    assert!(!d.matches("10.1.2.3".parse().unwrap(), 5433));
+    assert!(!d.matches("11.1.2.3".parse().unwrap(), 5432));
+    let r: Rule = "aws-alb@:443".parse().unwrap();
+    assert!(
+        r.destination
+            .unwrap()
+            .matches("192.0.2.9".parse().unwrap(), 443)
+    );
+    let r: Rule = "azure-lb@[2001:db8::]/32:80".parse().unwrap();
+    assert!(
+        r.destination
+            .unwrap()
+            .matches("2001:db8:1::5".parse().unwrap(), 80)
+    );
+}
+
+#[test]
+fn rejects_bad_values() {
+    assert!(matches!(
+        "aws-nbl".parse::<Rule>(),
+        Err(RiskError::UnknownProfile(_))
+    ));
+    assert!(matches!("0".parse::<Rule>(), Err(RiskError::BadSeconds(_))));
+    assert!(matches!(
+        "99999999999".parse::<Rule>(),
+        Err(RiskError::BadSeconds(_))
+    ));
+    for bad in [
+        "60@",
+        "60@10.0.0.0/33",
+        "60@10.0.0.0:99999",
+        "60@[::1",
+        "60@nonsense",
+    ] {
+        assert!(
+            matches!(bad.parse::<Rule>(), Err(RiskError::BadDestination(_))),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn risk_rules() {
+    let rules: Vec<Rule> = vec!["aws-alb@:443".parse().unwrap(), "aws-nlb".parse().unwrap()];
+    let remote: IpAddr = "192.0.2.2".parse().unwrap();
+    assert_eq!(
+        assess(&rules, remote, 5432, None).unwrap().reason,
+        RiskReason::KeepaliveOff
+    );
+    assert_eq!(
+        assess(&rules, remote, 5432, Some(7200.0)).unwrap().reason,
+        RiskReason::IdleExceedsTimeout
+    );
+    assert_eq!(
+        assess(&rules, remote, 5432, Some(350.0)).unwrap().reason,
+        RiskReason::IdleExceedsTimeout
+    );
+    assert!(assess(&rules, remote, 5432, Some(60.0)).is_none());
+    assert_eq!(
+        assess(&rules, remote, 443, Some(30.0)).unwrap().reason,
+        RiskReason::L7NeedsApplicationKeepalive
+    );
+    // Global rules do not apply to loopback.
+    assert!(assess(&rules, "127.0.0.1".parse().unwrap(), 5432, None).is_none());
+}
+
+#[test]
+fn advice_follows_the_rule_of_thumb() {
+    assert_eq!(
+        advise(350),
+        Advice {
+            time_s: 175,
+            intvl_s: 29,
+            probes: 9,
+            detection_s: 436
+        }
+    );
+    assert_eq!(
+        advise(60),
+        Advice {
+            time_s: 30,
+            intvl_s: 10,
+            probes: 6,
+            detection_s: 90
+        }
+    );
+    assert_eq!(
+        advise(1200),
+        Advice {
+            time_s: 600,
+            intvl_s: 30,
+            probes: 9,
+            detection_s: 870
+        }
+    );
+}

@@ -1,0 +1,273 @@
+//! The `run` command, as named phases: [`prepare`] (privileges, kernel
+//! offsets) on the only thread, then on the runtime [`attach`] (load and
+//! attach every hook), [`build_state`] (the socket table, first inventory
+//! and sysctls), [`serve`] (the HTTP API), [`follow`] (the ring buffer's
+//! reader and the periodic work, until SIGINT/SIGTERM) and [`shutdown`]
+//! (drain, print the kernel's counters, detach). Dropping the loaded
+//! object detaches every hook.
+
+mod attach;
+mod periodic;
+mod ring;
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    sync::{Arc, Mutex, atomic::AtomicUsize},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use attach::{Attached, Ring, attach};
+use keepalive_api::{Line, Ready, Record, Stopped};
+use keepalive_common::KernelConfig;
+use log::{info, warn};
+use ring::{Printing, Sink, read_ring};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::broadcast,
+};
+
+use crate::{
+    api::{
+        metrics::Metrics,
+        routes, server,
+        state::{AgentState, Shared},
+    },
+    bpf::counters::CounterReader,
+    cli::args::RunArgs,
+    host::{caps, process, sysctl::SysctlWatch},
+    kernel::{btf::Btf, offsets},
+    model::clock::Clock,
+    table::SocketTable,
+};
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = prepare()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(args, config, started))
+}
+
+/// Privileges and kernel offsets, while this is the only thread.
+fn prepare() -> anyhow::Result<KernelConfig> {
+    process::bound_allocator_retention();
+    caps::check().context("the agent cannot run with these privileges")?;
+    process::bump_memlock_rlimit();
+    let config = {
+        // Tens of MiB parsed: gone before the agent settles in.
+        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        offsets::resolve(&btf).context("resolving kernel offsets")?
+    };
+    log::debug!("kernel offsets and addresses: {config:x?}");
+    // capset changes the calling thread only: drop what start-up needed
+    // (kallsyms, memlock) while this is the only thread, so every thread
+    // started later inherits the smaller set.
+    match caps::drop_start_only() {
+        Ok(dropped) if !dropped.is_empty() => {
+            info!(
+                "dropped capabilities no longer needed: {}",
+                dropped.join(", ")
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
+    Ok(config)
+}
+
+/// SIGTERM and SIGINT, caught before anything is attached: a signal during
+/// start-up (or right after `ready`) must still end in a clean detach, not
+/// the default action that leaves netlink filters behind.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn catch() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+async fn run(args: RunArgs, config: KernelConfig, started: Instant) -> anyhow::Result<()> {
+    let mut signals = Signals::catch()?;
+    let (mut attached, ring) = tokio::task::block_in_place(|| attach(&args, &config))?;
+    let clock = Clock::new(attached.hz);
+    let state = build_state(&args, &mut attached, &clock)?;
+    let (events, _) = broadcast::channel::<Arc<Record>>(4096);
+    let listen = serve(&args, &state, &events).await?;
+    let ready = Ready {
+        hooks: attached.hooks.clone(),
+        interfaces: attached.tc.interfaces(),
+        listen: listen.to_string(),
+        sockets: lock(&state)?.table.len(),
+        hz: attached.hz,
+        startup_ms: started.elapsed().as_millis() as u64,
+    };
+    print_line(&Line::ready_json(&ready)?)?;
+    info!("ready in {} ms", started.elapsed().as_millis());
+    // Loading parsed the kernel's BTF (tens of MiB, freed by now).
+    process::release_freed_memory();
+    let sink = Sink {
+        state: state.clone(),
+        clock,
+        print: Printing {
+            quiet: args.quiet,
+            json: args.json,
+            all_events: args.all_events,
+        },
+        events,
+    };
+    follow(&args, &mut attached, ring, sink, &mut signals).await?;
+    shutdown(attached, &state)
+}
+
+/// The socket table with its first inventory, and the namespaces' sysctls.
+fn build_state(args: &RunArgs, attached: &mut Attached, clock: &Clock) -> anyhow::Result<Shared> {
+    let state: Shared = Arc::new(Mutex::new(AgentState {
+        table: SocketTable::new(args.max_sockets as usize),
+        sysctls: BTreeMap::new(),
+        hooks: attached.hooks.clone(),
+        kernel: Default::default(),
+        kernel_counters: CounterReader::new(&mut attached.ebpf)?,
+        rules: args.idle_timeouts.clone(),
+        metrics: Metrics::new(args.max_port_labels as usize),
+        tc_interfaces: attached.tc.attached_count(),
+    }));
+    if attached.inventory_live {
+        tokio::task::block_in_place(|| periodic::inventory(&mut attached.ebpf, &state, clock));
+    }
+    periodic::refresh_sysctls(&mut SysctlWatch::new(), &state, None);
+    Ok(state)
+}
+
+/// The HTTP API, on its own task.
+async fn serve(
+    args: &RunArgs,
+    state: &Shared,
+    events: &broadcast::Sender<Arc<Record>>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let api = routes::Api {
+        state: state.clone(),
+        events: events.clone(),
+        clients: Arc::new(AtomicUsize::new(0)),
+        max_clients: args.max_event_clients as usize,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let listen = listener
+        .local_addr()
+        .context("reading the HTTP API's address")?;
+    info!("HTTP API on http://{listen}");
+    let stalls = state.clone();
+    let on_stall = Arc::new(move || {
+        if let Ok(s) = stalls.lock() {
+            s.metrics.clients_dropped.inc();
+        }
+    });
+    tokio::spawn(server::serve(listener, routes::router(api), on_stall));
+    Ok(listen)
+}
+
+/// Follows the ring buffer and does the periodic work until a signal.
+/// The ring buffer has a task of its own: the periodic work (inventories
+/// of 100k sockets, namespace rescans) blocks for tenths of a second,
+/// which at tens of thousands of events per second would overflow the
+/// ring if the same loop drained it.
+async fn follow(
+    args: &RunArgs,
+    attached: &mut Attached,
+    ring: Ring,
+    sink: Sink,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
+    let state = sink.state.clone();
+    let clock = sink.clock;
+    let mut sysctl_watch = SysctlWatch::new();
+    let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
+    rescan.tick().await;
+    let mut inventory_tick = tokio::time::interval(Duration::from_secs(args.inventory_seconds));
+    inventory_tick.tick().await;
+    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_reported = 0u64;
+    let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut reader = tokio::spawn(read_ring(ring, sink.clone(), reader_stopped));
+    loop {
+        tokio::select! {
+            done = &mut reader => {
+                // The reader only returns early on an error.
+                done.context("the ring buffer reader panicked")??;
+                anyhow::bail!("the ring buffer reader stopped");
+            }
+            _ = rescan.tick(), if !args.no_tc => {
+                let report = tokio::task::block_in_place(|| attached.tc.sync(&mut attached.ebpf, &attached.filter));
+                if report.attached + report.detached > 0 {
+                    info!("tc: +{} -{} interfaces, {} attached", report.attached, report.detached, report.total);
+                }
+                lock(&state)?.tc_interfaces = report.total;
+            }
+            _ = inventory_tick.tick() => {
+                if attached.inventory_live {
+                    tokio::task::block_in_place(|| periodic::inventory(&mut attached.ebpf, &state, &clock));
+                }
+                periodic::expire_in_flight(&mut attached.in_flight, &state);
+                periodic::refresh_sysctls(&mut sysctl_watch, &state, Some(&sink));
+            }
+            _ = health.tick() => {
+                let c = lock(&state)?.refresh_kernel().context("reading kernel counters")?;
+                if c.events_lost > lost_reported {
+                    warn!("ring buffer full: {} events lost so far (kernel counters stay exact)", c.events_lost);
+                    lost_reported = c.events_lost;
+                }
+            }
+            _ = signals.stop() => break,
+        }
+    }
+    // The reader drains what is left, then ends.
+    let _ = stop_reader.send(());
+    reader.await.context("the ring buffer reader panicked")?
+}
+
+/// The kernel's exact counters on stdout, then every hook detached.
+fn shutdown(mut attached: Attached, state: &Shared) -> anyhow::Result<()> {
+    let stopped = {
+        let mut s = lock(state)?;
+        Stopped {
+            counters: s.refresh_kernel().context("reading kernel counters")?,
+            sockets_refused: s.table.refused,
+        }
+    };
+    print_line(&Line::stopped_json(&stopped)?)?;
+    attached.tc.clear();
+    info!("stopped; all hooks detached");
+    Ok(())
+}
+
+fn lock(state: &Shared) -> anyhow::Result<std::sync::MutexGuard<'_, AgentState>> {
+    state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("agent state poisoned"))
+}
+
+/// One line on stdout, flushed.
+fn print_line(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush().context("writing to stdout")
+}

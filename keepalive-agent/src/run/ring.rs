@@ -1,0 +1,122 @@
+//! The event pipeline: the ring buffer's reader task decodes each record,
+//! applies it to the socket table, counts it into the metrics, prints it
+//! and hands it to `/events` subscribers.
+
+use std::{
+    io::{BufWriter, Write as _},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use keepalive_api::{Record, RecordKind};
+use log::warn;
+use tokio::{io::unix::AsyncFd, sync::broadcast};
+
+use super::lock;
+use crate::{api::state::Shared, bpf::ring, cli::text, model::clock::Clock, table::apply};
+
+/// What goes to stdout.
+#[derive(Clone, Copy)]
+pub struct Printing {
+    pub quiet: bool,
+    pub json: bool,
+    pub all_events: bool,
+}
+
+impl Printing {
+    /// State changes are the bulk of events on a busy node; by default
+    /// only a close of a socket that had keepalive activity is printed.
+    fn wants(self, r: &Record) -> bool {
+        if self.quiet {
+            return false;
+        }
+        match r.event {
+            RecordKind::StateChange => self.all_events,
+            RecordKind::SocketClosed => self.all_events || r.probes.unwrap_or(0) > 0,
+            RecordKind::KeepaliveTimer
+            | RecordKind::ProbeSent
+            | RecordKind::WireProbe
+            | RecordKind::ProbeAck
+            | RecordKind::KeepaliveTimeout
+            | RecordKind::ConnectionTimeout
+            | RecordKind::SocketError
+            | RecordKind::SysctlChanged => true,
+        }
+    }
+}
+
+/// Where records go: the table and metrics, `/events` subscribers, stdout.
+#[derive(Clone)]
+pub struct Sink {
+    pub state: Shared,
+    pub clock: Clock,
+    pub print: Printing,
+    pub events: broadcast::Sender<Arc<Record>>,
+}
+
+/// Records decoded per hold of the state lock: bounds the batch's memory
+/// and how long an HTTP request waits for the lock during a burst.
+const BATCH: usize = 1024;
+
+impl Sink {
+    fn drain(&self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let mut out = BufWriter::new(std::io::stdout().lock());
+        let mut records = Vec::with_capacity(BATCH);
+        loop {
+            {
+                let mut state = lock(&self.state)?;
+                while records.len() < BATCH {
+                    let Some(item) = ring.next() else { break };
+                    let Some(ev) = ring::decode(&item) else {
+                        warn!("short ring buffer record ({} bytes)", item.len());
+                        continue;
+                    };
+                    for ev in ring::unfold(ev) {
+                        if let Some(record) = apply::to_record(&ev, &mut state.table, &self.clock) {
+                            state.count(&record);
+                            records.push(record);
+                        }
+                    }
+                }
+            }
+            let more = records.len() >= BATCH;
+            for record in records.drain(..) {
+                self.emit(record, &mut out)?;
+            }
+            if !more {
+                break;
+            }
+        }
+        out.flush().context("writing to stdout")?;
+        Ok(())
+    }
+
+    pub fn emit(&self, record: Record, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+        if self.print.wants(&record) {
+            text::write(out, &record, self.print.json).context("writing to stdout")?;
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(Arc::new(record));
+        Ok(())
+    }
+}
+
+/// Follows the ring buffer until `stop`, then drains what is left.
+pub async fn read_ring(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    sink: Sink,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                sink.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = &mut stop => break,
+        }
+    }
+    sink.drain(ring.get_mut())
+}

@@ -1,0 +1,56 @@
+//! What the table knows of one socket.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use keepalive_api::{Keepalive, Owner, TcpState};
+
+/// What the table knows of one socket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Shared by every socket of the process (see [`SocketTable::intern`]).
+    pub owner: Option<Arc<Owner>>,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub netns: Option<u32>,
+    pub state: TcpState,
+    pub inode: u64,
+    pub uid: u32,
+    pub keepalive: Option<Keepalive>,
+    pub probes_out: u32,
+    /// From the kernel's per-socket map (exact) or the latest event.
+    pub probes: u64,
+    pub acks: u64,
+    pub last_rtt_us: Option<f64>,
+    /// When the first of the probes now unanswered went out (event
+    /// `ts_ns`): how long the socket had idled before it, at a timeout.
+    pub first_unanswered_probe_ns: Option<u64>,
+    /// Seconds since the socket last received anything, at the last scan.
+    pub idle_s: Option<f64>,
+    /// Seconds until the keepalive timer fires, at the last scan.
+    pub timer_in_s: Option<f64>,
+    /// Inventory generation that last saw the socket.
+    pub(super) generation: u64,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            owner: None,
+            local: None,
+            remote: None,
+            netns: None,
+            state: TcpState::Unknown,
+            inode: 0,
+            uid: 0,
+            keepalive: None,
+            probes_out: 0,
+            probes: 0,
+            acks: 0,
+            last_rtt_us: None,
+            first_unanswered_probe_ns: None,
+            idle_s: None,
+            timer_in_s: None,
+            generation: 0,
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The agent's table of TCP sockets, keyed by socket cookie: where each is
+//! (tuple, namespace), who owns it, its keepalive settings and counters.
+//! Fed by the periodic inventory (every socket, even those that predate the
+//! agent) and by kernel events in between. Bounded: when full, new sockets
+//! are not recorded and the refusal is counted, never silently dropped.
+//!
+//! A closed socket stays findable for a short while: the kernel reports a
+//! connection's error after `tcp_done` has already moved it to CLOSE and
+//! released its local port (tcp_done_with_error), so the error needs what
+//! the table knew just before.
+
+pub mod apply;
+mod entry;
+mod hasher;
+#[cfg(test)]
+mod tests;
+mod view;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+pub use entry::Entry;
+use hasher::CookieMap;
+use keepalive_api::{Owner, SocketRow, TcpState};
+use keepalive_common::{SocketRecord, Tuple, flag};
+pub use view::{risk_of, row};
+
+use crate::model::{addr, clock::Clock, keepalive, risk::Rule};
+
+/// How many closed sockets stay findable.
+const RECENTLY_CLOSED: usize = 4096;
+
+pub struct SocketTable {
+    live: CookieMap<Entry>,
+    /// One owner per process, shared by its sockets: a process with
+    /// thousands of connections stores its comm and cgroup once.
+    owners: HashMap<u32, Arc<Owner>>,
+    closed: CookieMap<Entry>,
+    closed_order: VecDeque<u64>,
+    capacity: usize,
+    generation: u64,
+    /// Sockets not recorded because the table was full.
+    pub refused: u64,
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize) -> Self {
+        SocketTable {
+            live: CookieMap::default(),
+            owners: HashMap::new(),
+            closed: CookieMap::default(),
+            closed_order: VecDeque::new(),
+            capacity,
+            generation: 0,
+            refused: 0,
+        }
+    }
+
+    /// The live entry of `cookie`, created if there is room.
+    fn entry(&mut self, cookie: u64) -> Option<&mut Entry> {
+        if !self.live.contains_key(&cookie) && self.live.len() >= self.capacity {
+            self.refused += 1;
+            return None;
+        }
+        // Born in this pass: an inventory that started before the socket
+        // existed must not count it as gone.
+        let generation = self.generation;
+        Some(self.live.entry(cookie).or_insert_with(|| Entry {
+            generation,
+            ..Entry::default()
+        }))
+    }
+
+    pub fn set_owner(&mut self, cookie: u64, owner: Owner) {
+        let owner = self.intern(owner);
+        self.set_shared_owner(cookie, owner);
+    }
+
+    /// The owner already known for `owner`'s process, if it is the same
+    /// program in the same cgroup (a reused pid is not).
+    pub fn known_owner(&self, owner: &Owner) -> Option<Arc<Owner>> {
+        self.owners
+            .get(&owner.pid)
+            .filter(|k| k.comm == owner.comm && k.cgroup_id == owner.cgroup_id)
+            .cloned()
+    }
+
+    pub fn set_shared_owner(&mut self, cookie: u64, owner: Arc<Owner>) {
+        if let Some(e) = self.entry(cookie) {
+            e.owner = Some(owner);
+        }
+    }
+
+    /// The shared copy of `owner` (a pid reused by another program gets a
+    /// copy of its own).
+    fn intern(&mut self, owner: Owner) -> Arc<Owner> {
+        match self.owners.get(&owner.pid) {
+            Some(known) if **known == owner => known.clone(),
+            _ => {
+                let shared = Arc::new(owner);
+                self.owners.insert(shared.pid, shared.clone());
+                shared
+            }
+        }
+    }
+
+    /// Records where a socket is, from an event that read a full tuple.
+    pub fn set_tuple(&mut self, cookie: u64, t: &Tuple) {
+        let (local, remote) = addr::endpoints(t);
+        if let Some(e) = self.entry(cookie) {
+            e.local = Some(local);
+            e.remote = Some(remote);
+            e.netns = Some(t.netns);
+            e.state = TcpState::from_kernel(t.state);
+        }
+    }
+
+    /// Applies what an event says about a socket's keepalive and counters.
+    pub fn update(&mut self, cookie: u64, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.live.get_mut(&cookie) {
+            f(e);
+        }
+    }
+
+    pub fn is_live(&self, cookie: u64) -> bool {
+        self.live.contains_key(&cookie)
+    }
+
+    /// A live or recently closed socket.
+    pub fn get(&self, cookie: u64) -> Option<&Entry> {
+        self.live.get(&cookie).or_else(|| self.closed.get(&cookie))
+    }
+
+    /// Moves the socket to the recently-closed set, evicting the oldest.
+    pub fn close(&mut self, cookie: u64) {
+        let Some(entry) = self.live.remove(&cookie) else {
+            return;
+        };
+        if self.closed.len() >= RECENTLY_CLOSED
+            && let Some(old) = self.closed_order.pop_front()
+        {
+            self.closed.remove(&old);
+        }
+        self.closed.insert(cookie, entry);
+        self.closed_order.push_back(cookie);
+    }
+
+    /// Starts an inventory pass; sockets of a scanned namespace that the
+    /// pass does not see are gone (their close event may have been lost).
+    pub fn begin_inventory(&mut self) -> u64 {
+        // Owners no socket refers to any more.
+        self.owners.retain(|_, o| Arc::strong_count(o) > 1);
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Takes in inventory records (a chunk of a namespace's).
+    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) {
+        let generation = self.generation;
+        for rec in records {
+            if rec.cookie == 0 {
+                continue;
+            }
+            let Some(e) = self.entry(rec.cookie) else {
+                continue;
+            };
+            let (local, remote) = addr::endpoints(&rec.tuple);
+            // A closing socket's local port reads 0: keep what we knew.
+            if rec.tuple.sport != 0 || e.local.is_none() {
+                e.local = Some(local);
+                e.remote = Some(remote);
+            }
+            e.netns = Some(rec.tuple.netns);
+            e.state = TcpState::from_kernel(rec.tuple.state);
+            e.inode = rec.inode;
+            e.uid = rec.uid;
+            e.generation = generation;
+            if rec.flags & flag::FULL_SOCK != 0 {
+                let on = rec.flags & flag::KEEPALIVE_ON != 0;
+                e.keepalive = Some(keepalive::effective(&rec.settings, on, clock));
+                e.probes_out = rec.probes_out;
+                e.idle_s = Some(clock.seconds(rec.idle_jiffies));
+                e.timer_in_s = (rec.timer_expires != 0)
+                    .then(|| clock.seconds(rec.timer_expires.saturating_sub(rec.jiffies) as u32));
+            }
+            // Exact counters from the kernel's per-socket map.
+            if rec.flags & flag::COUNTERS != 0 {
+                e.probes = rec.probes;
+                e.acks = rec.acks;
+                if rec.last_rtt_ns != 0 {
+                    e.last_rtt_us = Some(rec.last_rtt_ns as f64 / 1e3);
+                }
+            }
+        }
+    }
+
+    /// A namespace's inventory is complete: its sockets the pass did not
+    /// see are gone.
+    pub fn end_inventory_of(&mut self, netns: u32) {
+        let generation = self.generation;
+        let gone: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, e)| e.netns == Some(netns) && e.generation != generation)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in gone {
+            self.close(cookie);
+        }
+    }
+
+    /// Inodes of live sockets without a known owner (for `/proc` lookup).
+    pub fn ownerless_inodes(&self) -> HashSet<u64> {
+        self.live
+            .values()
+            .filter(|e| e.owner.is_none() && e.inode != 0)
+            .map(|e| e.inode)
+            .collect()
+    }
+
+    /// Sets owners found by inode.
+    pub fn set_owners_by_inode(&mut self, owners: HashMap<u64, Owner>) {
+        let shared: HashMap<u64, Arc<Owner>> = owners
+            .into_iter()
+            .map(|(inode, o)| (inode, self.intern(o)))
+            .collect();
+        for e in self.live.values_mut() {
+            if e.owner.is_none()
+                && let Some(o) = shared.get(&e.inode)
+            {
+                e.owner = Some(o.clone());
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&u64, &Entry)> {
+        self.live.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// `/sockets` rows, with risk against `rules`.
+    pub fn rows(&self, rules: &[Rule]) -> Vec<SocketRow> {
+        let mut rows: Vec<SocketRow> = self.live.iter().map(|(c, e)| row(*c, e, rules)).collect();
+        rows.sort_by_key(|r| r.cookie);
+        rows
+    }
+}

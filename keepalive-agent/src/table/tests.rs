@@ -1,0 +1,108 @@
+//! The socket table: bounds, closes, inventories, shared owners.
+
+use std::sync::Arc;
+
+use keepalive_api::{Keepalive, Owner, Source};
+use keepalive_common::Tuple;
+
+use super::*;
+use crate::model::clock::Clock;
+
+fn owner(pid: u32) -> Owner {
+    Owner {
+        pid,
+        comm: "x".into(),
+        ..Default::default()
+    }
+}
+
+/// An inventory pass closes its namespace's sockets it did not see,
+/// but not one that an event brought in while the pass ran.
+#[test]
+fn inventory_closes_the_unseen_but_not_the_newborn() {
+    let mut t = SocketTable::new(10);
+    let tuple = Tuple {
+        netns: 7,
+        sport: 1,
+        ..Tuple::default()
+    };
+    t.set_tuple(1, &tuple);
+    t.begin_inventory();
+    t.set_tuple(2, &tuple);
+    t.apply_inventory(&[], &Clock::new(250));
+    t.end_inventory_of(7);
+    assert!(!t.is_live(1), "unseen by the pass: gone");
+    assert!(t.is_live(2), "born during the pass: kept");
+}
+
+#[test]
+fn sockets_of_one_process_share_its_owner() {
+    let mut t = SocketTable::new(10);
+    t.set_owner(1, owner(5));
+    t.set_owner(2, owner(5));
+    let (a, b) = (t.get(1).unwrap(), t.get(2).unwrap());
+    assert!(Arc::ptr_eq(
+        a.owner.as_ref().unwrap(),
+        b.owner.as_ref().unwrap()
+    ));
+    // The pid reused by another program: a copy of its own.
+    let mut other = owner(5);
+    other.comm = "other".into();
+    t.set_owner(3, other);
+    assert_eq!(t.get(3).unwrap().owner.as_ref().unwrap().comm, "other");
+    assert_ne!(t.get(1).unwrap().owner.as_ref().unwrap().comm, "other");
+}
+
+#[test]
+fn bounded_and_counted() {
+    let mut t = SocketTable::new(2);
+    t.set_owner(1, owner(1));
+    t.set_owner(2, owner(2));
+    t.set_owner(3, owner(3));
+    assert_eq!(t.len(), 2);
+    assert_eq!(t.refused, 1);
+    // Updating a known socket is not refused.
+    t.set_owner(2, owner(22));
+    assert_eq!(t.get(2).unwrap().owner.as_ref().unwrap().pid, 22);
+    t.close(1);
+    t.set_owner(3, owner(3));
+    assert_eq!(t.refused, 1);
+    assert!(t.get(3).is_some());
+}
+
+#[test]
+fn closed_sockets_stay_findable_for_a_while() {
+    let mut t = SocketTable::new(10);
+    t.set_owner(7, owner(9));
+    t.close(7);
+    assert_eq!(t.len(), 0);
+    assert_eq!(t.get(7).unwrap().owner.as_ref().unwrap().pid, 9);
+    for cookie in 100..100 + RECENTLY_CLOSED as u64 {
+        t.set_owner(cookie, owner(1));
+        t.close(cookie);
+    }
+    assert!(t.get(7).is_none(), "oldest closed socket evicted");
+    assert_eq!(t.closed.len(), RECENTLY_CLOSED);
+}
+
+#[test]
+fn dead_after_counts_remaining_probes() {
+    let mut e = Entry {
+        keepalive: Some(Keepalive {
+            enabled: true,
+            idle_s: 60.0,
+            idle_source: Source::Sysctl,
+            interval_s: 10.0,
+            interval_source: Source::Sysctl,
+            count: 5,
+            count_source: Source::Sysctl,
+            detection_s: 110.0,
+        }),
+        timer_in_s: Some(4.0),
+        probes_out: 2,
+        ..Default::default()
+    };
+    assert_eq!(row(1, &e, &[]).dead_after_s, Some(34.0));
+    e.timer_in_s = None;
+    assert_eq!(row(1, &e, &[]).dead_after_s, None);
+}

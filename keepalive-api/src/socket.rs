@@ -1,0 +1,68 @@
+//! One row of `/sockets`.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    record::Keepalive,
+    vocab::{RiskReason, TcpState},
+};
+
+/// The process that owns a socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+    /// 0 when the owner was found through `/proc` rather than at `connect()`.
+    pub cgroup_id: u64,
+    /// The cgroup v2 path, as the agent's cgroup namespace sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// A socket that can sit idle past its path's idle timeout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Risk {
+    /// The profile (`aws-nlb`, …, or `custom`) the socket is judged against.
+    pub profile: String,
+    pub idle_timeout_s: u32,
+    pub reason: RiskReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketRow {
+    pub cookie: u64,
+    pub netns: Option<u32>,
+    pub state: TcpState,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    pub uid: u32,
+    pub inode: u64,
+    pub keepalive: Option<Keepalive>,
+    /// Seconds since the socket last received anything, at the last scan.
+    pub idle_s: Option<f64>,
+    pub probes_out: u32,
+    pub probes: u64,
+    pub acks: u64,
+    pub last_rtt_us: Option<f64>,
+    /// If the peer vanished now, seconds until the kernel declares the
+    /// connection dead (next timer + remaining probes × interval).
+    pub dead_after_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<Risk>,
+}
+
+impl SocketRow {
+    /// Either endpoint has this port.
+    pub fn has_port(&self, port: u16) -> bool {
+        [self.local, self.remote]
+            .into_iter()
+            .flatten()
+            .any(|a| a.port() == port)
+    }
+}

@@ -1,0 +1,238 @@
+//! The agent's vocabulary: every name it writes for a kind of record, a TCP
+//! state, a cause of death, a hook or a hook mode is a variant here, so a
+//! new one makes the compiler point at every `match` that must handle it.
+//! Each enum knows its wire name (`as_str`, serde, `FromStr`) and lists its
+//! variants (`ALL`), which the HTTP filters use for their error messages.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// A name that is not in the vocabulary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not a {}; expected one of {}",
+            self.value,
+            self.what,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+/// Defines a vocabulary enum: variants with their wire names, serde by
+/// those names, `as_str`, `Display`, `FromStr` and `ALL`/`NAMES`.
+macro_rules! vocabulary {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident ($what:literal) {
+        $($(#[$vmeta:meta])* $variant:ident = $wire:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $wire)] $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub const NAMES: &'static [&'static str] = &[$($wire),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($wire => Ok($name::$variant),)+
+                    _ => Err(UnknownName {
+                        what: $what,
+                        value: s.to_string(),
+                        expected: Self::NAMES,
+                    }),
+                }
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// What a [`crate::Record`] reports (its `event` field).
+    pub enum RecordKind ("record kind") {
+        /// A keepalive timer run that sent no probe.
+        KeepaliveTimer = "keepalive_timer",
+        /// A keepalive timer run that sent a probe (`icsk_probes_out` grew).
+        ProbeSent = "probe_sent",
+        /// A probe-shaped segment seen leaving by the TC egress classifier.
+        WireProbe = "wire_probe",
+        /// The peer's ACK of a probe, seen by the TC ingress classifier.
+        ProbeAck = "probe_ack",
+        /// ETIMEDOUT raised by the keepalive timer.
+        KeepaliveTimeout = "keepalive_timeout",
+        /// ETIMEDOUT raised by any other timer (retransmit, user timeout, SYN).
+        ConnectionTimeout = "connection_timeout",
+        /// Any other error that killed a connection.
+        SocketError = "socket_error",
+        /// A TCP state change other than to CLOSE.
+        StateChange = "state_change",
+        /// A TCP state change to CLOSE.
+        SocketClosed = "socket_closed",
+        /// A namespace's keepalive sysctl changed.
+        SysctlChanged = "sysctl_changed",
+    }
+}
+
+vocabulary! {
+    /// TCP states as `ss` names them (kernel numbers in `tcp_states.h`).
+    pub enum TcpState ("TCP state") {
+        Established = "ESTAB",
+        SynSent = "SYN-SENT",
+        SynRecv = "SYN-RECV",
+        FinWait1 = "FIN-WAIT-1",
+        FinWait2 = "FIN-WAIT-2",
+        TimeWait = "TIME-WAIT",
+        /// TCP_CLOSE: `ss` prints it as UNCONN.
+        Close = "UNCONN",
+        CloseWait = "CLOSE-WAIT",
+        LastAck = "LAST-ACK",
+        Listen = "LISTEN",
+        Closing = "CLOSING",
+        NewSynRecv = "NEW-SYN-RECV",
+        /// A number this agent does not know (a newer kernel's state).
+        Unknown = "UNKNOWN",
+    }
+}
+
+impl TcpState {
+    /// The state of `sk->sk_state` (`TCP_ESTABLISHED` = 1 … `TCP_NEW_SYN_RECV` = 12).
+    pub const fn from_kernel(state: u8) -> Self {
+        match state {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+vocabulary! {
+    /// Which timer killed a connection.
+    pub enum Cause ("cause") {
+        /// The keepalive timer gave up (`tcp_keepalive_probes` unanswered).
+        Keepalive = "keepalive",
+        /// The retransmit timer gave up (`tcp_retries2`).
+        Retransmit = "retransmit",
+        /// TCP_USER_TIMEOUT expired.
+        UserTimeout = "user_timeout",
+        /// The SYN was never answered (`tcp_syn_retries`).
+        Syn = "syn",
+        /// No timer of ours was running.
+        Other = "other",
+    }
+}
+
+vocabulary! {
+    /// The agent's hooks into the kernel, as `/healthz` and `hook_up` name them.
+    pub enum Hook ("hook") {
+        KeepaliveTimer = "keepalive_timer",
+        InetSockSetState = "inet_sock_set_state",
+        InetSkErrorReport = "inet_sk_error_report",
+        Tc = "tc",
+        SocketInventory = "socket_inventory",
+    }
+}
+
+vocabulary! {
+    /// How a hook is attached.
+    pub enum HookMode ("hook mode") {
+        Fentry = "fentry",
+        TpBtf = "tp_btf",
+        /// TC classifiers as TCX links (6.6+).
+        Tcx = "tcx",
+        /// TC classifiers on a clsact qdisc through netlink.
+        Netlink = "netlink",
+        /// The `iter/tcp` socket iterator.
+        Iter = "iter",
+        /// No timer hook: the TC classifiers count probes alone.
+        Wire = "wire",
+        /// Off by choice (`--no-tc`).
+        None = "none",
+    }
+}
+
+vocabulary! {
+    /// Where an effective keepalive value comes from, as `ss`/`sysctl` users say it.
+    pub enum Source ("keepalive source") {
+        /// TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT on the socket.
+        Socket = "socket",
+        /// net.ipv4.tcp_keepalive_* of the socket's namespace.
+        Sysctl = "sysctl",
+    }
+}
+
+vocabulary! {
+    /// Why a socket is at risk against a path idle timeout.
+    pub enum RiskReason ("risk reason") {
+        /// SO_KEEPALIVE is off: nothing keeps the path's state alive while idle.
+        KeepaliveOff = "keepalive_off",
+        /// Keepalive is on, but its first probe comes after the path forgot the flow.
+        IdleExceedsTimeout = "idle_exceeds_timeout",
+        /// An L7 proxy: keepalive probes carry no payload and do not count.
+        L7NeedsApplicationKeepalive = "l7_needs_application_keepalive",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde_and_from_str() {
+        for kind in RecordKind::ALL {
+            let json = serde_json::to_string(kind).unwrap();
+            assert_eq!(json, format!("\"{kind}\""));
+            assert_eq!(serde_json::from_str::<RecordKind>(&json).unwrap(), *kind);
+            assert_eq!(kind.as_str().parse::<RecordKind>().unwrap(), *kind);
+        }
+        assert_eq!(TcpState::NAMES.len(), TcpState::ALL.len());
+        assert_eq!(TcpState::from_kernel(1), TcpState::Established);
+        assert_eq!(TcpState::from_kernel(7).as_str(), "UNCONN");
+        assert_eq!(TcpState::from_kernel(200), TcpState::Unknown);
+    }
+
+    #[test]
+    fn unknown_names_say_what_was_expected() {
+        let e = "probe".parse::<RecordKind>().unwrap_err();
+        assert!(e.to_string().contains("probe_sent"), "{e}");
+        assert!("ESTABLISHED".parse::<TcpState>().is_err());
+    }
+}
