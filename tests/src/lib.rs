@@ -1,17 +1,27 @@
-//! Harness for the real-kernel integration tests: the agent as a child
-//! process, network namespaces and links the tests build and always tear
-//! down (Drop guards), and the kernel's own counters as the oracle.
+//! Harness for the real-kernel integration tests, one helper per job: the
+//! agent as a child process ([`agent`]) or a short command ([`cli`]);
+//! network namespaces, veth pairs and nftables rules the tests build and
+//! always tear down ([`world`]); the kernel's own counters as the oracle
+//! ([`netstat`], [`bpf`]); one HTTP client ([`http`]), one way to wait
+//! ([`wait`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
+//! Prometheus ([`prometheus`]), sockets as applications make them
+//! ([`sock`]) and shared traffic ([`scenario`]).
 //!
 //! Every helper fails loudly: a test that cannot get root, BPF or a
 //! namespace panics with the reason; nothing is skipped silently.
 
 pub mod agent;
-pub mod daemon;
+pub mod bpf;
+pub mod cli;
+pub mod http;
 pub mod metrics;
 pub mod netstat;
+pub mod proc;
 pub mod prometheus;
+pub mod rng;
 pub mod scenario;
 pub mod sock;
+pub mod wait;
 pub mod world;
 
 /// Panics unless running as root: the tests load BPF programs and build

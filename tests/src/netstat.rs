@@ -2,7 +2,9 @@
 //! own count of keepalive probes (`TCPKeepAlive`, incremented in
 //! `tcp_xmit_probe_skb`) is the oracle the agent's count must equal.
 
-use std::fs;
+use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _};
+
+use crate::{proc::pids, world::in_netns_at};
 
 /// A TcpExt counter as seen by the calling thread's namespace.
 /// `/proc/thread-self/net` follows the thread's namespace (after setns),
@@ -30,6 +32,49 @@ fn parse(text: &str, prefix: &str, name: &str) -> Option<u64> {
     values.get(i)?.parse().ok()
 }
 
+/// `TCPKeepAlive` of every network namespace reachable now (through a
+/// process living in it or an `ip netns` mount), by namespace inode.
+pub fn keepalive_probes_everywhere() -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for pid in pids() {
+        let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if out.contains_key(&meta.ino()) {
+            continue;
+        }
+        if let Some(v) = fs::read_to_string(format!("/proc/{pid}/net/netstat"))
+            .ok()
+            .and_then(|t| parse(&t, "TcpExt:", "TCPKeepAlive"))
+        {
+            out.insert(meta.ino(), v);
+        }
+    }
+    for (inode, path) in crate::world::named_namespaces() {
+        if out.contains_key(&inode) {
+            continue;
+        }
+        let v = in_netns_at(&path, || {
+            fs::read_to_string("/proc/thread-self/net/netstat")
+                .ok()
+                .and_then(|t| parse(&t, "TcpExt:", "TCPKeepAlive"))
+        });
+        if let Some(v) = v.flatten() {
+            out.insert(inode, v);
+        }
+    }
+    out
+}
+
+/// Probes sent node-wide between two [`keepalive_probes_everywhere`]
+/// snapshots (a namespace born in between counts from zero).
+pub fn probes_between(before: &BTreeMap<u64, u64>, after: &BTreeMap<u64, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(ns, v)| v.saturating_sub(before.get(ns).copied().unwrap_or(0)))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -37,5 +82,12 @@ mod tests {
         let t = "TcpExt: A TCPKeepAlive\nTcpExt: 1 42\nIpExt: X\nIpExt: 3\n";
         assert_eq!(super::parse(t, "TcpExt:", "TCPKeepAlive"), Some(42));
         assert_eq!(super::parse(t, "TcpExt:", "Nope"), None);
+    }
+
+    #[test]
+    fn sums_probe_deltas() {
+        let before = super::BTreeMap::from([(1, 10), (2, 5)]);
+        let after = super::BTreeMap::from([(1, 12), (2, 5), (3, 4)]);
+        assert_eq!(super::probes_between(&before, &after), 6);
     }
 }

@@ -148,3 +148,65 @@ pub fn drop_all_input(ns: &Netns) {
         "{ type filter hook input priority 0 ; policy drop ; }",
     ]);
 }
+
+/// Runs `f` on a thread inside the network namespace at `path`; None when
+/// it cannot be entered (gone, or not a namespace).
+pub fn in_netns_at<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> Option<T> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on an fd we own; this thread only.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
+}
+
+/// `ip netns` namespaces, by inode.
+pub fn named_namespaces() -> std::collections::BTreeMap<u64, std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = std::collections::BTreeMap::new();
+    if let Ok(named) = std::fs::read_dir("/run/netns") {
+        for entry in named.flatten() {
+            if let Ok(meta) = std::fs::metadata(entry.path()) {
+                found.entry(meta.ino()).or_insert(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Every network namespace reachable now (named, or through a process), by inode.
+fn namespace_paths() -> std::collections::BTreeMap<u64, std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = named_namespaces();
+    for pid in crate::proc::pids() {
+        let path: std::path::PathBuf = format!("/proc/{pid}/ns/net").into();
+        if let Ok(meta) = std::fs::metadata(&path) {
+            found.entry(meta.ino()).or_insert(path);
+        }
+    }
+    found
+}
+
+/// Interfaces in every network namespace reachable now (what the agent's
+/// default `--interfaces '*'` covers).
+pub fn interfaces_everywhere() -> usize {
+    namespace_paths()
+        .values()
+        .filter_map(|path| {
+            in_netns_at(path, || {
+                // Follows the thread's namespace (/sys/class/net does not).
+                let dev = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+                Some(dev.lines().skip(2).count())
+            })
+            .flatten()
+        })
+        .sum()
+}

@@ -9,13 +9,13 @@ use std::{
     time::Duration,
 };
 
+use keepalive_api::{Cause, Record, RecordKind, TcpState};
 use keepalive_tests::{
     agent::Agent,
     netstat::{tcp_ext, tcp_snmp},
     sock,
     world::{self, Pair},
 };
-use serde_json::Value;
 
 /// The single ETIMEDOUT record of `cookie`, checked for tuple and owner.
 fn the_timeout(
@@ -25,42 +25,40 @@ fn the_timeout(
     remote: &str,
     netns: u64,
     comm: &str,
-) -> Value {
+) -> Record {
+    const ETIMEDOUT: Option<u32> = Some(libc::ETIMEDOUT as u32);
     let mut agent = agent;
     agent
         .wait_for(Duration::from_secs(5), |r| {
-            r["cookie"] == cookie && r["errno"] == libc::ETIMEDOUT
+            r.cookie == cookie && r.errno == ETIMEDOUT
         })
         .expect("no ETIMEDOUT record");
     agent.settle(Duration::from_millis(300));
     let (records, _) = agent.stop();
-    let timeouts: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["errno"] == libc::ETIMEDOUT)
-        .collect();
+    let timeouts: Vec<&Record> = records.iter().filter(|r| r.errno == ETIMEDOUT).collect();
     assert_eq!(timeouts.len(), 1, "{timeouts:#?}");
     let t = timeouts[0].clone();
-    eprintln!("{t}");
-    assert_eq!(t["cookie"], cookie);
-    assert_eq!(t["local"], local);
-    assert_eq!(t["remote"], remote);
-    assert_eq!(t["netns"], netns);
-    assert_eq!(t["pid"], std::process::id());
-    assert_eq!(t["comm"], comm);
+    eprintln!("{t:?}");
+    assert_eq!(t.cookie, cookie);
+    assert_eq!(t.local.map(|a| a.to_string()).as_deref(), Some(local));
+    assert_eq!(t.remote.map(|a| a.to_string()).as_deref(), Some(remote));
+    assert_eq!(t.netns.map(u64::from), Some(netns));
+    assert_eq!(t.pid, Some(std::process::id()));
+    assert_eq!(t.comm.as_deref(), Some(comm));
     t
 }
 
 /// `unanswered_s` (when the connection stopped getting answers, to the
 /// abort) lies in `range`, and `idle_before_s` is the rest of `idle_s`.
-fn assert_unanswered(t: &Value, range: std::ops::RangeInclusive<f64>) {
-    let unanswered = t["unanswered_s"].as_f64().expect("unanswered_s");
+fn assert_unanswered(t: &Record, range: std::ops::RangeInclusive<f64>) {
+    let unanswered = t.unanswered_s.expect("unanswered_s");
     assert!(
         range.contains(&unanswered),
-        "unanswered_s {unanswered} not in {range:?}: {t}"
+        "unanswered_s {unanswered} not in {range:?}: {t:?}"
     );
-    let idle = t["idle_s"].as_f64().unwrap();
-    let before = t["idle_before_s"].as_f64().unwrap();
-    assert!((before + unanswered - idle).abs() < 0.002, "{t}");
+    let idle = t.idle_s.expect("idle_s");
+    let before = t.idle_before_s.expect("idle_before_s");
+    assert!((before + unanswered - idle).abs() < 0.002, "{t:?}");
 }
 
 /// A connected client in `a` to a listener in `b`, the peer then dropped.
@@ -118,10 +116,10 @@ fn retransmissions_exhausted_is_cause_retransmit() {
         pair.a.inode(),
         &comm,
     );
-    assert_eq!(t["event"], "connection_timeout");
-    assert_eq!(t["cause"], "retransmit");
-    assert_eq!(t["tcp_retries2"], 3);
-    assert_eq!(t["old_state"], "ESTAB");
+    assert_eq!(t.event, RecordKind::ConnectionTimeout);
+    assert_eq!(t.cause, Some(Cause::Retransmit));
+    assert_eq!(t.tcp_retries2, Some(3));
+    assert_eq!(t.old_state, Some(TcpState::Established));
     // tcp_write_timeout gives up once the time since the first
     // transmission exceeds the tcp_retries2 model (0.2+0.4+0.8+1.6 = 3 s
     // from a 200 ms RTO), checked at a timer run: with the minimal RTO
@@ -132,7 +130,7 @@ fn retransmissions_exhausted_is_cause_retransmit() {
         (3..=4).contains(&retransmitted),
         "{retransmitted} retransmissions"
     );
-    assert_eq!(t["retransmits"], retransmitted, "{t}");
+    assert_eq!(t.retransmits.map(u64::from), Some(retransmitted), "{t:?}");
     let expected = if retransmitted == 4 {
         6.2..=7.5
     } else {
@@ -159,9 +157,9 @@ fn user_timeout_is_cause_user_timeout() {
         pair.a.inode(),
         &comm,
     );
-    assert_eq!(t["event"], "connection_timeout");
-    assert_eq!(t["cause"], "user_timeout");
-    assert_eq!(t["user_timeout_ms"], 2000);
+    assert_eq!(t.event, RecordKind::ConnectionTimeout);
+    assert_eq!(t.cause, Some(Cause::UserTimeout));
+    assert_eq!(t.user_timeout_ms, Some(2000));
     // The kernel clamps the RTO to what remains of the user timeout.
     assert_unanswered(&t, 2.0..=2.3);
 }
@@ -197,12 +195,12 @@ fn connect_timeout_is_cause_syn() {
         pair.a.inode(),
         &comm,
     );
-    assert_eq!(t["event"], "connection_timeout");
-    assert_eq!(t["cause"], "syn");
-    assert_eq!(t["tcp_syn_retries"], 1);
-    assert_eq!(t["old_state"], "SYN-SENT");
+    assert_eq!(t.event, RecordKind::ConnectionTimeout);
+    assert_eq!(t.cause, Some(Cause::Syn));
+    assert_eq!(t.tcp_syn_retries, Some(1));
+    assert_eq!(t.old_state, Some(TcpState::SynSent));
     // SYN, one retransmission after the 1 s initial RTO, 2 s more: 3 s,
     // all of it unanswered (nothing was ever received).
     assert_unanswered(&t, 3.0..=3.3);
-    assert_eq!(t["idle_before_s"], 0.0);
+    assert_eq!(t.idle_before_s, Some(0.0));
 }

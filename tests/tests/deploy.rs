@@ -431,7 +431,7 @@ fn dashboard_queries_and_alerts_work_on_a_real_prometheus() {
     }
     let answered = Netns::new("kaq");
     let mut agent = Agent::start(&["--idle-timeout", "aws-nlb", "--inventory-seconds", "1"]);
-    let listen = agent.ready["listen"].as_str().expect("listen").to_string();
+    let listen = agent.addr();
     let rules = deploy("prometheus/keepalive-rules.yml");
     // The rules file as shipped, not a copy with shorter `for:`: the alert
     // that must fire has `for: 0m`, and the 15-minute one is checked as
@@ -479,7 +479,7 @@ fn dashboard_queries_and_alerts_work_on_a_real_prometheus() {
     );
     agent
         .wait_for(Duration::from_secs(5), |r| {
-            r["event"] == "keepalive_timeout" && r["cookie"] == dying_cookie
+            r.event == keepalive_api::RecordKind::KeepaliveTimeout && r.cookie == dying_cookie
         })
         .expect("the agent reported no keepalive_timeout");
     let ns_a = pair.a.inode().to_string();

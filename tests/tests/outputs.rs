@@ -10,6 +10,9 @@ use std::{
     time::Duration,
 };
 
+use keepalive_api::{
+    Keepalive as Settings, Record, RecordKind, RiskReason, SocketRow, Source, TcpState,
+};
 use keepalive_tests::{
     agent::{self, Agent},
     metrics::{promtool_check, value},
@@ -17,14 +20,25 @@ use keepalive_tests::{
     sock::{self, Keepalive},
     world::{self, Netns, Pair},
 };
-use serde_json::Value;
 
-fn row(rows: &Value, cookie: u64) -> &Value {
-    rows.as_array()
-        .expect("/sockets is an array")
-        .iter()
-        .find(|r| r["cookie"] == cookie)
-        .unwrap_or_else(|| panic!("cookie {cookie} not in /sockets: {rows:#}"))
+fn row(rows: &[SocketRow], cookie: u64) -> &SocketRow {
+    rows.iter()
+        .find(|r| r.cookie == cookie)
+        .unwrap_or_else(|| panic!("cookie {cookie} not in /sockets: {rows:#?}"))
+}
+
+fn settings(r: &SocketRow) -> &Settings {
+    r.keepalive
+        .as_ref()
+        .unwrap_or_else(|| panic!("no keepalive settings: {r:?}"))
+}
+
+/// (enabled, idle, interval, count) and their three sources.
+fn triplet(k: &Settings) -> ((bool, f64, f64, u32), [Source; 3]) {
+    (
+        (k.enabled, k.idle_s, k.interval_s, k.count),
+        [k.idle_source, k.interval_source, k.count_source],
+    )
 }
 
 #[test]
@@ -103,69 +117,43 @@ fn sockets_that_predate_the_agent_show_their_keepalive_settings() {
     let _accepted: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
     let mut agent = Agent::start(&["--inventory-seconds", "1"]);
     let netns = ns.inode();
-    let rows = agent.get_json(&format!("/sockets?netns={netns}"));
+    let rows = agent.sockets(&format!("netns={netns}"));
 
     let r = row(&rows, sock::cookie(&own));
-    assert_eq!(r["state"], "ESTAB");
-    assert_eq!(r["local"], sock::endpoint(own.local_addr().unwrap()));
-    assert_eq!(r["owner"]["pid"], std::process::id());
-    let k = &r["keepalive"];
+    assert_eq!(r.state, TcpState::Established);
+    assert_eq!(r.local, Some(own.local_addr().unwrap()));
+    assert_eq!(r.owner.as_ref().map(|o| o.pid), Some(std::process::id()));
     assert_eq!(
-        (
-            k["enabled"].clone(),
-            k["idle_s"].clone(),
-            k["interval_s"].clone(),
-            k["count"].clone()
-        ),
-        (true.into(), 77.0.into(), 11.0.into(), 4.into())
-    );
-    assert_eq!(
-        (
-            k["idle_source"].as_str(),
-            k["interval_source"].as_str(),
-            k["count_source"].as_str()
-        ),
-        (Some("socket"), Some("socket"), Some("socket"))
+        triplet(settings(r)),
+        ((true, 77.0, 11.0, 4), [Source::Socket; 3])
     );
 
     let r = row(&rows, sock::cookie(&inherited));
-    let k = &r["keepalive"];
-    assert_eq!(
-        (
-            k["enabled"].clone(),
-            k["idle_s"].clone(),
-            k["interval_s"].clone(),
-            k["count"].clone()
-        ),
-        (true.into(), 321.0.into(), 17.0.into(), 5.into())
-    );
-    assert_eq!(k["idle_source"], "sysctl");
-    assert_eq!(k["detection_s"], 321.0 + 17.0 * 5.0);
+    let k = settings(r);
+    assert_eq!(triplet(k), ((true, 321.0, 17.0, 5), [Source::Sysctl; 3]));
+    assert_eq!(k.detection_s, 321.0 + 17.0 * 5.0);
 
     let r = row(&rows, sock::cookie(&off));
-    assert_eq!(r["keepalive"]["enabled"], false);
-    assert_eq!(r["dead_after_s"], Value::Null);
+    assert!(!settings(r).enabled);
+    assert_eq!(r.dead_after_s, None);
 
     // The namespace's sysctl changes: the agent notices, says so once, and
     // sockets that inherit it follow.
     ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_keepalive_time=222"]);
+    let sysctl_changed =
+        |r: &Record| r.event == RecordKind::SysctlChanged && r.netns.map(u64::from) == Some(netns);
     let change = agent
-        .wait_for(Duration::from_secs(5), |r| {
-            r["event"] == "sysctl_changed" && r["netns"] == netns
-        })
+        .wait_for(Duration::from_secs(5), sysctl_changed)
         .expect("no sysctl_changed event");
-    assert_eq!(change["sysctl"], "net.ipv4.tcp_keepalive_time");
     assert_eq!(
-        (change["old_value"].clone(), change["new_value"].clone()),
-        (321.into(), 222.into())
+        change.sysctl.as_deref(),
+        Some("net.ipv4.tcp_keepalive_time")
     );
+    assert_eq!((change.old_value, change.new_value), (Some(321), Some(222)));
     agent.settle(Duration::from_millis(1500));
-    let rows = agent.get_json(&format!("/sockets?netns={netns}"));
-    assert_eq!(
-        row(&rows, sock::cookie(&inherited))["keepalive"]["idle_s"],
-        222.0
-    );
-    assert_eq!(row(&rows, sock::cookie(&own))["keepalive"]["idle_s"], 77.0);
+    let rows = agent.sockets(&format!("netns={netns}"));
+    assert_eq!(settings(row(&rows, sock::cookie(&inherited))).idle_s, 222.0);
+    assert_eq!(settings(row(&rows, sock::cookie(&own))).idle_s, 77.0);
     let (_, text) = agent.get("/metrics");
     let n = netns.to_string();
     assert_eq!(
@@ -177,10 +165,7 @@ fn sockets_that_predate_the_agent_show_their_keepalive_settings() {
         Some(5.0)
     );
     let (records, _) = agent.stop();
-    let changes = records
-        .iter()
-        .filter(|r| r["event"] == "sysctl_changed" && r["netns"] == netns)
-        .count();
+    let changes = records.iter().filter(|r| sysctl_changed(r)).count();
     assert_eq!(changes, 1);
 }
 
@@ -209,22 +194,17 @@ fn risk_is_flagged_against_a_load_balancer_profile() {
     let _accepted: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
     let agent = Agent::start(&["--idle-timeout", "aws-nlb", "--inventory-seconds", "1"]);
     let netns = pair.a.inode();
-    let rows = agent.get_json(&format!("/sockets?netns={netns}&risk=true"));
-    let risky: Vec<u64> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["cookie"].as_u64().unwrap())
-        .collect();
-    assert_eq!(risky.len(), 2, "{rows:#}");
-    let r = row(&rows, sock::cookie(&off));
+    let rows = agent.sockets(&format!("netns={netns}&risk=true"));
+    let risky: Vec<u64> = rows.iter().map(|r| r.cookie).collect();
+    assert_eq!(risky.len(), 2, "{rows:#?}");
+    let risk = |r: &SocketRow| r.risk.clone().unwrap_or_else(|| panic!("no risk: {r:?}"));
+    let r = risk(row(&rows, sock::cookie(&off)));
     assert_eq!(
-        (r["risk"]["profile"].as_str(), r["risk"]["reason"].as_str()),
-        (Some("aws-nlb"), Some("keepalive_off"))
+        (r.profile.as_str(), r.reason, r.idle_timeout_s),
+        ("aws-nlb", RiskReason::KeepaliveOff, 350)
     );
-    assert_eq!(r["risk"]["idle_timeout_s"], 350);
-    let r = row(&rows, sock::cookie(&long_idle));
-    assert_eq!(r["risk"]["reason"], "idle_exceeds_timeout");
+    let r = risk(row(&rows, sock::cookie(&long_idle)));
+    assert_eq!(r.reason, RiskReason::IdleExceedsTimeout);
     assert!(!risky.contains(&sock::cookie(&short_idle)));
 
     let (_, text) = agent.get("/metrics");
@@ -263,7 +243,7 @@ fn risk_is_flagged_against_a_load_balancer_profile() {
     );
 
     // advise: the sysctl lines, and only the socket the sysctls cannot fix.
-    let url = format!("http://{}", agent.ready["listen"].as_str().unwrap());
+    let url = format!("http://{}", agent.addr());
     let out = Command::new(agent::binary())
         .args(["advise", "--idle-timeout", "aws-nlb", "--agent", &url])
         .output()
@@ -300,7 +280,7 @@ fn events_stream_delivers_every_probe_and_filters() {
     let agent = Agent::start(&[]);
     let url = format!(
         "http://{}/events?event=probe_sent&netns={}",
-        agent.ready["listen"].as_str().unwrap(),
+        agent.addr(),
         ns.inode()
     );
     let resp = ureq::get(&url).call().expect("GET /events");
@@ -318,16 +298,16 @@ fn events_stream_delivers_every_probe_and_filters() {
     let (cookie, _, delta) =
         ns.run(|| scenario::idle_keepalive_client("127.0.0.1:0", Duration::from_millis(3500)));
     std::thread::sleep(Duration::from_millis(500));
-    let lines: Vec<Value> = rx
+    let lines: Vec<Record> = rx
         .try_iter()
-        .map(|l| serde_json::from_str(&l).unwrap())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert!(delta >= 2);
     assert_eq!(lines.len(), delta as usize, "{lines:#?}");
     assert!(
         lines
             .iter()
-            .all(|l| l["event"] == "probe_sent" && l["cookie"] == cookie)
+            .all(|l| l.event == RecordKind::ProbeSent && l.cookie == cookie)
     );
     agent.stop();
 }

@@ -9,70 +9,55 @@ use std::{
     time::Duration,
 };
 
+use keepalive_api::{Cause, Hook, HookMode, Record, RecordKind};
 use keepalive_tests::{
-    agent::Agent,
+    agent::{Agent, of},
     netstat::tcp_ext,
     scenario,
     sock::{self, FAST},
     world::{self, Netns, Pair},
 };
-use serde_json::Value;
 
 const IDLE: Duration = Duration::from_millis(5500);
 
-fn probes_in_netns(records: &[Value], netns: u64) -> usize {
+fn probes_in_netns(records: &[Record], netns: u64) -> usize {
     records
         .iter()
-        .filter(|r| r["event"] == "probe_sent" && r["netns"] == netns)
+        .filter(|r| r.event == RecordKind::ProbeSent && r.netns.map(u64::from) == Some(netns))
         .count()
 }
 
-fn count(records: &[Value], event: &str, cookie: u64) -> usize {
-    records
-        .iter()
-        .filter(|r| r["event"] == event && r["cookie"] == cookie)
-        .count()
+fn count(records: &[Record], event: RecordKind, cookie: u64) -> usize {
+    of(records, event, cookie).len()
 }
 
-fn idle_keepalive_client(listen_on: &str) -> (u64, String, u64) {
+fn idle_keepalive_client(listen_on: &str) -> (u64, SocketAddr, u64) {
     scenario::idle_keepalive_client(listen_on, IDLE)
 }
 
-fn assert_probes_match(records: &[Value], cookie: u64, delta: u64) {
+fn assert_probes_match(records: &[Record], cookie: u64, delta: u64) {
     assert!(
         delta >= 3,
         "the kernel sent only {delta} probes in {IDLE:?} with 1/1/3 keepalive"
     );
     let delta = delta as usize;
+    let sent = of(records, RecordKind::ProbeSent, cookie);
+    assert_eq!(sent.len(), delta, "probe_sent events vs TCPKeepAlive");
     assert_eq!(
-        count(records, "probe_sent", cookie),
-        delta,
-        "probe_sent events vs TCPKeepAlive"
-    );
-    let last = records
-        .iter()
-        .rfind(|r| r["event"] == "probe_sent" && r["cookie"] == cookie)
-        .unwrap();
-    assert_eq!(
-        last["probes"], delta as u64,
+        sent.last().and_then(|r| r.probes),
+        Some(delta as u32),
         "the kernel map's per-socket count"
     );
-    let wire: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["event"] == "wire_probe" && r["cookie"] == cookie)
-        .collect();
+    let wire = of(records, RecordKind::WireProbe, cookie);
     assert_eq!(wire.len(), delta, "probes seen by the TC egress classifier");
     assert!(
-        wire.iter().all(|r| r["keepalive_probe"] == true),
+        wire.iter().all(|r| r.keepalive_probe == Some(true)),
         "{wire:?}"
     );
-    let acks: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["event"] == "probe_ack" && r["cookie"] == cookie)
-        .collect();
+    let acks = of(records, RecordKind::ProbeAck, cookie);
     assert_eq!(acks.len(), delta, "every probe answered on loopback");
     for ack in acks {
-        let rtt = ack["rtt_us"].as_f64().unwrap();
+        let rtt = ack.rtt_us.expect("rtt_us of an ACK");
         assert!(rtt > 0.0 && rtt < 1e6, "rtt {rtt} us");
     }
 }
@@ -91,15 +76,11 @@ fn loopback_in_root_netns(listen_on: &str) {
     // Every probe of the namespace in the window, the test's or not, is one
     // the agent reported.
     assert_eq!(probes_in_netns(&records, root.unwrap()), delta as usize);
-    let first = records
-        .iter()
-        .find(|r| r["cookie"] == cookie && r["event"] == "probe_sent")
-        .unwrap();
-    assert_eq!(first["local"], local);
-    assert_eq!(first["keepalive"]["idle_s"], 1.0);
-    assert_eq!(first["keepalive"]["idle_source"], "socket");
-    assert_eq!(first["keepalive"]["count"], 3);
-    assert_eq!(stopped["counters"]["events_lost"], 0);
+    let first = of(&records, RecordKind::ProbeSent, cookie)[0];
+    assert_eq!(first.local, Some(local));
+    let k = first.keepalive.as_ref().expect("keepalive of a probe");
+    assert_eq!((k.idle_s, k.idle_from_socket(), k.count), (1.0, true, 3));
+    assert_eq!(stopped.counters.events_lost, 0);
 }
 
 #[test]
@@ -121,12 +102,9 @@ fn client_in_own_netns_probes_equal_kernel_counter() {
     let (records, stopped) = agent.stop();
     assert_probes_match(&records, cookie, delta);
     assert_eq!(probes_in_netns(&records, ns.inode()), delta as usize);
-    let probe = records
-        .iter()
-        .find(|r| r["event"] == "probe_sent" && r["cookie"] == cookie)
-        .unwrap();
-    assert_eq!(probe["netns"], ns.inode());
-    assert_eq!(stopped["counters"]["events_lost"], 0);
+    let probe = of(&records, RecordKind::ProbeSent, cookie)[0];
+    assert_eq!(probe.netns.map(u64::from), Some(ns.inode()));
+    assert_eq!(stopped.counters.events_lost, 0);
 }
 
 #[test]
@@ -146,7 +124,7 @@ fn dead_peer_is_reported_once_as_keepalive_timeout() {
     });
     let (_server, _) = listener.accept().unwrap();
     let cookie = sock::cookie(&client);
-    let local = sock::endpoint(client.local_addr().unwrap());
+    let local = client.local_addr().unwrap();
     world::drop_all_input(&pair.b);
 
     let err = pair.a.run(|| {
@@ -161,50 +139,60 @@ fn dead_peer_is_reported_once_as_keepalive_timeout() {
 
     agent
         .wait_for(Duration::from_secs(5), |r| {
-            r["event"] == "keepalive_timeout" && r["cookie"] == cookie
+            r.event == RecordKind::KeepaliveTimeout && r.cookie == cookie
         })
         .expect("no keepalive_timeout event");
     agent.settle(Duration::from_millis(500));
     let (records, stopped) = agent.stop();
-    let timeouts: Vec<&Value> = records
+    let timeouts: Vec<&Record> = records
         .iter()
-        .filter(|r| r["event"] == "keepalive_timeout")
+        .filter(|r| r.event == RecordKind::KeepaliveTimeout)
         .collect();
     assert_eq!(timeouts.len(), 1, "{timeouts:#?}");
     let t = timeouts[0];
-    assert_eq!(t["cookie"], cookie);
-    assert_eq!(t["local"], local);
-    assert_eq!(t["remote"], sock::endpoint(server_addr));
-    assert_eq!(t["netns"], pair.a.inode());
-    assert_eq!(t["pid"], std::process::id());
-    assert_eq!(t["comm"], comm);
-    assert_eq!(t["errno"], libc::ETIMEDOUT);
-    assert_eq!(t["cause"], "keepalive");
-    let history: Vec<&Value> = records.iter().filter(|r| r["cookie"] == cookie).collect();
+    assert_eq!(t.cookie, cookie);
+    assert_eq!((t.local, t.remote), (Some(local), Some(server_addr)));
+    assert_eq!(t.netns.map(u64::from), Some(pair.a.inode()));
+    assert_eq!(t.pid, Some(std::process::id()));
+    assert_eq!(t.comm.as_deref(), Some(comm.as_str()));
+    assert_eq!(t.errno, Some(libc::ETIMEDOUT as u32));
+    assert_eq!(t.cause, Some(Cause::Keepalive));
+    let history: Vec<&Record> = records.iter().filter(|r| r.cookie == cookie).collect();
     // Probes before the drop rule took hold were answered (none on a fast
     // machine; some in a software-emulated VM, where set-up is slow): the
     // kernel's counter over the whole connection says how many in all.
     assert!(delta >= u64::from(FAST.cnt), "TCPKeepAlive delta {delta}");
     assert_eq!(
-        t["probes"], delta,
+        t.probes,
+        Some(delta as u32),
         "probes counted before the kill; the socket's records: {history:#?}"
     );
-    assert_eq!(t["probes_out"], FAST.cnt, "unanswered probes at the kill");
+    assert_eq!(
+        t.probes_out,
+        Some(FAST.cnt),
+        "unanswered probes at the kill"
+    );
     // Idle until the first unanswered probe (TCP_KEEPIDLE after the last
     // ACK received), then TCP_KEEPCNT probes an interval apart, the last
     // interval ending in the abort.
-    let unanswered = t["unanswered_s"].as_f64().expect("unanswered_s");
-    let before = t["idle_before_s"].as_f64().expect("idle_before_s");
+    let unanswered = t.unanswered_s.expect("unanswered_s");
+    let before = t.idle_before_s.expect("idle_before_s");
     let expect_unanswered = f64::from(FAST.intvl * FAST.cnt);
-    assert!((unanswered - expect_unanswered).abs() < 0.1, "{t}");
-    assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t}");
-    assert_eq!(count(&records, "probe_sent", cookie), delta as usize);
-    assert_eq!(stopped["counters"]["keepalive_timeouts"], 1);
+    assert!((unanswered - expect_unanswered).abs() < 0.1, "{t:?}");
+    assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t:?}");
+    assert_eq!(
+        count(&records, RecordKind::ProbeSent, cookie),
+        delta as usize
+    );
+    assert_eq!(stopped.counters.keepalive_timeouts, 1);
     // The peer's link was up: every probe left through the veth; only
     // those before the drop were answered.
-    assert_eq!(count(&records, "wire_probe", cookie), delta as usize);
     assert_eq!(
-        count(&records, "probe_ack", cookie),
+        count(&records, RecordKind::WireProbe, cookie),
+        delta as usize
+    );
+    assert_eq!(
+        count(&records, RecordKind::ProbeAck, cookie),
         (delta - u64::from(FAST.cnt)) as usize
     );
 }
@@ -224,7 +212,12 @@ fn socket_without_keepalive_sends_no_probes() {
     agent.settle(Duration::from_millis(500));
     let (records, _) = agent.stop();
     assert_eq!(delta, 0);
-    for event in ["keepalive_timer", "probe_sent", "wire_probe", "probe_ack"] {
+    for event in [
+        RecordKind::KeepaliveTimer,
+        RecordKind::ProbeSent,
+        RecordKind::WireProbe,
+        RecordKind::ProbeAck,
+    ] {
         assert_eq!(count(&records, event, cookie), 0, "{event}");
     }
     assert_eq!(probes_in_netns(&records, ns.inode()), 0);
@@ -251,35 +244,34 @@ fn busy_socket_sends_no_probes() {
     agent.settle(Duration::from_millis(500));
     let (records, _) = agent.stop();
     assert_eq!(delta, 0);
-    assert_eq!(count(&records, "probe_sent", cookie), 0);
-    assert_eq!(count(&records, "wire_probe", cookie), 0);
+    assert_eq!(count(&records, RecordKind::ProbeSent, cookie), 0);
+    assert_eq!(count(&records, RecordKind::WireProbe, cookie), 0);
 }
 
 #[test]
 fn hooks_report_their_mode() {
     let agent = Agent::start(&[]);
-    let hooks = agent.ready["hooks"]
-        .as_array()
-        .expect("hooks in ready")
-        .clone();
-    let timer = hooks
-        .iter()
-        .find(|h| h["hook"] == "keepalive_timer")
+    let timer = agent
+        .ready
+        .hook(Hook::KeepaliveTimer)
         .expect("keepalive_timer hook");
-    assert_eq!(timer["live"], true);
-    let mode = timer["mode"].as_str().unwrap();
-    assert!(mode == "fentry" || mode == "tp_btf", "{mode}");
+    assert!(timer.live);
+    let mode = timer.mode;
+    assert!(matches!(mode, HookMode::Fentry | HookMode::TpBtf), "{mode}");
     // The kernel matrix sets the mode each kernel must pick, so that a
     // silent fallback cannot pass.
     if let Ok(expected) = std::env::var("KEEPALIVE_EXPECT_TIMER_MODE") {
-        assert_eq!(mode, expected);
+        assert_eq!(mode.as_str(), expected);
     }
-    let tc = hooks.iter().find(|h| h["hook"] == "tc").expect("tc hook");
-    assert_eq!(tc["live"], true);
-    let tc_mode = tc["mode"].as_str().unwrap();
-    assert!(tc_mode == "tcx" || tc_mode == "netlink", "{tc_mode}");
+    let tc = agent.ready.hook(Hook::Tc).expect("tc hook");
+    assert!(tc.live);
+    assert!(
+        matches!(tc.mode, HookMode::Tcx | HookMode::Netlink),
+        "{}",
+        tc.mode
+    );
     if let Ok(expected) = std::env::var("KEEPALIVE_EXPECT_TC_MODE") {
-        assert_eq!(tc_mode, expected);
+        assert_eq!(tc.mode.as_str(), expected);
     }
     agent.stop();
 }
@@ -291,8 +283,8 @@ fn hooks_report_their_mode() {
 fn wire_mode_probes_equal_kernel_counter() {
     let ns = Netns::new("kaw");
     let mut agent = Agent::start(&["--timer-mode", "wire"]);
-    assert_eq!(agent.ready["hooks"][0]["mode"], "wire");
-    assert_eq!(agent.ready["hooks"][0]["live"], false);
+    let timer = agent.ready.hook(Hook::KeepaliveTimer).expect("timer hook");
+    assert_eq!((timer.mode, timer.live), (HookMode::Wire, false));
     // Replaced, not down: a restart would not bring the hook back.
     assert_eq!(agent.get("/healthz").0, 200);
     let (cookie, _, delta) = ns.run(|| idle_keepalive_client("127.0.0.1:0"));
@@ -300,9 +292,9 @@ fn wire_mode_probes_equal_kernel_counter() {
     let (records, stopped) = agent.stop();
     assert_probes_match(&records, cookie, delta);
     assert_eq!(probes_in_netns(&records, ns.inode()), delta as usize);
-    assert_eq!(stopped["counters"]["timer_fires"], 0);
-    assert_eq!(stopped["counters"]["probes_wire_only"], delta);
-    assert_eq!(stopped["counters"]["events_lost"], 0);
+    assert_eq!(stopped.counters.timer_fires, 0);
+    assert_eq!(stopped.counters.probes_wire_only, delta);
+    assert_eq!(stopped.counters.events_lost, 0);
 }
 
 /// Zero-window probes look like keepalive probes on the wire; neither the
@@ -322,14 +314,11 @@ fn zero_window_probes_are_told_apart(mode: &str) {
         zw.keepalive_probes, 0,
         "keepalive waits while data is queued"
     );
-    assert_eq!(count(&records, "probe_sent", zw.cookie), 0);
-    let wire: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["event"] == "wire_probe" && r["cookie"] == zw.cookie)
-        .collect();
+    assert_eq!(count(&records, RecordKind::ProbeSent, zw.cookie), 0);
+    let wire = of(&records, RecordKind::WireProbe, zw.cookie);
     assert_eq!(wire.len() as u64, zw.window_probes, "TCPWinProbe");
     assert!(
-        wire.iter().all(|r| r["keepalive_probe"] == false),
+        wire.iter().all(|r| r.keepalive_probe == Some(false)),
         "{wire:?}"
     );
 }

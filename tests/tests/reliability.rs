@@ -12,31 +12,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use keepalive_api::{Hook, HookMode, KernelCounters, Record, RecordKind, Stopped};
 use keepalive_tests::{
-    daemon::{
-        self, Daemon, Rng, agent_capabilities, eventually, held_by, held_map,
-        interfaces_everywhere, keepalive_probes_everywhere, kernel_counters, orphans,
-        probes_between, raw_get_status, run_agent_cli, run_with_timeout, still_alive, thread_caps,
-        u64_keys, vm_rss_kib,
-    },
-    netstat::tcp_ext,
+    agent::{Agent as Daemon, Launch, of},
+    bpf::{self as daemon, held_by, held_map, kernel_counters, orphans, still_alive, u64_keys},
+    cli::{run_agent_cli, run_with_timeout},
+    http::raw_get_status,
+    netstat::{keepalive_probes_everywhere, probes_between, tcp_ext},
+    proc::{self as caps, agent_capabilities, thread_caps, vm_rss_kib},
+    rng::Rng,
     scenario,
     sock::{self, FAST},
-    world::{Netns, Pair},
+    wait::eventually,
+    world::{Netns, Pair, interfaces_everywhere},
 };
-use serde_json::Value;
 
-fn count(records: &[Value], event: &str, cookie: u64) -> usize {
-    records
-        .iter()
-        .filter(|r| r["event"] == event && r["cookie"] == cookie)
-        .count()
+fn count(records: &[Record], event: RecordKind, cookie: u64) -> usize {
+    of(records, event, cookie).len()
 }
 
-fn counter(stopped: &Value, name: &str) -> u64 {
-    stopped["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {stopped}"))
+/// A kernel counter by field: `counter(&stopped, |c| c.probes)`.
+fn counter(stopped: &Stopped, field: impl Fn(&KernelCounters) -> u64) -> u64 {
+    field(&stopped.counters)
 }
 
 /// `n` connected pairs with 1/1/3 keepalive on the client side, on loopback
@@ -68,7 +65,7 @@ fn connection_churn(n: usize) {
 
 /// Every probe of a 1/1/3 client in `ns` (made after the agent started)
 /// counted exactly: as the kernel's own TCPKeepAlive, on the wire, answered.
-fn assert_probes_exact_in(agent: Daemon, ns: &Netns) -> Value {
+fn assert_probes_exact_in(agent: Daemon, ns: &Netns) -> Stopped {
     let mut agent = agent;
     let (cookie, _, delta) =
         ns.run(|| scenario::idle_keepalive_client("127.0.0.1:0", Duration::from_millis(3500)));
@@ -78,16 +75,16 @@ fn assert_probes_exact_in(agent: Daemon, ns: &Netns) -> Value {
     let d = delta as usize;
     let seen = |event| count(&records, event, cookie);
     let why = || {
-        let mine: Vec<&Value> = records.iter().filter(|r| r["cookie"] == cookie).collect();
+        let mine: Vec<&Record> = records.iter().filter(|r| r.cookie == cookie).collect();
         format!(
-            "netns {}: TCPKeepAlive {delta}; kernel {}; events of the socket: {mine:#?}",
+            "netns {}: TCPKeepAlive {delta}; kernel {:?}; events of the socket: {mine:#?}",
             ns.inode(),
-            stopped["counters"]
+            stopped.counters
         )
     };
-    assert_eq!(seen("probe_sent"), d, "probe_sent; {}", why());
-    assert_eq!(seen("wire_probe"), d, "wire_probe; {}", why());
-    assert_eq!(seen("probe_ack"), d, "probe_ack; {}", why());
+    assert_eq!(seen(RecordKind::ProbeSent), d, "probe_sent; {}", why());
+    assert_eq!(seen(RecordKind::WireProbe), d, "wire_probe; {}", why());
+    assert_eq!(seen(RecordKind::ProbeAck), d, "probe_ack; {}", why());
     stopped
 }
 
@@ -95,15 +92,20 @@ fn assert_probes_exact_in(agent: Daemon, ns: &Netns) -> Value {
 /// copies every second, read directly (bpftool) before and after: always
 /// between the two reads, and equal to the kernel's when the kernel's did
 /// not move (other tests on the node may keep it moving). Returns it.
-fn assert_metric_mirrors_kernel(agent: &Daemon, metric: &str, counter: &str) -> u64 {
+fn assert_metric_mirrors_kernel(
+    agent: &Daemon,
+    metric: &str,
+    counter: (&str, fn(&KernelCounters) -> u64),
+) -> u64 {
+    let (counter, field) = counter;
     let mut m = 0;
     for _ in 0..6 {
-        let k1 = kernel_counters(agent.pid())[counter];
+        let k1 = field(&kernel_counters(agent.pid()));
         std::thread::sleep(Duration::from_millis(1200));
         m = agent
             .metric(metric, &[])
             .unwrap_or_else(|| panic!("{metric} missing")) as u64;
-        let k2 = kernel_counters(agent.pid())[counter];
+        let k2 = field(&kernel_counters(agent.pid()));
         assert!(
             k1 <= m && m <= k2,
             "{metric} {m} outside the kernel's {counter} {k1}..={k2}"
@@ -130,7 +132,7 @@ fn ring_buffer_overflow_loses_events_but_kernel_counts_stay_exact() {
     let agent = Daemon::start(&["--ring-buffer-bytes", "4096"]);
     let addr = agent.addr();
     let before = keepalive_probes_everywhere();
-    let probes_at_before = kernel_counters(agent.pid())["probes"];
+    let probes_at_before = kernel_counters(agent.pid()).probes;
     // /healthz, polled all along the burst.
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let poller = std::thread::spawn(move || {
@@ -154,21 +156,27 @@ fn ring_buffer_overflow_loses_events_but_kernel_counts_stay_exact() {
     stop_tx.send(()).unwrap();
     let health = poller.join().unwrap();
     let after = keepalive_probes_everywhere();
-    let probes_at_after = kernel_counters(agent.pid())["probes"] - probes_at_before;
-    let lost_metric =
-        assert_metric_mirrors_kernel(&agent, "keepalive_agent_events_lost_total", "events_lost");
-    let probes_metric =
-        assert_metric_mirrors_kernel(&agent, "keepalive_agent_kernel_probes_total", "probes");
+    let probes_at_after = kernel_counters(agent.pid()).probes - probes_at_before;
+    let lost_metric = assert_metric_mirrors_kernel(
+        &agent,
+        "keepalive_agent_events_lost_total",
+        ("events_lost", |c| c.events_lost),
+    );
+    let probes_metric = assert_metric_mirrors_kernel(
+        &agent,
+        "keepalive_agent_kernel_probes_total",
+        ("probes", |c| c.probes),
+    );
     let (status, _) = agent.get("/healthz");
     let stderr = agent.stderr();
     let (records, stopped) = agent.stop();
 
-    let lost = counter(&stopped, "events_lost");
-    let probes = counter(&stopped, "probes");
+    let lost = counter(&stopped, |c| c.events_lost);
+    let probes = counter(&stopped, |c| c.probes);
     let node_delta = probes_between(&before, &after);
     let seen: usize = cookies
         .iter()
-        .map(|c| count(&records, "probe_sent", *c))
+        .map(|c| count(&records, RecordKind::ProbeSent, *c))
         .sum();
     eprintln!(
         "ring 4096 B, {SOCKETS} sockets: TCPKeepAlive {delta} in the netns ({node_delta} node-wide), \
@@ -180,7 +188,7 @@ fn ring_buffer_overflow_loses_events_but_kernel_counts_stay_exact() {
         delta >= SOCKETS as u64,
         "only {delta} probes from {SOCKETS} sockets"
     );
-    assert!(lost > 0, "a 4096-byte ring took every event: {stopped}");
+    assert!(lost > 0, "a 4096-byte ring took every event: {stopped:?}");
     assert_eq!(
         probes_at_after, node_delta,
         "kernel probe counter vs TCPKeepAlive of every namespace"
@@ -215,7 +223,7 @@ fn socket_map_full_is_counted_and_closed_sockets_leave_the_map() {
     let mut agent = Daemon::start(&["--max-sockets", "8"]);
     let map = held_map(agent.pid(), "SOCKETS");
     let before = keepalive_probes_everywhere();
-    let probes_at_before = kernel_counters(agent.pid())["probes"];
+    let probes_at_before = kernel_counters(agent.pid()).probes;
     let ns_before = ns.run(|| tcp_ext("TCPKeepAlive"));
     let pairs = ns.run(|| keepalive_pairs(SOCKETS));
     let cookies: BTreeSet<u64> = pairs.iter().map(|(c, _)| sock::cookie(c)).collect();
@@ -225,30 +233,30 @@ fn socket_map_full_is_counted_and_closed_sockets_leave_the_map() {
     std::thread::sleep(Duration::from_millis(300));
     let delta = ns.run(|| tcp_ext("TCPKeepAlive")) - ns_before;
     let after = keepalive_probes_everywhere();
-    let probes_at_after = kernel_counters(agent.pid())["probes"];
+    let probes_at_after = kernel_counters(agent.pid()).probes;
     agent.settle(Duration::from_millis(1500));
     let closed_keys: BTreeSet<u64> = u64_keys(map).into_iter().collect();
     let full_metric = assert_metric_mirrors_kernel(
         &agent,
         "keepalive_agent_socket_map_full_total",
-        "socket_map_full",
+        ("socket_map_full", |c| c.socket_map_full),
     );
     let refused_metric = agent.metric("keepalive_agent_sockets_refused_total", &[]);
     let (_, stopped) = agent.stop();
 
     let ours_open = open_keys.intersection(&cookies).count();
-    let full = counter(&stopped, "socket_map_full");
+    let full = counter(&stopped, |c| c.socket_map_full);
     eprintln!(
         "max-sockets 8, {SOCKETS} sockets: map held {} entries ({ours_open} ours) while open, \
          {} after close; socket_map_full {full}; sockets_refused {}; probes {} (TCPKeepAlive {delta})",
         open_keys.len(),
         closed_keys.len(),
-        stopped["sockets_refused"],
-        counter(&stopped, "probes"),
+        stopped.sockets_refused,
+        counter(&stopped, |c| c.probes),
     );
     assert_eq!(open_keys.len(), 8, "the map is full at 8: {open_keys:?}");
     assert!(ours_open >= 1, "none of our sockets in the map");
-    assert!(full > 0, "a full map refused nothing: {stopped}");
+    assert!(full > 0, "a full map refused nothing: {stopped:?}");
     assert!(
         full_metric > 0 && full_metric <= full,
         "keepalive_agent_socket_map_full_total {full_metric}"
@@ -281,8 +289,8 @@ fn socket_map_full_is_counted_and_closed_sockets_leave_the_map() {
 /// TCX links per interface, the 5 named maps and .rodata.
 fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
     let held = held_by(agent.pid());
-    let interfaces = agent.ready["interfaces"].as_array().unwrap().len();
-    assert!(interfaces >= 1, "{}", agent.ready);
+    let interfaces = agent.ready.interfaces.len();
+    assert!(interfaces >= 1, "{:?}", agent.ready);
     assert_eq!(held.tcx_links.len(), 2 * interfaces, "{held:?}");
     assert_eq!(held.links.len(), 4 + 2 * interfaces, "{held:?}");
     let (progs, maps, _) = daemon::live();
@@ -303,8 +311,8 @@ fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
     ]
     .map(String::from)
     .into();
-    let timer_mode = agent.ready["hooks"][0]["mode"].clone();
-    if timer_mode == "tp_btf" {
+    let timer_mode = agent.ready.hook(Hook::KeepaliveTimer).map(|h| h.mode);
+    if timer_mode == Some(HookMode::TpBtf) {
         assert_eq!(names(&progs, &held.progs), expected);
     }
     let map_names = names(&maps, &held.maps);
@@ -359,12 +367,8 @@ fn signal_leaves_nothing_and_restart_works(kill: bool) {
     let restart = t.elapsed();
     assert!(restart < Duration::from_secs(5), "restart took {restart:?}");
     assert!(
-        again.ready["hooks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|h| h["live"] == true),
-        "{}",
+        again.ready.hooks.iter().all(|h| h.live),
+        "{:?}",
         again.ready
     );
     assert_eq!(again.get("/healthz").0, 200);
@@ -910,7 +914,7 @@ fn agent_set(without: Option<u32>) -> String {
     bounding_set(&names)
 }
 
-fn mask(caps: &[daemon::Capability]) -> u64 {
+fn mask(caps: &[caps::Capability]) -> u64 {
     caps.iter().fold(0, |m, c| m | 1u64 << c.bit)
 }
 
@@ -926,8 +930,11 @@ fn runs_with_exactly_the_required_capabilities() {
     let start_only = mask(&agent_capabilities("START_ONLY"));
     let required = mask(&agent_capabilities("REQUIRED")) & !start_only;
     let ns = Netns::new("kcp");
-    let agent = Daemon::launch(&["setpriv", "--bounding-set", &set, "--"], &[], &[])
-        .unwrap_or_else(|e| panic!("agent under {set}: {e:#?}"));
+    let agent = Daemon::launch(Launch {
+        prefix: &["setpriv", "--bounding-set", &set, "--"],
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("agent under {set}: {e:#?}"));
     let threads = thread_caps(agent.pid());
     let (_, _, eff0, prm0) = threads[0].clone();
     for (tid, name, eff, prm) in &threads {
@@ -994,8 +1001,11 @@ fn each_missing_capability_is_named_and_nothing_starts() {
 #[test]
 fn start_only_capability_is_dropped_from_every_thread() {
     let set = agent_set(None);
-    let agent = Daemon::launch(&["setpriv", "--bounding-set", &set, "--"], &[], &[])
-        .unwrap_or_else(|e| panic!("{e:#?}"));
+    let agent = Daemon::launch(Launch {
+        prefix: &["setpriv", "--bounding-set", &set, "--"],
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#?}"));
     assert!(
         agent
             .stderr()
@@ -1028,19 +1038,20 @@ fn start_only_capability_is_dropped_from_every_thread() {
 /// permits fentry, the agent must say it uses it.
 #[test]
 fn fentry_mode_where_refused_fails_in_one_line() {
-    match Daemon::launch(
-        &[],
-        &["--timer-mode", "fentry"],
-        &[("KEEPALIVE_LOG", "warn")],
-    ) {
+    match Daemon::launch(Launch {
+        args: &["--timer-mode", "fentry"],
+        env: &[("KEEPALIVE_LOG", "warn")],
+        ..Launch::default()
+    }) {
         Ok(agent) => {
-            assert_eq!(agent.ready["hooks"][0]["mode"], "fentry", "{}", agent.ready);
+            let timer = agent.ready.hook(Hook::KeepaliveTimer).map(|h| h.mode);
+            assert_eq!(timer, Some(HookMode::Fentry), "{:?}", agent.ready);
             agent.stop();
         }
         Err(exited) => {
             eprintln!("--timer-mode fentry: {:?}", exited.stderr);
             assert_eq!(exited.status.code(), Some(1), "{exited:?}");
-            assert!(exited.stdout.is_empty(), "{exited:?}");
+            assert!(exited.records.is_empty(), "{exited:?}");
             let lines: Vec<&String> = exited
                 .stderr
                 .iter()
@@ -1090,16 +1101,14 @@ fn fentry_mode_error_names_fentry() {
 fn tracepoint_mode_is_reported_and_counts_exactly() {
     let ns = Netns::new("ktp");
     let agent = Daemon::start(&["--timer-mode", "tracepoint"]);
-    let timer = agent.ready["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["hook"] == "keepalive_timer")
+    let timer = agent
+        .ready
+        .hook(Hook::KeepaliveTimer)
         .cloned()
-        .unwrap();
-    assert_eq!(timer["mode"], "tp_btf");
-    assert_eq!(timer["live"], true);
-    assert_eq!(timer.get("note"), None, "{timer}");
+        .expect("keepalive_timer hook");
+    assert_eq!(timer.mode, HookMode::TpBtf);
+    assert!(timer.live);
+    assert_eq!(timer.note, None, "{timer:?}");
     assert_eq!(
         agent.metric(
             "keepalive_agent_hook_up",
