@@ -4,11 +4,10 @@
 use std::{
     io::Read as _,
     os::unix::process::ExitStatusExt as _,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
-use crate::agent::command;
+use crate::agent::{command, spawn_piped};
 
 /// What a short-lived command did.
 #[derive(Debug)]
@@ -45,18 +44,10 @@ pub fn run_with_timeout(
     timeout: Duration,
 ) -> Outcome {
     let mut cmd = command(prefix);
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting keepalive-agent");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    cmd.args(args).envs(env.iter().copied());
+    let mut child = spawn_piped(&mut cmd);
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
     let o = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);

@@ -58,6 +58,26 @@ pub fn unfold(ev: Event) -> impl Iterator<Item = Event> {
         .chain(std::iter::once(ev))
 }
 
+/// The bytes of a compact ACK of socket `cookie` (seq 41, 81 µs), as the
+/// kernel writes them; for tests of what reads them.
+#[cfg(test)]
+pub fn ack_bytes(cookie: u64) -> [u8; ACK_EVENT_SIZE] {
+    let ack = AckEvent {
+        head: keepalive_common::Head {
+            kind: EventKind::ProbeAck as u32,
+            cookie,
+            ..Default::default()
+        },
+        rtt_ns: 81_000,
+        seq: 41,
+        acks_total: 1,
+        ifindex: 3,
+        ..AckEvent::default()
+    };
+    // SAFETY: AckEvent is plain old data.
+    unsafe { std::mem::transmute(ack) }
+}
+
 #[cfg(test)]
 mod tests {
     use keepalive_common::Head;
@@ -90,18 +110,7 @@ mod tests {
 
     #[test]
     fn compact_records_decode_whole_and_short_ones_are_refused() {
-        let ack = AckEvent {
-            head: Head {
-                kind: EventKind::ProbeAck as u32,
-                cookie: 9,
-                ..Head::default()
-            },
-            rtt_ns: 81_000,
-            seq: 41,
-            ..AckEvent::default()
-        };
-        // SAFETY: AckEvent is plain old data.
-        let bytes: [u8; ACK_EVENT_SIZE] = unsafe { std::mem::transmute(ack) };
+        let bytes = ack_bytes(9);
         let ev = decode(&bytes).expect("a compact ACK decodes");
         assert_eq!((ev.head.cookie, ev.rtt_ns, ev.seq), (9, 81_000, 41));
         assert!(decode(&bytes[..40]).is_none(), "short records are refused");

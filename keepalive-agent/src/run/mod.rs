@@ -108,7 +108,7 @@ async fn run(args: RunArgs, config: KernelConfig, started: Instant) -> anyhow::R
     let mut signals = Signals::catch()?;
     let (mut attached, ring) = tokio::task::block_in_place(|| attach(&args, &config))?;
     let clock = Clock::new(attached.hz);
-    let state = build_state(&args, &mut attached, &clock)?;
+    let (state, sysctl_watch) = build_state(&args, &mut attached, &clock)?;
     let (events, _) = broadcast::channel::<Arc<Record>>(4096);
     let listen = serve(&args, &state, &events).await?;
     let ready = Ready {
@@ -133,12 +133,17 @@ async fn run(args: RunArgs, config: KernelConfig, started: Instant) -> anyhow::R
         },
         events,
     };
-    follow(&args, &mut attached, ring, sink, &mut signals).await?;
+    follow(&args, &mut attached, ring, sink, sysctl_watch, &mut signals).await?;
     shutdown(attached, &state)
 }
 
-/// The socket table with its first inventory, and the namespaces' sysctls.
-fn build_state(args: &RunArgs, attached: &mut Attached, clock: &Clock) -> anyhow::Result<Shared> {
+/// The socket table with its first inventory, and the namespaces' sysctls
+/// (the watch that read them notices their changes from then on).
+fn build_state(
+    args: &RunArgs,
+    attached: &mut Attached,
+    clock: &Clock,
+) -> anyhow::Result<(Shared, SysctlWatch)> {
     let state: Shared = Arc::new(Mutex::new(AgentState {
         table: SocketTable::new(args.max_sockets as usize),
         sysctls: BTreeMap::new(),
@@ -152,8 +157,9 @@ fn build_state(args: &RunArgs, attached: &mut Attached, clock: &Clock) -> anyhow
     if attached.inventory_live {
         tokio::task::block_in_place(|| periodic::inventory(&mut attached.ebpf, &state, clock));
     }
-    periodic::refresh_sysctls(&mut SysctlWatch::new(), &state, None);
-    Ok(state)
+    let mut watch = SysctlWatch::new();
+    periodic::refresh_sysctls(&mut watch, &state, None);
+    Ok((state, watch))
 }
 
 /// The HTTP API, on its own task.
@@ -195,11 +201,11 @@ async fn follow(
     attached: &mut Attached,
     ring: Ring,
     sink: Sink,
+    mut sysctl_watch: SysctlWatch,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let state = sink.state.clone();
     let clock = sink.clock;
-    let mut sysctl_watch = SysctlWatch::new();
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
     rescan.tick().await;
     let mut inventory_tick = tokio::time::interval(Duration::from_secs(args.inventory_seconds));

@@ -246,10 +246,9 @@ fn remember(kind: EventKind, ev: &Event, r: &Record, table: &mut SocketTable) {
 #[cfg(test)]
 mod tests {
     use keepalive_api::Source;
-    use keepalive_common::{AckEvent, Head};
 
     use super::*;
-    use crate::bpf::ring::decode;
+    use crate::bpf::ring::{ack_bytes, decode};
 
     /// An event of socket 9, 192.0.2.1:1000 -> 192.0.2.2:2000, ESTABLISHED.
     fn socket_event(kind: EventKind, flags: u8) -> Event {
@@ -277,21 +276,7 @@ mod tests {
         let r = to_record(&sent, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::ProbeSent);
         assert_eq!(r.keepalive.unwrap().idle_source, Source::Socket);
-        let ack = AckEvent {
-            head: Head {
-                kind: EventKind::ProbeAck as u32,
-                cookie: 9,
-                ..Head::default()
-            },
-            rtt_ns: 81_000,
-            seq: 41,
-            acks_total: 1,
-            ifindex: 3,
-            ..AckEvent::default()
-        };
-        // SAFETY: AckEvent is plain old data.
-        let bytes: [u8; keepalive_common::ACK_EVENT_SIZE] = unsafe { std::mem::transmute(ack) };
-        let r = to_record(&decode(&bytes).unwrap(), &mut table, &clock).unwrap();
+        let r = to_record(&decode(&ack_bytes(9)).unwrap(), &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::ProbeAck);
         assert_eq!((r.rtt_us, r.seq), (Some(81.0), Some(41)));
         assert_eq!(r.local.unwrap().to_string(), "192.0.2.1:1000");

@@ -46,6 +46,15 @@ pub fn command(prefix: &[&str]) -> Command {
     }
 }
 
+/// Starts `cmd` with stdin closed and stdout and stderr piped to us.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting keepalive-agent")
+}
+
 /// How to start the agent.
 #[derive(Clone, Debug, Default)]
 pub struct Launch<'a> {
@@ -108,12 +117,7 @@ impl Agent {
             .args(how.args)
             .env("KEEPALIVE_LOG", "info")
             .envs(how.env.iter().copied());
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting keepalive-agent");
+        let mut child = spawn_piped(&mut cmd);
         let (tx, lines) = mpsc::channel();
         spawn_reader(child.stdout.take().expect("stdout"), move |line| {
             let line = Line::parse(&line)

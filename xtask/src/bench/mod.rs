@@ -5,15 +5,15 @@
 
 use std::{
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::TcpStream,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use keepalive_api::Stopped;
+use keepalive_tests::agent::Launch;
 use serde_json::{Value, json};
 
 mod hold;
@@ -68,55 +68,38 @@ impl Drop for Netns {
     }
 }
 
-/// The agent as a child; stopped with SIGTERM.
+/// The agent as a child (the test kit's, quiet): stopped with SIGTERM,
+/// also when a benchmark fails half-way.
 pub(crate) struct Agent {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-    ready: Value,
+    inner: keepalive_tests::agent::Agent,
     spawn_to_ready: Duration,
 }
 
 impl Agent {
     pub(crate) fn start(extra: &[&str]) -> anyhow::Result<Agent> {
         let started = Instant::now();
-        let mut child = Command::new("target/release/keepalive-agent")
-            .args(["run", "--json", "--quiet", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("KEEPALIVE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting target/release/keepalive-agent (run `cargo xtask build`)")?;
-        let out = child.stdout.take().context("agent stdout")?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let ready = lines
-            .recv_timeout(Duration::from_secs(30))
-            .context("agent not ready in 30 s")?;
-        if ready["event"] != "ready" {
-            bail!("agent's first line is not `ready`: {ready}");
-        }
+        let args: Vec<&str> = std::iter::once("--quiet")
+            .chain(extra.iter().copied())
+            .collect();
+        let inner = keepalive_tests::agent::Agent::launch(Launch {
+            args: &args,
+            env: &[("KEEPALIVE_LOG", "warn")],
+            ..Launch::default()
+        })
+        .map_err(|e| anyhow::anyhow!("the agent exited before `ready`: {e:?}"))?;
         Ok(Agent {
-            child,
-            lines,
-            ready,
+            inner,
             spawn_to_ready: started.elapsed(),
         })
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.ready["listen"].as_str().unwrap_or(""))
+        format!("{}{path}", self.inner.addr())
     }
 
     /// (user+system CPU seconds, RSS MiB, peak RSS MiB)
     fn usage(&self) -> (f64, f64, f64) {
-        let pid = self.child.id();
+        let pid = self.inner.pid();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat
             .rsplit_once(')')
@@ -124,72 +107,30 @@ impl Agent {
             .unwrap_or_default();
         // SAFETY: sysconf has no preconditions.
         let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu = (fields
-            .get(11)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
+        let field = |i: usize| {
+            fields
+                .get(i)
                 .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0))
-            / tck;
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                .unwrap_or(0.0)
+        };
+        let cpu = (field(11) + field(12)) / tck;
         let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
+            keepalive_tests::proc::status_field(&format!("/proc/{pid}/status"), key)
                 .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        (cpu, kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+        (cpu, kib("VmRSS") / 1024.0, kib("VmHWM") / 1024.0)
     }
 
-    pub(crate) fn stop(mut self) -> anyhow::Result<Value> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let v = self
-                .lines
-                .recv_timeout(left)
-                .context("agent stopped without `stopped`")?;
-            if v["event"] == "stopped" {
-                let _ = self.child.wait();
-                return Ok(v);
-            }
-        }
-        bail!("agent did not stop within 60 s")
+    pub(crate) fn stop(self) -> anyhow::Result<Stopped> {
+        Ok(self.inner.stop().1)
     }
 }
 
-/// A benchmark that fails half-way must not leave an agent attached.
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// GET over a plain TCP connection: (status, body bytes, elapsed).
-/// (status, whole response, time to read it) of a plain HTTP/1.0 GET.
-fn fetch(url: &str) -> anyhow::Result<(u16, Vec<u8>, Duration)> {
-    let (addr, path) = url
-        .split_once('/')
-        .map(|(a, p)| (a, format!("/{p}")))
-        .context("bad url")?;
+/// GET `http://ADDR/PATH` with the test kit's client: (status, body, how long).
+fn fetch(url: &str) -> anyhow::Result<(u16, String, Duration)> {
     let started = Instant::now();
-    let mut s = TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = Vec::new();
-    s.read_to_end(&mut body)?;
-    let status = String::from_utf8_lossy(&body[..body.len().min(12)])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let (status, body) = keepalive_tests::http::get_url(&format!("http://{url}"), "*/*");
     Ok((status, body, started.elapsed()))
 }
 
@@ -200,8 +141,7 @@ fn get(url: &str) -> anyhow::Result<(u16, usize, Duration)> {
 /// The agent's count of lost ring-buffer events, as of now.
 fn events_lost(agent: &Agent) -> anyhow::Result<u64> {
     let (_, body, _) = fetch(&agent.url("/metrics"))?;
-    String::from_utf8_lossy(&body)
-        .lines()
+    body.lines()
         .find_map(|l| l.strip_prefix("keepalive_agent_events_lost_total "))
         .and_then(|v| v.trim().parse().ok())
         .context("keepalive_agent_events_lost_total missing from /metrics")
@@ -271,8 +211,8 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     let delta = ns.run(tcp_keepalive_counter)? - before;
     let dropped = softnet_dropped() - drops_before;
     let stopped = agent.stop()?;
-    let c = &stopped["counters"];
-    let counted = c["probes"].as_u64().unwrap_or(0);
+    let c = &stopped.counters;
+    let counted = c.probes;
     metrics_ms.sort_by(f64::total_cmp);
     Ok(json!({
         "connections": n,
@@ -286,9 +226,9 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
         // (net.core.netdev_max_backlog) dropped it: bursts of thousands of
         // timers overflow it. The agent's ACK count must be the rest.
         "softnet_dropped": dropped,
-        "agent_acks": c["acks"],
-        "acks_difference": c["acks"].as_i64().unwrap_or(0) - (delta as i64 - dropped as i64),
-        "events_lost": c["events_lost"],
+        "agent_acks": c.acks,
+        "acks_difference": c.acks as i64 - (delta as i64 - dropped as i64),
+        "events_lost": c.events_lost,
         "events_lost_in_setup": lost_in_setup,
         "connections_per_s": n as f64 / setup_s,
         "probes_per_s": delta as f64 / (elapsed + setup_s + 0.5),
@@ -308,7 +248,7 @@ fn startup() -> anyhow::Result<Value> {
     let agent = Agent::start(&[])?;
     let v = json!({
         "spawn_to_ready_ms": agent.spawn_to_ready.as_secs_f64() * 1e3,
-        "agent_startup_ms": agent.ready["startup_ms"],
+        "agent_startup_ms": agent.inner.ready.startup_ms,
     });
     agent.stop()?;
     Ok(v)
