@@ -14,19 +14,21 @@ pub fn get(addr: &str, path: &str, accept: &str) -> (u16, String) {
 
 /// GET `url`: (status, body); panics when nothing answers.
 pub fn get_url(url: &str, accept: &str) -> (u16, String) {
+    try_get(url, accept).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// GET `url`: (status, body), or why nothing came back (for polling a
+/// server that is still starting).
+pub fn try_get(url: &str, accept: &str) -> Result<(u16, String), ureq::Error> {
     let resp = ureq::get(url)
         .header("Accept", accept)
         .config()
         .http_status_as_error(false)
         .build()
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        .call()?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .read_to_string()
-        .expect("reading the response");
-    (status, body)
+    let body = resp.into_body().read_to_string()?;
+    Ok((status, body))
 }
 
 /// One raw HTTP/1.1 GET with `Connection: close`: the status code, or None

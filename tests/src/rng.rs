@@ -4,6 +4,15 @@
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// Seeded from the clock: a new sequence every run, printed by the
+    /// caller so that a failure can be replayed with `Rng(seed)`.
+    pub fn from_clock() -> (u64, Rng) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (seed, Rng(seed))
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

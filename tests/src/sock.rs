@@ -50,14 +50,6 @@ pub fn listen(addr: SocketAddr) -> TcpListener {
     TcpListener::bind(addr).unwrap_or_else(|e| panic!("listening on {addr}: {e}"))
 }
 
-/// The endpoint as the agent prints it (`ss` notation).
-pub fn endpoint(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    }
-}
-
 /// The socket's cookie (SO_COOKIE), the key the agent reports.
 pub fn cookie(stream: &TcpStream) -> u64 {
     let fd = std::os::fd::AsRawFd::as_raw_fd(stream);

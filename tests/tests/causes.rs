@@ -17,15 +17,21 @@ use keepalive_tests::{
     world::{self, Pair},
 };
 
-/// The single ETIMEDOUT record of `cookie`, checked for tuple and owner.
+/// A client socket as the agent names it: (cookie, local endpoint).
+fn named(client: &TcpStream) -> (u64, SocketAddr) {
+    (sock::cookie(client), client.local_addr().unwrap())
+}
+
+/// The single ETIMEDOUT record of the socket (cookie, local) in `pair.a`,
+/// connecting to `remote`, checked for tuple and owner.
 fn the_timeout(
     agent: Agent,
-    cookie: u64,
-    local: &str,
-    remote: &str,
-    netns: u64,
+    (cookie, local): (u64, SocketAddr),
+    remote: SocketAddr,
+    pair: &Pair,
     comm: &str,
 ) -> Record {
+    let netns = pair.a.inode();
     const ETIMEDOUT: Option<u32> = Some(libc::ETIMEDOUT as u32);
     let mut agent = agent;
     agent
@@ -40,8 +46,7 @@ fn the_timeout(
     let t = timeouts[0].clone();
     eprintln!("{t:?}");
     assert_eq!(t.cookie, cookie);
-    assert_eq!(t.local.map(|a| a.to_string()).as_deref(), Some(local));
-    assert_eq!(t.remote.map(|a| a.to_string()).as_deref(), Some(remote));
+    assert_eq!((t.local, t.remote), (Some(local), Some(remote)));
     assert_eq!(t.netns.map(u64::from), Some(netns));
     assert_eq!(t.pid, Some(std::process::id()));
     assert_eq!(t.comm.as_deref(), Some(comm));
@@ -99,7 +104,6 @@ fn retransmissions_exhausted_is_cause_retransmit() {
     pair.a.exec(&["sysctl", "-qw", "net.ipv4.tcp_retries2=3"]);
     let agent = Agent::start(&[]);
     let (client, _server, comm, to) = connected(&pair, |_| {});
-    let local = sock::endpoint(client.local_addr().unwrap());
     // Retransmitted segments less tail-loss probes (a TLP resends the last
     // segment before the first RTO but is not one of `icsk_retransmits`).
     let by_rto = || tcp_snmp("RetransSegs") - tcp_ext("TCPLossProbes");
@@ -108,14 +112,7 @@ fn retransmissions_exhausted_is_cause_retransmit() {
     // The only connection of its namespace: every retransmission there is
     // one of its own.
     let retransmitted = pair.a.run(by_rto) - before;
-    let t = the_timeout(
-        agent,
-        sock::cookie(&client),
-        &local,
-        &sock::endpoint(to),
-        pair.a.inode(),
-        &comm,
-    );
+    let t = the_timeout(agent, named(&client), to, &pair, &comm);
     assert_eq!(t.event, RecordKind::ConnectionTimeout);
     assert_eq!(t.cause, Some(Cause::Retransmit));
     assert_eq!(t.tcp_retries2, Some(3));
@@ -147,16 +144,8 @@ fn user_timeout_is_cause_user_timeout() {
         s.set_tcp_user_timeout(Some(Duration::from_millis(2000)))
             .unwrap();
     });
-    let local = sock::endpoint(client.local_addr().unwrap());
     assert_eq!(errno_of(&client), libc::ETIMEDOUT);
-    let t = the_timeout(
-        agent,
-        sock::cookie(&client),
-        &local,
-        &sock::endpoint(to),
-        pair.a.inode(),
-        &comm,
-    );
+    let t = the_timeout(agent, named(&client), to, &pair, &comm);
     assert_eq!(t.event, RecordKind::ConnectionTimeout);
     assert_eq!(t.cause, Some(Cause::UserTimeout));
     assert_eq!(t.user_timeout_ms, Some(2000));
@@ -186,15 +175,8 @@ fn connect_timeout_is_cause_syn() {
         (err, cookie, local.port(), sock::thread_comm())
     });
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
-    let local = format!("{}:{local}", world::A_V4);
-    let t = the_timeout(
-        agent,
-        cookie,
-        &local,
-        &sock::endpoint(to),
-        pair.a.inode(),
-        &comm,
-    );
+    let local = SocketAddr::new(world::A_V4.parse().unwrap(), local);
+    let t = the_timeout(agent, (cookie, local), to, &pair, &comm);
     assert_eq!(t.event, RecordKind::ConnectionTimeout);
     assert_eq!(t.cause, Some(Cause::Syn));
     assert_eq!(t.tcp_syn_retries, Some(1));

@@ -169,6 +169,54 @@ fn sockets_that_predate_the_agent_show_their_keepalive_settings() {
     assert_eq!(changes, 1);
 }
 
+/// The at-risk gauges by reason, and established sockets by keepalive on/off.
+fn assert_risk_metrics(agent: &Agent, netns: u64) {
+    let (_, text) = agent.get("/metrics");
+    let n = netns.to_string();
+    let gauge = |name, label: (&str, &str)| value(&text, name, &[("netns", &n), label]);
+    assert_eq!(
+        gauge("keepalive_sockets_at_risk", ("reason", "keepalive_off")),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(
+            "keepalive_sockets_at_risk",
+            ("reason", "idle_exceeds_timeout")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(gauge("keepalive_sockets", ("keepalive", "on")), Some(2.0));
+    assert_eq!(gauge("keepalive_sockets", ("keepalive", "off")), Some(1.0));
+}
+
+/// advise: the sysctl lines, and only the socket the sysctls cannot fix.
+fn assert_advise_lists_only(agent: &Agent, at_risk: SocketAddr, fixed: &[SocketAddr]) {
+    let url = format!("http://{}", agent.addr());
+    let out = Command::new(agent::binary())
+        .args(["advise", "--idle-timeout", "aws-nlb", "--agent", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "net.ipv4.tcp_keepalive_time = 175",
+        "net.ipv4.tcp_keepalive_intvl = 29",
+        "net.ipv4.tcp_keepalive_probes = 9",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    // Rows name the local endpoint second.
+    let listed = |local: SocketAddr| {
+        let local = local.to_string();
+        text.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+    };
+    assert!(listed(at_risk), "{text}");
+    for local in fixed {
+        assert!(!listed(*local), "{local} listed:\n{text}");
+    }
+}
+
 #[test]
 fn risk_is_flagged_against_a_load_balancer_profile() {
     let pair = Pair::new();
@@ -207,69 +255,12 @@ fn risk_is_flagged_against_a_load_balancer_profile() {
     assert_eq!(r.reason, RiskReason::IdleExceedsTimeout);
     assert!(!risky.contains(&sock::cookie(&short_idle)));
 
-    let (_, text) = agent.get("/metrics");
-    let n = netns.to_string();
-    assert_eq!(
-        value(
-            &text,
-            "keepalive_sockets_at_risk",
-            &[("netns", &n), ("reason", "keepalive_off")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &text,
-            "keepalive_sockets_at_risk",
-            &[("netns", &n), ("reason", "idle_exceeds_timeout")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        value(
-            &text,
-            "keepalive_sockets",
-            &[("netns", &n), ("keepalive", "on")]
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        value(
-            &text,
-            "keepalive_sockets",
-            &[("netns", &n), ("keepalive", "off")]
-        ),
-        Some(1.0)
-    );
-
-    // advise: the sysctl lines, and only the socket the sysctls cannot fix.
-    let url = format!("http://{}", agent.addr());
-    let out = Command::new(agent::binary())
-        .args(["advise", "--idle-timeout", "aws-nlb", "--agent", &url])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    for line in [
-        "net.ipv4.tcp_keepalive_time = 175",
-        "net.ipv4.tcp_keepalive_intvl = 29",
-        "net.ipv4.tcp_keepalive_probes = 9",
-    ] {
-        assert!(text.contains(line), "{line} missing:\n{text}");
-    }
-    // Rows name the local endpoint second.
-    let listed = |local: String| {
-        text.lines()
-            .any(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
-    };
-    assert!(listed(sock::endpoint(off.local_addr().unwrap())), "{text}");
-    assert!(
-        !listed(sock::endpoint(long_idle.local_addr().unwrap())),
-        "{text}"
-    );
-    assert!(
-        !listed(sock::endpoint(short_idle.local_addr().unwrap())),
-        "{text}"
+    assert_risk_metrics(&agent, netns);
+    let locals = |s: &std::net::TcpStream| s.local_addr().unwrap();
+    assert_advise_lists_only(
+        &agent,
+        locals(&off),
+        &[locals(&long_idle), locals(&short_idle)],
     );
     agent.stop();
 }

@@ -107,6 +107,17 @@ fn client_in_own_netns_probes_equal_kernel_counter() {
     assert_eq!(stopped.counters.events_lost, 0);
 }
 
+/// Idle until the first unanswered probe (TCP_KEEPIDLE after the last
+/// ACK received), then TCP_KEEPCNT probes an interval apart, the last
+/// interval ending in the abort.
+fn assert_idle_then_unanswered(t: &Record) {
+    let unanswered = t.unanswered_s.expect("unanswered_s");
+    let before = t.idle_before_s.expect("idle_before_s");
+    let expect_unanswered = f64::from(FAST.intvl * FAST.cnt);
+    assert!((unanswered - expect_unanswered).abs() < 0.1, "{t:?}");
+    assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t:?}");
+}
+
 #[test]
 fn dead_peer_is_reported_once_as_keepalive_timeout() {
     let pair = Pair::new();
@@ -172,14 +183,7 @@ fn dead_peer_is_reported_once_as_keepalive_timeout() {
         Some(FAST.cnt),
         "unanswered probes at the kill"
     );
-    // Idle until the first unanswered probe (TCP_KEEPIDLE after the last
-    // ACK received), then TCP_KEEPCNT probes an interval apart, the last
-    // interval ending in the abort.
-    let unanswered = t.unanswered_s.expect("unanswered_s");
-    let before = t.idle_before_s.expect("idle_before_s");
-    let expect_unanswered = f64::from(FAST.intvl * FAST.cnt);
-    assert!((unanswered - expect_unanswered).abs() < 0.1, "{t:?}");
-    assert!((before - f64::from(FAST.idle)).abs() < 0.1, "{t:?}");
+    assert_idle_then_unanswered(t);
     assert_eq!(
         count(&records, RecordKind::ProbeSent, cookie),
         delta as usize

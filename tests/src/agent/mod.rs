@@ -282,20 +282,26 @@ pub fn of(records: &[Record], event: RecordKind, cookie: u64) -> Vec<&Record> {
         .collect()
 }
 
+/// Ends a child still running: SIGTERM, and SIGKILL after 10 s.
+pub fn terminate(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = child.try_wait() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.wait();
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.signal(libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() > deadline {
-                    self.signal(libc::SIGKILL);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.wait();
-        }
+        terminate(&mut self.child);
         if std::thread::panicking() {
             eprintln!("agent stderr:\n{}", self.stderr().join("\n"));
         }

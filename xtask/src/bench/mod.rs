@@ -258,35 +258,8 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
 
-pub fn run(
-    quick: bool,
-    steps: Vec<usize>,
-    json_out: Option<PathBuf>,
-    compare: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    crate::require_root("the benchmark")?;
-    let steps: &[usize] = if !steps.is_empty() {
-        &steps
-    } else if quick {
-        &[1_000, 5_000]
-    } else {
-        &[1_000, 10_000, 25_000, 50_000]
-    };
-    let window = Duration::from_secs(if quick { 5 } else { 10 });
-    let mut exact = Vec::new();
-    for &n in steps {
-        eprintln!("bench: {n} idle keepalive connections for {window:?}…");
-        exact.push(exactness_and_scale(n, window)?);
-    }
-    eprintln!("bench: TC classifiers attached vs detached…");
-    let tc = tc::overhead(
-        Duration::from_secs(if quick { 2 } else { 4 }),
-        if quick { 3 } else { 5 },
-    )?;
-    eprintln!("bench: start-up…");
-    let start = startup()?;
-    let result = json!({ "exactness": exact, "tc": tc, "startup": start });
-
+/// One row per step: counts, losses, cost, and whether the step was exact.
+fn print_exactness(exact: &[Value]) {
     println!(
         "\n{:<8} {:>9} {:>12} {:>12} {:>6} {:>14} {:>10} {:>13} {:>8} {:>11} {:>11} {:>9} {:>8} {:>21}",
         "conns",
@@ -304,7 +277,7 @@ pub fn run(
         "dropped",
         "acks-(probes-dropped)"
     );
-    for e in &exact {
+    for e in exact {
         let ok = e["difference"] == 0 && e["events_lost"] == 0;
         println!(
             "{:<8} {:>9.0} {:>12} {:>12} {:>6} {:>14} {:>9.1}% {:>13} {:>6.1}ms {:>9.1}ms {:>11} {:>9} {:>8} {:>21}",
@@ -328,6 +301,10 @@ pub fn run(
             e["acks_difference"]
         );
     }
+}
+
+/// Each target beside its figure.
+fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
     let last = exact.last().cloned().unwrap_or_default();
     let rate = |e: &Value| e["probes_per_s"].as_f64().unwrap_or(0.0);
     let all_exact = exact.iter().all(|e| e["difference"] == 0);
@@ -388,6 +365,39 @@ pub fn run(
         "target: start-up < 2 s: {} ({ready:.0} ms)",
         verdict(ready < 2000.0)
     );
+}
+
+pub fn run(
+    quick: bool,
+    steps: Vec<usize>,
+    json_out: Option<PathBuf>,
+    compare: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    crate::require_root("the benchmark")?;
+    let steps: &[usize] = if !steps.is_empty() {
+        &steps
+    } else if quick {
+        &[1_000, 5_000]
+    } else {
+        &[1_000, 10_000, 25_000, 50_000]
+    };
+    let window = Duration::from_secs(if quick { 5 } else { 10 });
+    let mut exact = Vec::new();
+    for &n in steps {
+        eprintln!("bench: {n} idle keepalive connections for {window:?}…");
+        exact.push(exactness_and_scale(n, window)?);
+    }
+    eprintln!("bench: TC classifiers attached vs detached…");
+    let tc = tc::overhead(
+        Duration::from_secs(if quick { 2 } else { 4 }),
+        if quick { 3 } else { 5 },
+    )?;
+    eprintln!("bench: start-up…");
+    let start = startup()?;
+    let result = json!({ "exactness": exact, "tc": tc, "startup": start });
+
+    print_exactness(&exact);
+    print_verdicts(&exact, &tc, &start);
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = path.parent() {
