@@ -31,9 +31,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // The log goes through a queue of its own: a stderr nobody reads
+    // costs log lines, never the agent.
     env_logger::Builder::new()
         .parse_filters(&cli.log_level)
         .format_timestamp_millis()
+        .target(env_logger::Target::Pipe(Box::new(host::outlet::LogPipe)))
         .init();
     let result = match cli.command {
         cli::args::Command::Run(args) => run::main(args),
@@ -41,11 +44,18 @@ fn main() -> std::process::ExitCode {
         cli::args::Command::Advise(args) => cli::advise::advise(args),
         cli::args::Command::Events(args) => cli::client::events(args),
     };
-    match result {
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // After the queued log lines, if stderr takes them soon.
+            host::outlet::stderr().flush(std::time::Duration::from_millis(500));
             eprintln!("keepalive-agent: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A command line it cannot run with exits 2, as clap's errors.
+            let usage = e.downcast_ref::<cli::args::UsageError>().is_some();
+            std::process::ExitCode::from(if usage { 2 } else { 1 })
         }
-    }
+    };
+    // Queued log lines, if stderr takes them soon.
+    host::outlet::stderr().flush(std::time::Duration::from_millis(500));
+    code
 }

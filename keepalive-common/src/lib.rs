@@ -351,6 +351,21 @@ impl FlowKey {
     }
 }
 
+/// The final counts of a socket whose close event the ring buffer could
+/// not take (kept in the `CLOSED` map until the agent reads them), so that
+/// no probe counted in the kernel is missing from the labelled counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClosedCounts {
+    pub tuple: Tuple,
+    pub _pad: u32,
+    pub probes: u64,
+    pub acks: u64,
+}
+
+pub const CLOSED_COUNTS_SIZE: usize = 64;
+const _: () = assert!(core::mem::size_of::<ClosedCounts>() == CLOSED_COUNTS_SIZE);
+
 /// A probe seen on egress, waiting for its ACK on ingress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -403,6 +418,10 @@ pub struct KernelCounters {
     /// array of one entry: never expected, counted so it cannot pass unseen).
     #[cfg_attr(feature = "serde", serde(default))]
     pub scratch_missing: u64,
+    /// Closes whose event was lost and whose final counts could not be
+    /// kept either (`CLOSED` full): the labelled counters miss them.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub closed_counts_lost: u64,
 }
 
 /// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.
@@ -451,4 +470,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeInFlight {}
     // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
     unsafe impl aya::Pod for super::SocketRecord {}
+    // SAFETY: repr(C), integers only, padding explicit: any bit pattern is valid.
+    unsafe impl aya::Pod for super::ClosedCounts {}
 }

@@ -34,12 +34,12 @@ impl Record for StateEvent {
 }
 
 /// Reserves a record, stamps its head, lets `fill` write the rest and
-/// submits it; a full ring buffer counts the event as lost.
+/// submits it; a full ring buffer counts the event as lost (false).
 #[inline(always)]
-fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mut T)) {
+fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mut T)) -> bool {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter!(events_lost), 1);
-        return;
+        return false;
     };
     let ev = entry.write(zero);
     let head = ev.head();
@@ -53,6 +53,7 @@ fn write<T: Record>(zero: T, kind: EventKind, cookie: u64, fill: impl FnOnce(&mu
     }
     fill(ev);
     entry.submit(0);
+    true
 }
 
 #[inline(always)]
@@ -60,10 +61,10 @@ pub fn emit(kind: EventKind, cookie: u64, fill: impl FnOnce(&mut Event)) {
     write(Event::zeroed(), kind, cookie, fill);
 }
 
-/// A state change as a compact [`StateEvent`].
+/// A state change as a compact [`StateEvent`]; false when it was lost.
 #[inline(always)]
-pub fn emit_state(cookie: u64, fill: impl FnOnce(&mut StateEvent)) {
-    write(StateEvent::default(), EventKind::StateChange, cookie, fill);
+pub fn emit_state(cookie: u64, fill: impl FnOnce(&mut StateEvent)) -> bool {
+    write(StateEvent::default(), EventKind::StateChange, cookie, fill)
 }
 
 /// A probe's ACK as a compact [`AckEvent`].

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
-use keepalive_common::{COUNTER_SLOTS, FlowKey, ProbeInFlight, SocketCounters, counter};
+use keepalive_common::{
+    COUNTER_SLOTS, ClosedCounts, FlowKey, ProbeInFlight, SocketCounters, counter,
+};
 
 /// Events for the agent. Every failed reservation counts as `EVENTS_LOST`.
 #[map]
@@ -23,6 +25,12 @@ pub static SOCKETS: HashMap<u64, SocketCounters> = HashMap::with_max_entries(655
 /// closes, and an insert into a full map counts as `IN_FLIGHT_FULL`.
 #[map]
 pub static IN_FLIGHT: HashMap<FlowKey, ProbeInFlight> = HashMap::with_max_entries(65536, 0);
+
+/// Final counts of sockets whose close event was lost (ring buffer full),
+/// by cookie: written only then, read and emptied by the agent's
+/// inventories. A full map counts as `closed_counts_lost`.
+#[map]
+pub static CLOSED: HashMap<u64, ClosedCounts> = HashMap::with_max_entries(4096, 0);
 
 /// Global counters, per CPU so that hot paths never contend.
 #[map]

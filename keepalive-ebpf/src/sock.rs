@@ -5,12 +5,14 @@
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
-use keepalive_common::{Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter, flag};
+use keepalive_common::{
+    ClosedCounts, Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter, flag,
+};
 
 use crate::{
     emit::{emit, emit_state},
     kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
-    maps::{IN_FLIGHT, SOCKETS, count, scratch},
+    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, scratch},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -72,7 +74,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
             let _ = SOCKETS.remove(cookie);
         }
     }
-    emit_state(cookie, |ev| {
+    let sent = emit_state(cookie, |ev| {
         ev.old_state = old as u8;
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
@@ -84,7 +86,26 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
             let _ = IN_FLIGHT.remove(FlowKey::of(&ev.tuple));
         }
     });
+    if !sent && new == TCP_CLOSE && probes_total + acks_total != 0 {
+        keep_closed_counts(sk, cookie, probes_total, acks_total);
+    }
     Ok(())
+}
+
+/// The close event of a socket with counts was lost: its final counts go
+/// where the agent's next inventory finds them.
+#[inline(always)]
+fn keep_closed_counts(sk: u64, cookie: u64, probes: u32, acks: u32) {
+    let mut closed = ClosedCounts {
+        probes: probes.into(),
+        acks: acks.into(),
+        ..ClosedCounts::default()
+    };
+    let mut flags = 0;
+    let _ = kernel::fill_tuple(&mut closed.tuple, &mut flags, sk);
+    if CLOSED.insert(cookie, closed, 0).is_err() {
+        count(counter!(closed_counts_lost), 1);
+    }
 }
 
 pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {

@@ -26,7 +26,14 @@ pub const PROGRAM_NAMES: &[&str] = &[
 ];
 
 /// Names of the maps (keepalive-ebpf/src/maps.rs).
-pub const MAP_NAMES: &[&str] = &["EVENTS", "SOCKETS", "IN_FLIGHT", "COUNTERS", "SCRATCH"];
+pub const MAP_NAMES: &[&str] = &[
+    "EVENTS",
+    "SOCKETS",
+    "IN_FLIGHT",
+    "COUNTERS",
+    "SCRATCH",
+    "CLOSED",
+];
 
 /// BPF object ids, by kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

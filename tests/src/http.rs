@@ -20,10 +20,21 @@ pub fn get_url(url: &str, accept: &str) -> (u16, String) {
 /// GET `url`: (status, body), or why nothing came back (for polling a
 /// server that is still starting).
 pub fn try_get(url: &str, accept: &str) -> Result<(u16, String), ureq::Error> {
+    get_within(url, accept, None)
+}
+
+/// GET `url` within `timeout` (the whole exchange): (status, body), or
+/// why nothing (or not all of it) came back in time.
+pub fn get_within(
+    url: &str,
+    accept: &str,
+    timeout: Option<Duration>,
+) -> Result<(u16, String), ureq::Error> {
     let resp = ureq::get(url)
         .header("Accept", accept)
         .config()
         .http_status_as_error(false)
+        .timeout_global(timeout)
         .build()
         .call()?;
     let status = resp.status().as_u16();

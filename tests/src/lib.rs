@@ -2,8 +2,8 @@
 //! agent as a child process ([`agent`]) or a short command ([`cli`]);
 //! network namespaces, veth pairs and nftables rules the tests build and
 //! always tear down ([`world`]); the kernel's own counters as the oracle
-//! ([`netstat`], [`bpf`]); one HTTP client ([`http`]), one way to wait
-//! ([`wait`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
+//! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); one HTTP client ([`http`]), one way to wait
+//! ([`wait`]), clients any user can run ([`nobody`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
 //! Prometheus ([`prometheus`]), sockets as applications make them
 //! ([`sock`]) and shared traffic ([`scenario`]).
 //!
@@ -12,10 +12,12 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod cgroup;
 pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod netstat;
+pub mod nobody;
 pub mod proc;
 pub mod prometheus;
 pub mod rng;

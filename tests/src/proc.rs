@@ -92,6 +92,27 @@ pub fn thread_caps(pid: u32) -> Vec<(u32, String, u64, u64)> {
     out
 }
 
+/// Open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Raises this process's soft descriptor limit to its hard one (tests that
+/// hold thousands of sockets); returns the limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim);
+        rlim.rlim_cur = rlim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
+    }
+    rlim.rlim_cur
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

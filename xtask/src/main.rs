@@ -47,6 +47,11 @@ enum Command {
         /// Earlier results to print ratios against.
         #[arg(long)]
         compare: Option<PathBuf>,
+        /// Instead: a soak of this many minutes at 5000 probes/s, with
+        /// namespaces churning and /metrics scraped every 5 s (30 for the
+        /// full check; not part of CI).
+        #[arg(long, value_name = "MINUTES")]
+        soak: Option<u64>,
     },
     /// Holds idle keepalive connections for the benchmark until stdin closes.
     #[command(hide = true)]
@@ -96,10 +101,14 @@ fn main() -> anyhow::Result<()> {
             steps,
             json,
             compare,
+            soak,
         } => {
             setup::run()?;
             build()?;
-            bench::run(quick, steps, json, compare)
+            match soak {
+                Some(minutes) => bench::soak(minutes),
+                None => bench::run(quick, steps, json, compare),
+            }
         }
         Command::BenchHold { conns } => bench::hold(conns),
         Command::Test { kernels, args } => {

@@ -56,6 +56,8 @@ pub enum FilterError {
     },
     #[error("risk={0:?} must be true or false")]
     NotABool(String),
+    #[error("{0} given more than once; each filter takes one value")]
+    Duplicate(&'static str),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,6 +79,7 @@ impl Filter {
         allowed: &[Param],
     ) -> Result<Filter, FilterError> {
         let mut f = Filter::default();
+        let mut seen: Vec<Param> = Vec::new();
         for (key, value) in params {
             let Some(param) = allowed.iter().find(|p| p.name() == key) else {
                 return Err(FilterError::Unknown {
@@ -89,6 +92,10 @@ impl Filter {
                 });
             };
             let key = param.name();
+            if seen.contains(param) {
+                return Err(FilterError::Duplicate(key));
+            }
+            seen.push(*param);
             let num = |what| FilterError::NotANumber {
                 key,
                 value: value.to_string(),
@@ -163,6 +170,10 @@ mod tests {
         let e = Filter::parse([("event", "probe")], ALL).unwrap_err();
         assert!(e.to_string().contains("probe_sent"), "{e}");
         assert!(Filter::parse([("color", "red")], ALL).is_err());
+        assert_eq!(
+            Filter::parse([("port", "1"), ("port", "2")], ALL),
+            Err(FilterError::Duplicate("port"))
+        );
         assert!(Filter::parse([("event", "probe_sent")], &[Param::Port]).is_err());
     }
 

@@ -5,6 +5,7 @@
 //! (the kernel's counters); `run` builds it and feeds it events.
 
 pub mod filters;
+pub mod listing;
 pub mod metrics;
 pub mod routes;
 pub mod server;

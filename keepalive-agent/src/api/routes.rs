@@ -47,6 +47,8 @@ pub struct Api {
     pub events: broadcast::Sender<Arc<Record>>,
     pub clients: Arc<AtomicUsize>,
     pub max_clients: usize,
+    /// `/sockets` listings being made (see [`super::listing`]).
+    pub listings: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(api: Api) -> Router {
@@ -104,12 +106,7 @@ async fn sockets(State(api): State<Api>, Query(q): Params) -> Response {
         Ok(f) => f,
         Err(e) => return bad_request(e),
     };
-    let rows = match locked(&api) {
-        Ok(s) => s.table.rows(&s.rules),
-        Err(r) => return *r,
-    };
-    let rows: Vec<_> = rows.into_iter().filter(|r| f.matches_row(r)).collect();
-    axum::Json(rows).into_response()
+    super::listing::sockets(&api.state, &api.listings, f).unwrap_or_else(|r| *r)
 }
 
 /// Decrements the client count when a stream ends, however it ends.
@@ -144,7 +141,7 @@ async fn events(State(api): State<Api>, Query(q): Params) -> Response {
                 // Too slow to keep up: disconnect rather than buffer.
                 Err(_) => {
                     if let Ok(s) = state.lock() {
-                        s.metrics.clients_dropped.inc();
+                        s.metrics.agent.clients_dropped.inc();
                     }
                     None
                 }

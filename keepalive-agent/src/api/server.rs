@@ -3,7 +3,11 @@
 //! head within [`HEADER_READ_TIMEOUT`] (idle keep-alive included) is closed,
 //! and one whose peer has not taken a byte for [`WRITE_STALL_TIMEOUT`] (a
 //! `/events` client that stopped reading) is cut off, so neither can hold a
-//! descriptor or a client slot for ever.
+//! descriptor or a client slot for ever. At most `max_connections` are
+//! open at once: the descriptors beyond are the agent's own (namespaces,
+//! iterators, links), and a client past the cap gets a 503 and a close,
+//! counted. A failing accept (out of descriptors) backs off instead of
+//! spinning, counted and logged once per streak.
 
 use std::{
     io,
@@ -13,6 +17,8 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -21,32 +27,76 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
     time::Sleep,
 };
+
+use super::metrics::agent::ReasonLabels;
 
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until the task is dropped. `on_stall` runs
-/// once for every connection cut off because its peer stopped reading.
+/// What the server counts.
+#[derive(Clone)]
+pub struct ServerCounters {
+    /// Connections cut off because their peer stopped reading.
+    pub stalled: Counter,
+    pub refused: Family<ReasonLabels, Counter>,
+    pub accept_errors: Counter,
+}
+
+/// The reply to a connection past the cap: complete, so a client sees a
+/// status rather than a reset.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
+
+/// Serves `router` on `listener` until the task is dropped, at most
+/// `max_connections` at a time.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    on_stall: Arc<dyn Fn() + Send + Sync>,
+    max_connections: usize,
+    counters: ServerCounters,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    // Refusals being written out: a few at a time (each holds a descriptor
+    // for up to a quarter second); past that, a refused client is closed
+    // at once.
+    let refusals = Arc::new(Semaphore::new(16));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
             Err(e) => {
-                // Out of descriptors, most likely: wait instead of spinning.
-                log::warn!("HTTP API: accepting a connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                counters.accept_errors.inc();
+                tokio::time::sleep(backoff.failed(&e)).await;
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            counters
+                .refused
+                .get_or_create(&ReasonLabels {
+                    reason: "connections",
+                })
+                .inc();
+            // The answer at once, after what the request sent so far (a
+            // close with unread data would reset the connection); a few
+            // then wait a moment for the rest before closing.
+            let mut request = [0u8; 4096];
+            let _ = stream.try_read(&mut request);
+            let _ = stream.try_write(TOO_MANY);
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(linger(stream, permit));
+            }
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
-        let on_stall = on_stall.clone();
+        let stalled = counters.stalled.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let io = TokioIo::new(StallLimited::new(stream, WRITE_STALL_TIMEOUT));
             let result = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -55,11 +105,48 @@ pub async fn serve(
                 .await;
             if let Err(e) = result {
                 if is_stall(&e) {
-                    on_stall();
+                    stalled.inc();
                 }
                 log::debug!("HTTP API connection: {e}");
             }
         });
+    }
+}
+
+/// Closes a refused connection once its request is in (or after a
+/// quarter second): closing with unread data sends a reset, which the
+/// client may see before the answer.
+async fn linger(mut stream: TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = stream.shutdown().await;
+    let mut rest = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(250), stream.read(&mut rest)).await;
+}
+
+/// Waits between failing accepts: 10 ms doubling to 1 s, so that a node
+/// out of descriptors is not made busier by a loop retrying at once.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        if self.failures == 0 {
+            log::warn!("HTTP API: accepting connections fails ({e}); backing off");
+        }
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis(10u64 << self.failures.min(7)).min(Duration::from_secs(1))
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            log::info!(
+                "HTTP API: accepting connections again after {} failures",
+                self.failures
+            );
+            self.failures = 0;
+        }
     }
 }
 

@@ -9,10 +9,12 @@ use std::{
 use keepalive_api::{HookStatus, Record, RecordKind};
 use keepalive_common::KernelCounters;
 
-use super::metrics::{Metrics, NetnsLabel, NetnsPort, Snapshot, TimeoutLabels};
+use super::metrics::{Metrics, NetnsPort, PortLabel, Snapshot, TimeoutLabels};
 use crate::{
-    bpf::counters::CounterReader, host::sysctl::KeepaliveSysctls, model::risk::Rule,
-    table::SocketTable,
+    bpf::counters::CounterReader,
+    host::sysctl::KeepaliveSysctls,
+    model::risk::Rule,
+    table::{Credit, SocketTable},
 };
 
 pub struct AgentState {
@@ -29,53 +31,95 @@ pub struct AgentState {
 pub type Shared = Arc<Mutex<AgentState>>;
 
 impl AgentState {
-    /// Counts one record into the metrics.
+    /// Counts one record into the metrics. Probes and ACKs are credited
+    /// from the kernel's per-socket totals the record carries (see
+    /// `table::credit`); only when the kernel keeps no totals for the
+    /// socket (its map was full) or the table has no entry does the event
+    /// count itself.
     pub fn count(&mut self, r: &Record) {
-        self.metrics.events_read.inc();
-        let port = |m: &mut Metrics| {
-            let l = r.local.map_or(0, |a| a.port());
-            let p = r.remote.map_or(0, |a| a.port());
-            m.port_label(l, p)
-        };
+        self.metrics.agent.events_read.inc();
+        let totals = |v: Option<u32>| v.map(u64::from);
         match r.event {
             RecordKind::ProbeSent => {
-                let port = port(&mut self.metrics);
-                let netns = r.netns;
-                self.metrics
-                    .probes
-                    .get_or_create(&NetnsPort { netns, port })
-                    .inc();
+                let own = self.table.credit(r.cookie, totals(r.probes), None);
+                let event_counts = r.probes.unwrap_or(0) == 0 || own.is_none();
+                self.add(own, r, u64::from(event_counts), 0);
             }
             RecordKind::ProbeAck => {
-                let port = port(&mut self.metrics);
-                // Wire events carry no namespace; the table knows it.
-                let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(r.netns);
-                self.metrics
-                    .acks
-                    .get_or_create(&NetnsPort { netns, port })
-                    .inc();
+                let own = self.table.credit(r.cookie, None, totals(r.acks));
+                let event_counts = r.acks.unwrap_or(0) == 0 || own.is_none();
+                self.add(own, r, 0, u64::from(event_counts));
                 if let Some(us) = r.rtt_us {
-                    self.metrics
-                        .rtt
-                        .get_or_create(&NetnsLabel { netns })
-                        .observe(us / 1e6);
+                    // Wire events carry no namespace; the table knows it.
+                    let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(r.netns);
+                    self.metrics.observe_rtt(netns, us / 1e6);
                 }
             }
             RecordKind::KeepaliveTimeout | RecordKind::ConnectionTimeout => {
-                let port = port(&mut self.metrics);
+                self.credit_totals(r);
+                let l = r.local.map_or(0, |a| a.port());
+                let p = r.remote.map_or(0, |a| a.port());
                 let labels = TimeoutLabels {
                     netns: r.netns,
-                    port,
+                    port: self.metrics.port_label(l, p),
                     cause: r.cause.map_or("other", |c| c.as_str()),
                 };
-                self.metrics.timeouts.get_or_create(&labels).inc();
+                self.metrics.count_timeout(&labels);
             }
+            // A close and an error carry the socket's final totals.
+            RecordKind::SocketClosed | RecordKind::SocketError => self.credit_totals(r),
             RecordKind::KeepaliveTimer
             | RecordKind::WireProbe
-            | RecordKind::SocketError
             | RecordKind::StateChange
-            | RecordKind::SocketClosed
             | RecordKind::SysctlChanged => {}
+        }
+    }
+
+    fn credit_totals(&mut self, r: &Record) {
+        let own = self
+            .table
+            .credit(r.cookie, r.probes.map(u64::from), r.acks.map(u64::from));
+        self.add(own, r, 0, 0);
+    }
+
+    /// Adds a socket's credit (or, without one, what the event itself
+    /// counts: `probes`, `acks`) to its series.
+    fn add(&mut self, credit: Option<Credit>, r: &Record, probes: u64, acks: u64) {
+        let c = credit.unwrap_or(Credit {
+            netns: r.netns,
+            local: r.local,
+            remote: r.remote,
+            probes: 0,
+            acks: 0,
+        });
+        self.credit(Credit {
+            probes: c.probes.max(probes),
+            acks: c.acks.max(acks),
+            // The record's namespace when the table knew none.
+            netns: c.netns.or(r.netns),
+            local: c.local.or(r.local),
+            remote: c.remote.or(r.remote),
+        });
+    }
+
+    /// Adds credits to the labelled counters.
+    pub fn credit(&mut self, c: Credit) {
+        if c.probes + c.acks == 0 {
+            return;
+        }
+        let port = match (c.local, c.remote) {
+            (Some(l), Some(r)) => self.metrics.port_label(l.port(), r.port()),
+            _ => PortLabel::Other,
+        };
+        let labels = NetnsPort {
+            netns: c.netns,
+            port,
+        };
+        if c.probes > 0 {
+            self.metrics.count_probes(&labels, c.probes);
+        }
+        if c.acks > 0 {
+            self.metrics.count_acks(&labels, c.acks);
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{bpf::hooks::TimerMode, model::risk::Rule};
 
@@ -41,13 +41,13 @@ const IDLE_TIMEOUT_HELP: &str = "Path idle timeout to judge sockets against: a p
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Print events as JSON lines on stdout instead of readable lines.
-    #[arg(long, env = "KEEPALIVE_JSON")]
+    #[arg(long, env = "KEEPALIVE_JSON", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub json: bool,
     /// Also print socket state changes other than closes of keepalive sockets.
-    #[arg(long, env = "KEEPALIVE_ALL_EVENTS")]
+    #[arg(long, env = "KEEPALIVE_ALL_EVENTS", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub all_events: bool,
     /// Do not print events on stdout (serve them over HTTP only).
-    #[arg(long, env = "KEEPALIVE_QUIET")]
+    #[arg(long, env = "KEEPALIVE_QUIET", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub quiet: bool,
     /// Address of the HTTP API. Loopback by default: expose it deliberately.
     #[arg(long, env = "KEEPALIVE_LISTEN", default_value = "127.0.0.1:9977")]
@@ -69,11 +69,12 @@ pub struct RunArgs {
         long,
         env = "KEEPALIVE_INTERFACES",
         value_delimiter = ',',
-        default_value = "*"
+        default_value = "*",
+        value_parser = parse_interface_pattern
     )]
     pub interfaces: Vec<String>,
     /// Do not attach TC classifiers (no wire view, no ACKs or RTTs).
-    #[arg(long, env = "KEEPALIVE_NO_TC")]
+    #[arg(long, env = "KEEPALIVE_NO_TC", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub no_tc: bool,
     /// Seconds between scans for new namespaces and interfaces.
     #[arg(long, env = "KEEPALIVE_RESCAN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -84,6 +85,10 @@ pub struct RunArgs {
     /// Distinct port label values in metrics before the rest read "other".
     #[arg(long, env = "KEEPALIVE_MAX_PORT_LABELS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_port_labels: u64,
+    /// HTTP connections open at once (also capped to what the descriptor
+    /// limit leaves beyond the agent's own needs); more get 503.
+    #[arg(long, env = "KEEPALIVE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_connections: u64,
     /// Concurrent /events clients.
     #[arg(long, env = "KEEPALIVE_MAX_EVENT_CLIENTS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_event_clients: u64,
@@ -171,6 +176,11 @@ pub struct EventsArgs {
 
 /// `LEVEL` or `TARGET=LEVEL`, comma-separated (env_logger's syntax), with
 /// a known level: a typo must not silently turn logging off.
+/// A command line the agent cannot run with (exit 2, as clap's errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 #[derive(Debug, thiserror::Error)]
@@ -179,8 +189,10 @@ pub enum ArgError {
     LogLevel(String),
     #[error("{0}")]
     NotANumber(#[from] std::num::ParseIntError),
-    #[error("must be a power of two of at least 4096")]
+    #[error("must be a power of two from 4096 to 268435456 (256 MiB)")]
     RingSize,
+    #[error("{0:?} is not an interface name or NAME* pattern (1 to 15 characters)")]
+    Interface(String),
 }
 
 fn parse_log_level(s: &str) -> Result<String, ArgError> {
@@ -193,12 +205,25 @@ fn parse_log_level(s: &str) -> Result<String, ArgError> {
     Ok(s.to_string())
 }
 
+/// The largest ring buffer: 256 MiB holds over a million events.
+pub const MAX_RING_BYTES: u32 = 256 << 20;
+
 fn parse_ring_size(s: &str) -> Result<u32, ArgError> {
     let n: u32 = s.parse()?;
-    if n < 4096 || !n.is_power_of_two() {
+    if !(4096..=MAX_RING_BYTES).contains(&n) || !n.is_power_of_two() {
         return Err(ArgError::RingSize);
     }
     Ok(n)
+}
+
+/// An interface name or prefix pattern: not empty (an empty list would
+/// attach nowhere), no longer than a Linux interface name (IFNAMSIZ − 1).
+fn parse_interface_pattern(s: &str) -> Result<String, ArgError> {
+    let name = s.strip_suffix('*').unwrap_or(s);
+    if s.is_empty() || name.len() > 15 || name.contains(['/', ' ', '*']) {
+        return Err(ArgError::Interface(s.to_string()));
+    }
+    Ok(s.to_string())
 }
 
 #[cfg(test)]
@@ -211,6 +236,9 @@ mod tests {
         assert!(parse_ring_size("5000").is_err());
         assert!(parse_ring_size("1024").is_err());
         assert!(parse_ring_size("x").is_err());
+        assert!(parse_ring_size("268435456").is_ok());
+        assert!(parse_ring_size("536870912").is_err());
+        assert!(parse_ring_size("2147483648").is_err());
     }
 
     #[test]
@@ -220,6 +248,10 @@ mod tests {
         assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "aws-nbl"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["k", "advise"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--interfaces", ""]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--interfaces", "eth0,"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--interfaces", "veth*,lo"]).is_ok());
+        assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "60@:0"]).is_err());
         assert!(Cli::try_parse_from(["k", "--log-level", "verbose", "run"]).is_err());
         assert!(Cli::try_parse_from(["k", "--log-level", "warn=loud", "run"]).is_err());
         assert!(

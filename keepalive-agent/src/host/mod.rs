@@ -1,11 +1,13 @@
 //! The node outside BPF: network namespaces and entering them ([`netns`]),
 //! which process owns a socket ([`owners`]), each namespace's keepalive
-//! sysctls ([`sysctl`]), the agent's own capabilities ([`caps`]) and
-//! process limits and memory ([`process`]). Reads `/proc` and `/sys`;
+//! sysctls ([`sysctl`]), the agent's own capabilities ([`caps`]),
+//! process limits and memory ([`process`]) and its output streams
+//! ([`outlet`]). Reads `/proc` and `/sys`;
 //! depends on nothing of the agent's own but `model`.
 
 pub mod caps;
 pub mod netns;
+pub mod outlet;
 pub mod owners;
 pub mod process;
 pub mod sysctl;

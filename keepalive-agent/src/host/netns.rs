@@ -20,6 +20,11 @@ pub enum NetnsError {
     Enter { path: PathBuf, source: io::Error },
     #[error("the thread working in network namespace {0} panicked")]
     Panicked(PathBuf),
+    /// The namespaces could not be listed (out of descriptors, most
+    /// likely): callers keep what they know rather than take it for "no
+    /// namespaces".
+    #[error("listing network namespaces ({path}): {source}")]
+    List { path: PathBuf, source: io::Error },
 }
 
 /// A namespace by inode (what `ls -l /proc/<pid>/ns/net` and `lsns` show)
@@ -31,31 +36,40 @@ pub struct Netns {
 }
 
 /// Every namespace reachable now, one path each, ordered by inode.
-/// Processes that exit while we look are skipped.
-pub fn all() -> Vec<Netns> {
+/// Processes that exit while we look are skipped; a listing that fails
+/// (`/proc` unreadable, out of descriptors) is an error, never an empty
+/// node.
+pub fn all() -> Result<Vec<Netns>, NetnsError> {
     let mut found = BTreeMap::new();
     let mut add = |path: PathBuf| {
         if let Ok(meta) = fs::metadata(&path) {
             found.entry(meta.ino()).or_insert(path);
         }
     };
-    if let Ok(named) = fs::read_dir("/run/netns") {
-        for entry in named.flatten() {
-            add(entry.path());
+    let list = |path: &str| {
+        fs::read_dir(path).map_err(|source| NetnsError::List {
+            path: path.into(),
+            source,
+        })
+    };
+    match list("/run/netns") {
+        Ok(named) => named.flatten().for_each(|e| add(e.path())),
+        // No `ip netns` namespace was ever made on this node.
+        Err(NetnsError::List { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    for entry in list("/proc")? {
+        // An entry that fails to read mid-listing is a process gone.
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            add(entry.path().join("ns/net"));
         }
     }
-    if let Ok(procs) = fs::read_dir("/proc") {
-        for entry in procs.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                add(entry.path().join("ns/net"));
-            }
-        }
-    }
-    found
+    Ok(found
         .into_iter()
         .map(|(inode, path)| Netns { inode, path })
-        .collect()
+        .collect())
 }
 
 /// Runs `work` on a thread inside the namespace at `path`.
@@ -84,14 +98,15 @@ pub fn run_in<T: Send>(path: &Path, work: impl FnOnce() -> T + Send) -> Result<T
 /// The calling thread's namespace's cookie (`SO_NETNS_COOKIE`, 5.14+):
 /// unlike its inode, never reused while the node runs, so it tells a new
 /// namespace from a deleted one that had the same inode. `None` on older
-/// kernels.
-pub fn cookie() -> Option<u64> {
+/// kernels. A socket that cannot be made (out of descriptors) is an
+/// error: taking it for "no cookie" would make every interface look new.
+pub fn cookie() -> io::Result<Option<u64>> {
     // SAFETY: a socket we create and close here; getsockopt writes at most
     // `len` bytes into `cookie`.
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return None;
+            return Err(io::Error::last_os_error());
         }
         let mut cookie = 0u64;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -102,20 +117,28 @@ pub fn cookie() -> Option<u64> {
             (&mut cookie as *mut u64).cast(),
             &mut len,
         );
+        let err = io::Error::last_os_error();
         libc::close(fd);
-        (rc == 0).then_some(cookie)
+        match rc {
+            0 => Ok(Some(cookie)),
+            // Before 5.14 the option does not exist.
+            _ if err.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(None),
+            _ => Err(err),
+        }
     }
 }
 
-/// Interfaces of the calling thread's namespace, as (index, name).
-pub fn interfaces() -> Vec<(u32, String)> {
+/// Interfaces of the calling thread's namespace, as (index, name); an
+/// error when they cannot be listed (if_nameindex needs a netlink socket),
+/// never "no interfaces".
+pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     let mut out = Vec::new();
     // SAFETY: if_nameindex returns a list terminated by a zero entry, which
     // we free with if_freenameindex.
     unsafe {
         let list = libc::if_nameindex();
         if list.is_null() {
-            return out;
+            return Err(io::Error::last_os_error());
         }
         let mut cur = list;
         while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
@@ -127,7 +150,7 @@ pub fn interfaces() -> Vec<(u32, String)> {
         }
         libc::if_freenameindex(list);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -137,18 +160,20 @@ mod tests {
     #[test]
     fn current_namespace_is_listed() {
         let me = fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert!(all().iter().any(|ns| ns.inode == me));
+        assert!(all().unwrap().iter().any(|ns| ns.inode == me));
     }
 
     #[test]
     fn namespace_cookie_is_stable_and_per_namespace() {
-        let here = cookie().expect("SO_NETNS_COOKIE (5.14+)");
-        assert_eq!(cookie(), Some(here));
+        let here = cookie()
+            .expect("a socket")
+            .expect("SO_NETNS_COOKIE (5.14+)");
+        assert_eq!(cookie().expect("a socket"), Some(here));
         assert_ne!(here, 0);
     }
 
     #[test]
     fn loopback_is_an_interface() {
-        assert!(interfaces().iter().any(|(_, name)| name == "lo"));
+        assert!(interfaces().unwrap().iter().any(|(_, name)| name == "lo"));
     }
 }

@@ -33,3 +33,138 @@ pub fn bump_memlock_rlimit() {
         );
     }
 }
+
+/// Raises the soft limit on open files to the hard one (a unit without
+/// `LimitNOFILE`, a container runtime's default of 1024): the agent holds
+/// a descriptor per namespace it visits, per link and per HTTP client.
+/// Returns the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        log::warn!("reading RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+        return 1024;
+    }
+    if rlim.rlim_cur < rlim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: rlim.rlim_max,
+            rlim_max: rlim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!(
+                "raised RLIMIT_NOFILE from {} to {}",
+                rlim.rlim_cur,
+                rlim.rlim_max
+            );
+            return rlim.rlim_max;
+        }
+        log::warn!(
+            "raising RLIMIT_NOFILE to {}: {}",
+            rlim.rlim_max,
+            std::io::Error::last_os_error()
+        );
+    }
+    rlim.rlim_cur
+}
+
+/// Descriptors kept for the agent's own work (namespaces, iterators,
+/// links, /proc), never handed to HTTP clients.
+pub const RESERVED_FDS: u64 = 256;
+
+/// HTTP connections allowed at once: what was asked, but never more than
+/// half of what the descriptor limit leaves beyond the reserve.
+pub fn connection_cap(asked: u64, nofile: u64) -> usize {
+    let room = nofile.saturating_sub(RESERVED_FDS) / 2;
+    asked.min(room).max(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_the_reserve_free() {
+        assert_eq!(connection_cap(256, 1024), 256);
+        assert_eq!(connection_cap(1000, 1024), 384);
+        assert_eq!(connection_cap(256, 300), 22);
+        assert_eq!(connection_cap(256, 10), 1);
+    }
+}
+
+/// One BPF map this process holds, as `/proc/self/fdinfo` describes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapMemory {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    /// What the kernel charges for it (`memlock`), bytes.
+    pub bytes: u64,
+}
+
+/// The BPF maps this process holds, each once (by map id).
+pub fn bpf_maps() -> Vec<MapMemory> {
+    let mut seen = std::collections::BTreeMap::new();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    for fd in fds.flatten() {
+        let Ok(text) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        if let Some((id, map)) = parse_map_fdinfo(&text) {
+            seen.insert(id, map);
+        }
+    }
+    seen.into_values().collect()
+}
+
+/// (map id, its description) from one fdinfo file; None for other fds.
+fn parse_map_fdinfo(text: &str) -> Option<(u64, MapMemory)> {
+    let field = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let id = field("map_id")?;
+    Some((
+        id,
+        MapMemory {
+            map_type: field("map_type")? as u32,
+            key_size: field("key_size")? as u32,
+            value_size: field("value_size")? as u32,
+            max_entries: field("max_entries")? as u32,
+            bytes: field("memlock").unwrap_or(0),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod map_tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_map_fdinfo() {
+        let t = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t1\nkey_size:\t8\nvalue_size:\t48\nmax_entries:\t65536\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t5768512\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(
+            parse_map_fdinfo(t),
+            Some((
+                42,
+                MapMemory {
+                    map_type: 1,
+                    key_size: 8,
+                    value_size: 48,
+                    max_entries: 65536,
+                    bytes: 5768512
+                }
+            ))
+        );
+        assert_eq!(parse_map_fdinfo("pos:\t0\nflags:\t02\n"), None);
+    }
+}

@@ -67,17 +67,25 @@ pub fn read_current() -> Result<KeepaliveSysctls, SysctlError> {
     })
 }
 
-/// The values of every network namespace on the node, by namespace inode.
-pub fn read_all() -> Vec<(u64, Result<KeepaliveSysctls, SysctlError>)> {
-    netns::all()
+/// One namespace's reading: its inode, its cookie (None before 5.14: a
+/// namespace that reuses a dead one's inode is told apart by it) and its
+/// values.
+pub type Reading = (u64, Option<u64>, Result<KeepaliveSysctls, SysctlError>);
+
+/// The values of every network namespace on the node.
+pub fn read_all() -> Result<Vec<Reading>, netns::NetnsError> {
+    Ok(netns::all()?
         .into_iter()
         .map(|ns| {
-            let result = netns::run_in(&ns.path, read_current)
-                .map_err(SysctlError::from)
-                .and_then(|inner| inner);
-            (ns.inode, result)
+            let read = netns::run_in(&ns.path, || {
+                (netns::cookie().ok().flatten(), read_current())
+            });
+            match read {
+                Ok((cookie, result)) => (ns.inode, cookie, result),
+                Err(e) => (ns.inode, None, Err(SysctlError::from(e))),
+            }
         })
-        .collect()
+        .collect())
 }
 
 fn read_one(path: &'static str) -> Result<u32, SysctlError> {
@@ -111,20 +119,34 @@ pub struct Change {
 #[derive(Debug, Default)]
 pub struct SysctlWatch {
     last: HashMap<u64, KeepaliveSysctls>,
+    cookies: HashMap<u64, u64>,
+}
+
+/// What a poll found.
+#[derive(Debug, Default)]
+pub struct Polled {
+    pub changes: Vec<Change>,
+    /// Namespaces gone since the last poll (or replaced by one that took
+    /// their inode): what was said of them must be forgotten.
+    pub gone: Vec<u64>,
 }
 
 impl SysctlWatch {
     /// A watch whose baseline is the values of every namespace now.
     pub fn new() -> Self {
         let mut watch = SysctlWatch::default();
-        watch.poll();
+        if let Err(e) = watch.poll() {
+            log::warn!("keepalive sysctls: {e}");
+        }
         watch
     }
 
     /// Re-reads every namespace and returns what changed since the last
     /// poll, ordered by namespace inode and then time, intvl, probes.
-    pub fn poll(&mut self) -> Vec<Change> {
-        self.apply(read_all())
+    /// Reads every namespace's sysctls; when the namespaces cannot be
+    /// listed, the last readings stay and the error is returned.
+    pub fn poll(&mut self) -> Result<Polled, netns::NetnsError> {
+        Ok(self.apply(read_all()?))
     }
 
     /// The values as of the last poll, by namespace inode.
@@ -132,14 +154,22 @@ impl SysctlWatch {
         &self.last
     }
 
-    fn apply(
-        &mut self,
-        mut readings: Vec<(u64, Result<KeepaliveSysctls, SysctlError>)>,
-    ) -> Vec<Change> {
-        readings.sort_by_key(|(inode, _)| *inode);
+    fn apply(&mut self, mut readings: Vec<Reading>) -> Polled {
+        readings.sort_by_key(|(inode, _, _)| *inode);
         let mut changes = Vec::new();
+        let mut gone = Vec::new();
         let mut next = HashMap::with_capacity(readings.len());
-        for (netns, result) in readings {
+        let mut cookies = HashMap::with_capacity(readings.len());
+        for (netns, cookie, result) in readings {
+            if let Some(cookie) = cookie {
+                cookies.insert(netns, cookie);
+                // The same inode, another namespace: the old one is gone
+                // and this one is new (no "change" between the two).
+                if self.cookies.get(&netns).is_some_and(|old| *old != cookie) {
+                    self.last.remove(&netns);
+                    gone.push(netns);
+                }
+            }
             let now = match result {
                 Ok(now) => now,
                 Err(e) => {
@@ -168,8 +198,10 @@ impl SysctlWatch {
             }
             next.insert(netns, now);
         }
+        gone.extend(self.last.keys().filter(|n| !next.contains_key(n)));
         self.last = next;
-        changes
+        self.cookies = cookies;
+        Polled { changes, gone }
     }
 }
 
@@ -223,10 +255,10 @@ mod tests {
     }
 
     fn ours(ns: &TempNetns) -> KeepaliveSysctls {
-        let all = read_all();
-        let (_, result) = all
+        let all = read_all().expect("namespaces listed");
+        let (_, _, result) = all
             .into_iter()
-            .find(|(inode, _)| *inode == ns.inode())
+            .find(|(inode, _, _)| *inode == ns.inode())
             .expect("temporary namespace listed");
         result.expect("read")
     }
@@ -254,10 +286,11 @@ mod tests {
             &std::fs::metadata("/proc/self/ns/net").expect("current netns"),
         );
         let listed = read_all()
+            .expect("namespaces listed")
             .into_iter()
-            .find(|(inode, _)| *inode == me)
+            .find(|(inode, _, _)| *inode == me)
             .expect("own namespace listed")
-            .1
+            .2
             .expect("read own");
         assert_eq!(here, listed);
         assert_ne!(ns.inode(), me);
@@ -266,6 +299,8 @@ mod tests {
         assert_eq!(watch.current().get(&ns.inode()), Some(&want));
         let quiet: Vec<_> = watch
             .poll()
+            .expect("namespaces listed")
+            .changes
             .into_iter()
             .filter(|c| c.netns == ns.inode())
             .collect();
@@ -273,6 +308,8 @@ mod tests {
         ns.set("net.ipv4.tcp_keepalive_time=456");
         let changes: Vec<_> = watch
             .poll()
+            .expect("namespaces listed")
+            .changes
             .into_iter()
             .filter(|c| c.netns == ns.inode())
             .collect();
@@ -301,22 +338,23 @@ mod tests {
             probes,
         };
         let mut watch = SysctlWatch::default();
-        assert!(watch.apply(vec![(1, Ok(v(7200, 75, 9)))]).is_empty());
+        let polled = watch.apply(vec![(1, Some(11), Ok(v(7200, 75, 9)))]);
+        assert!(polled.changes.is_empty() && polled.gone.is_empty());
         // A failed read keeps the old values and reports nothing; a new
         // namespace is recorded silently.
         let failed = Err(SysctlError::Parse {
             path: TIME_PATH,
             text: "-1".into(),
         });
-        assert!(
-            watch
-                .apply(vec![(1, failed), (2, Ok(v(1, 2, 3)))])
-                .is_empty()
-        );
+        let polled = watch.apply(vec![(1, Some(11), failed), (2, Some(12), Ok(v(1, 2, 3)))]);
+        assert!(polled.changes.is_empty() && polled.gone.is_empty());
         assert_eq!(watch.current().get(&1), Some(&v(7200, 75, 9)));
-        let changes = watch.apply(vec![(2, Ok(v(1, 5, 4))), (1, Ok(v(7200, 75, 9)))]);
+        let polled = watch.apply(vec![
+            (2, Some(12), Ok(v(1, 5, 4))),
+            (1, Some(11), Ok(v(7200, 75, 9))),
+        ]);
         assert_eq!(
-            changes,
+            polled.changes,
             [
                 Change {
                     netns: 2,
@@ -332,7 +370,13 @@ mod tests {
                 },
             ]
         );
-        assert!(watch.apply(vec![(2, Ok(v(1, 5, 4)))]).is_empty());
+        // Namespace 1 is gone; 2's inode is taken by a new namespace: both
+        // are gone, and the new one's values are no change.
+        let polled = watch.apply(vec![(2, Some(99), Ok(v(7200, 75, 9)))]);
+        assert!(polled.changes.is_empty(), "{:?}", polled.changes);
+        let mut gone = polled.gone;
+        gone.sort_unstable();
+        assert_eq!(gone, [1, 2]);
         assert_eq!(watch.current().len(), 1);
     }
 }

@@ -6,7 +6,7 @@
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 use keepalive_api::{Hook, HookMode, HookStatus};
-use keepalive_common::{FlowKey, KernelConfig, ProbeInFlight};
+use keepalive_common::{ClosedCounts, FlowKey, KernelConfig, ProbeInFlight};
 use log::{info, warn};
 use tokio::io::unix::AsyncFd;
 
@@ -17,6 +17,7 @@ use crate::{
         tc::{self, InterfaceFilter, TcAttacher},
     },
     cli::args::RunArgs,
+    host::process,
     kernel::hz,
 };
 
@@ -29,6 +30,8 @@ pub struct Attached {
     pub inventory_live: bool,
     pub hz: u32,
     pub in_flight: BpfHashMap<MapData, FlowKey, ProbeInFlight>,
+    /// Final counts of sockets whose close event was lost.
+    pub closed: BpfHashMap<MapData, u64, ClosedCounts>,
 }
 
 /// The ring buffer, polled by its reader task.
@@ -68,6 +71,7 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
         warn!("socket inventory unavailable, sockets appear as events arrive: {e}");
     }
     let inventory_live = inventory.live;
+    log_map_memory(args.max_sockets);
     hooks.push(inventory);
     let hz = match hz {
         Ok(hz) => hz,
@@ -86,6 +90,10 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
         ebpf.take_map("IN_FLIGHT")
             .context("map IN_FLIGHT missing from the eBPF object")?,
     )?;
+    let closed = BpfHashMap::try_from(
+        ebpf.take_map("CLOSED")
+            .context("map CLOSED missing from the eBPF object")?,
+    )?;
     let ring = RingBuf::try_from(
         ebpf.take_map("EVENTS")
             .context("map EVENTS missing from the eBPF object")?,
@@ -102,8 +110,35 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
         inventory_live,
         hz,
         in_flight,
+        closed,
     };
     Ok((attached, ring))
+}
+
+/// What the kernel maps take, said once at start: the ring buffer and the
+/// socket map grow with `--ring-buffer-bytes` and `--max-sockets`.
+fn log_map_memory(max_sockets: u32) {
+    let maps = process::bpf_maps();
+    let total: u64 = maps.iter().map(|m| m.bytes).sum();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    // BPF_MAP_TYPE_RINGBUF = 27; the socket map is the hash of 8-byte
+    // cookies sized by --max-sockets.
+    let ring: u64 = maps
+        .iter()
+        .filter(|m| m.map_type == 27)
+        .map(|m| m.bytes)
+        .sum();
+    let sockets: u64 = maps
+        .iter()
+        .filter(|m| m.key_size == 8 && m.max_entries == max_sockets)
+        .map(|m| m.bytes)
+        .sum();
+    info!(
+        "kernel memory for the maps: {:.1} MiB (ring buffer {:.1} MiB, socket map of {max_sockets} entries {:.1} MiB)",
+        mib(total),
+        mib(ring),
+        mib(sockets)
+    );
 }
 
 fn log_hooks(hooks: &[HookStatus]) {
@@ -133,7 +168,18 @@ fn attach_tc(
             note: Some("disabled by --no-tc".into()),
         };
     }
-    let report = tc.sync(ebpf, filter);
+    let report = match tc.sync(ebpf, filter) {
+        Ok(report) => report,
+        Err(e) => {
+            warn!("tc: namespaces not scanned yet: {e}");
+            return HookStatus {
+                hook: Hook::Tc,
+                mode: tc::mode(),
+                live: false,
+                note: Some(e.to_string()),
+            };
+        }
+    };
     info!(
         "tc: classifiers on {} interfaces ({} failed)",
         report.total, report.failed

@@ -2,7 +2,7 @@
 //! offsets) on the only thread, then on the runtime [`attach`] (load and
 //! attach every hook), [`build_state`] (the socket table, first inventory
 //! and sysctls), [`serve`] (the HTTP API), [`follow`] (the ring buffer's
-//! reader and the periodic work, until SIGINT/SIGTERM) and [`shutdown`]
+//! reader and the periodic work, until SIGINT/SIGTERM/SIGHUP) and [`shutdown`]
 //! (drain, print the kernel's counters, detach). Dropping the loaded
 //! object detaches every hook.
 
@@ -12,7 +12,6 @@ mod ring;
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     sync::{Arc, Mutex, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
@@ -35,8 +34,8 @@ use crate::{
         state::{AgentState, Shared},
     },
     bpf::counters::CounterReader,
-    cli::args::RunArgs,
-    host::{caps, process, sysctl::SysctlWatch},
+    cli::args::{RunArgs, UsageError},
+    host::{caps, outlet, process, sysctl::SysctlWatch},
     kernel::{btf::Btf, offsets},
     model::clock::Clock,
     table::SocketTable,
@@ -44,13 +43,18 @@ use crate::{
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Before the kernel is touched: a busy or foreign address is a usage
+    // error (exit 2), not a failure after every program was loaded.
+    let listener = std::net::TcpListener::bind(args.listen)
+        .map_err(|e| UsageError(format!("--listen {}: {e}", args.listen)))?;
+    let nofile = process::raise_nofile_limit();
     let config = prepare()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(args, config, started))
+        .block_on(run(args, listener, nofile, config, started))
 }
 
 /// Privileges and kernel offsets, while this is the only thread.
@@ -80,12 +84,15 @@ fn prepare() -> anyhow::Result<KernelConfig> {
     Ok(config)
 }
 
-/// SIGTERM and SIGINT, caught before anything is attached: a signal during
-/// start-up (or right after `ready`) must still end in a clean detach, not
-/// the default action that leaves netlink filters behind.
+/// SIGTERM, SIGINT and SIGHUP, caught before anything is attached: a
+/// signal during start-up (or right after `ready`) must still end in a
+/// clean detach, not the default action that leaves netlink filters
+/// behind. SIGHUP stops the agent as SIGTERM does: its configuration is
+/// flags and environment, so there is nothing to reload.
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -93,6 +100,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -100,17 +108,24 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
+            _ = self.hup.recv() => info!("SIGHUP: stopping (nothing to reload: the configuration is flags and environment)"),
         }
     }
 }
 
-async fn run(args: RunArgs, config: KernelConfig, started: Instant) -> anyhow::Result<()> {
+async fn run(
+    args: RunArgs,
+    listener: std::net::TcpListener,
+    nofile: u64,
+    config: KernelConfig,
+    started: Instant,
+) -> anyhow::Result<()> {
     let mut signals = Signals::catch()?;
     let (mut attached, ring) = tokio::task::block_in_place(|| attach(&args, &config))?;
     let clock = Clock::new(attached.hz);
     let (state, sysctl_watch) = build_state(&args, &mut attached, &clock)?;
     let (events, _) = broadcast::channel::<Arc<Record>>(4096);
-    let listen = serve(&args, &state, &events).await?;
+    let listen = serve(&args, listener, nofile, &state, &events)?;
     let ready = Ready {
         hooks: attached.hooks.clone(),
         interfaces: attached.tc.interfaces(),
@@ -119,7 +134,7 @@ async fn run(args: RunArgs, config: KernelConfig, started: Instant) -> anyhow::R
         hz: attached.hz,
         startup_ms: started.elapsed().as_millis() as u64,
     };
-    print_line(&Line::ready_json(&ready)?)?;
+    print_line(Line::ready_json(&ready)?);
     info!("ready in {} ms", started.elapsed().as_millis());
     // Loading parsed the kernel's BTF (tens of MiB, freed by now).
     process::release_freed_memory();
@@ -154,17 +169,17 @@ fn build_state(
         metrics: Metrics::new(args.max_port_labels as usize),
         tc_interfaces: attached.tc.attached_count(),
     }));
-    if attached.inventory_live {
-        tokio::task::block_in_place(|| periodic::inventory(&mut attached.ebpf, &state, clock));
-    }
+    tokio::task::block_in_place(|| periodic::inventory(attached, &state, clock));
     let mut watch = SysctlWatch::new();
-    periodic::refresh_sysctls(&mut watch, &state, None);
+    periodic::sysctls(&mut watch, &state, None);
     Ok((state, watch))
 }
 
-/// The HTTP API, on its own task.
-async fn serve(
+/// The HTTP API, on its own task, on the listener bound at start.
+fn serve(
     args: &RunArgs,
+    listener: std::net::TcpListener,
+    nofile: u64,
     state: &Shared,
     events: &broadcast::Sender<Arc<Record>>,
 ) -> anyhow::Result<std::net::SocketAddr> {
@@ -173,21 +188,35 @@ async fn serve(
         events: events.clone(),
         clients: Arc::new(AtomicUsize::new(0)),
         max_clients: args.max_event_clients as usize,
+        listings: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::listing::CONCURRENT_LISTINGS,
+        )),
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    listener
+        .set_nonblocking(true)
+        .context("the HTTP API's socket")?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("the HTTP API's socket")?;
     let listen = listener
         .local_addr()
         .context("reading the HTTP API's address")?;
-    info!("HTTP API on http://{listen}");
-    let stalls = state.clone();
-    let on_stall = Arc::new(move || {
-        if let Ok(s) = stalls.lock() {
-            s.metrics.clients_dropped.inc();
+    let max_connections = process::connection_cap(args.max_connections, nofile);
+    info!(
+        "HTTP API on http://{listen} (at most {max_connections} connections; {nofile} descriptors)"
+    );
+    let counters = {
+        let s = lock(state)?;
+        server::ServerCounters {
+            stalled: s.metrics.agent.clients_dropped.clone(),
+            refused: s.metrics.agent.http_refused.clone(),
+            accept_errors: s.metrics.agent.http_accept_errors.clone(),
         }
-    });
-    tokio::spawn(server::serve(listener, routes::router(api), on_stall));
+    };
+    tokio::spawn(server::serve(
+        listener,
+        routes::router(api),
+        max_connections,
+        counters,
+    ));
     Ok(listen)
 }
 
@@ -222,18 +251,12 @@ async fn follow(
                 anyhow::bail!("the ring buffer reader stopped");
             }
             _ = rescan.tick(), if !args.no_tc => {
-                let report = tokio::task::block_in_place(|| attached.tc.sync(&mut attached.ebpf, &attached.filter));
-                if report.attached + report.detached > 0 {
-                    info!("tc: +{} -{} interfaces, {} attached", report.attached, report.detached, report.total);
-                }
-                lock(&state)?.tc_interfaces = report.total;
+                tokio::task::block_in_place(|| periodic::tc(attached, &state));
             }
             _ = inventory_tick.tick() => {
-                if attached.inventory_live {
-                    tokio::task::block_in_place(|| periodic::inventory(&mut attached.ebpf, &state, &clock));
-                }
+                tokio::task::block_in_place(|| periodic::inventory(attached, &state, &clock));
                 periodic::expire_in_flight(&mut attached.in_flight, &state);
-                periodic::refresh_sysctls(&mut sysctl_watch, &state, Some(&sink));
+                periodic::sysctls(&mut sysctl_watch, &state, Some(&sink));
             }
             _ = health.tick() => {
                 let c = lock(&state)?.refresh_kernel().context("reading kernel counters")?;
@@ -259,7 +282,12 @@ fn shutdown(mut attached: Attached, state: &Shared) -> anyhow::Result<()> {
             sockets_refused: s.table.refused,
         }
     };
-    print_line(&Line::stopped_json(&stopped)?)?;
+    print_line(Line::stopped_json(&stopped)?);
+    // The last line, if stdout takes it soon: a stdout nobody reads must
+    // not hold the shutdown.
+    if !outlet::stdout().flush(Duration::from_secs(1)) {
+        warn!("stdout is not being read: the `stopped` line may be lost");
+    }
     attached.tc.clear();
     info!("stopped; all hooks detached");
     Ok(())
@@ -271,9 +299,8 @@ fn lock(state: &Shared) -> anyhow::Result<std::sync::MutexGuard<'_, AgentState>>
         .map_err(|_| anyhow::anyhow!("agent state poisoned"))
 }
 
-/// One line on stdout, flushed.
-fn print_line(line: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush().context("writing to stdout")
+/// One line on stdout, queued.
+fn print_line(mut line: String) {
+    line.push('\n');
+    outlet::stdout().send(line.into_bytes());
 }

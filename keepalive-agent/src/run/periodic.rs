@@ -7,32 +7,87 @@ use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use keepalive_api::Hook;
 use keepalive_api::{Record, RecordKind};
-use keepalive_common::{FlowKey, ProbeInFlight};
+use keepalive_common::{ClosedCounts, FlowKey, ProbeInFlight};
 use log::{info, warn};
 
-use super::ring::Sink;
+use super::{attach::Attached, ring::Sink};
 use crate::{
-    api::state::Shared,
+    api::{metrics::Scan, state::Shared},
     bpf::iter,
-    host::{netns, owners, process, sysctl},
+    host::{
+        netns::{self, NetnsError},
+        owners, process, sysctl,
+    },
     kernel::hz,
     model::clock::{Clock, monotonic_ns},
+    table::Credit,
 };
+
+/// The TC classifiers follow the node's namespaces and interfaces; the tc
+/// hook's status (for `/healthz` and `hook_up`) follows what is attached
+/// now. A scan that cannot list the namespaces changes nothing.
+pub fn tc(attached: &mut Attached, state: &Shared) {
+    let synced = attached.tc.sync(&mut attached.ebpf, &attached.filter);
+    let Ok(mut s) = state.lock() else { return };
+    s.metrics.agent.scanned(Scan::Tc, synced.is_ok());
+    let report = match synced {
+        Ok(report) => report,
+        Err(e) => {
+            warn!("tc: namespaces not scanned, classifiers kept as they are: {e}");
+            return;
+        }
+    };
+    if report.attached + report.detached > 0 {
+        info!(
+            "tc: +{} -{} interfaces, {} attached",
+            report.attached, report.detached, report.total
+        );
+    }
+    s.tc_interfaces = report.total;
+    if let Some(hook) = s.hooks.iter_mut().find(|h| h.hook == Hook::Tc) {
+        hook.live = report.total > 0;
+        hook.note = (report.failed > 0).then(|| format!("{} interfaces failed", report.failed));
+    }
+}
+
+/// An inventory, its outcome counted and logged; and the final counts of
+/// sockets whose close event was lost, credited.
+pub fn inventory(attached: &mut Attached, state: &Shared, clock: &Clock) {
+    credit_lost_closes(&mut attached.closed, state);
+    if !attached.inventory_live {
+        return;
+    }
+    let scanned = scan_sockets(&mut attached.ebpf, state, clock);
+    if let Err(e) = &scanned {
+        warn!("socket inventory skipped, the table kept as it is: {e}");
+    }
+    if let Ok(s) = state.lock() {
+        s.metrics.agent.scanned(Scan::Inventory, scanned.is_ok());
+    }
+}
 
 /// Every namespace's sockets, their exact kernel counters, and owners for
 /// sockets whose connect we did not see.
-pub fn inventory(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) {
+fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(), NetnsError> {
     let started = std::time::Instant::now();
-    let Ok(mut s) = state.lock() else { return };
+    // Unlistable namespaces end the pass before it starts: no socket is
+    // taken for gone.
+    let all = netns::all()?;
+    let Ok(mut s) = state.lock() else {
+        return Ok(());
+    };
     s.table.begin_inventory();
     drop(s);
     let (mut total, mut namespaces) = (0, 0);
-    for ns in netns::all() {
+    for ns in all {
         // The lock is taken per chunk: the ring buffer's reader needs it too.
         let scanned = iter::scan(ebpf, &ns, |records| {
             if let Ok(mut s) = state.lock() {
-                s.table.apply_inventory(records, clock);
+                for credit in s.table.apply_inventory(records, clock) {
+                    s.credit(credit);
+                }
             }
         });
         match scanned {
@@ -40,7 +95,8 @@ pub fn inventory(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) {
                 total += n;
                 namespaces += 1;
                 if let Ok(mut s) = state.lock() {
-                    s.table.end_inventory_of(ns.inode as u32);
+                    let unseen = s.table.end_inventory_of(ns.inode as u32);
+                    s.metrics.agent.gone_unseen.inc_by(unseen as u64);
                 }
             }
             Err(e) => log::debug!("{e}"),
@@ -48,7 +104,7 @@ pub fn inventory(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) {
     }
     let wanted: HashSet<u64> = match state.lock() {
         Ok(s) => s.table.ownerless_inodes(),
-        Err(_) => return,
+        Err(_) => return Ok(()),
     };
     let found = owners::resolve(&wanted);
     let owners_found = found.len();
@@ -61,6 +117,7 @@ pub fn inventory(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) {
         "inventory: {total} sockets in {namespaces} namespaces, {owners_found} owners found, {} ms",
         started.elapsed().as_millis()
     );
+    Ok(())
 }
 
 /// Two inventories of our own namespace 250 ms apart: each record carries
@@ -84,6 +141,44 @@ pub fn calibrate_hz(ebpf: &mut aya::Ebpf) -> anyhow::Result<u32> {
     std::thread::sleep(Duration::from_millis(250));
     let second = sample()?;
     Ok(hz::from_samples(first, second)?)
+}
+
+/// Sockets that closed while the ring buffer was full: the kernel kept
+/// their final counts (`CLOSED`); they are credited once, then removed.
+/// Empty unless events were lost: one lookup.
+fn credit_lost_closes(map: &mut BpfHashMap<MapData, u64, ClosedCounts>, state: &Shared) {
+    let closed: Vec<(u64, ClosedCounts)> = map.iter().filter_map(Result::ok).collect();
+    if closed.is_empty() {
+        return;
+    }
+    let Ok(mut s) = state.lock() else { return };
+    for (cookie, c) in &closed {
+        let credit = s
+            .table
+            .credit(*cookie, Some(c.probes), Some(c.acks))
+            .unwrap_or_else(|| {
+                // The table never knew it: the whole count, by the tuple
+                // the kernel read at close.
+                let (local, remote) = crate::model::addr::endpoints(&c.tuple);
+                Credit {
+                    netns: Some(c.tuple.netns),
+                    local: Some(local),
+                    remote: Some(remote),
+                    probes: c.probes,
+                    acks: c.acks,
+                }
+            });
+        s.credit(credit);
+        s.table.close(*cookie);
+    }
+    drop(s);
+    for (cookie, _) in &closed {
+        let _ = map.remove(cookie);
+    }
+    log::debug!(
+        "credited {} sockets whose close event was lost",
+        closed.len()
+    );
 }
 
 /// Probes in flight whose socket is gone and whose ACK never came: the
@@ -115,15 +210,34 @@ pub fn expire_in_flight(map: &mut BpfHashMap<MapData, FlowKey, ProbeInFlight>, s
     }
 }
 
+/// The sysctls read, their outcome counted and logged.
+pub fn sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink>) {
+    let read = refresh_sysctls(watch, state, sink);
+    if let Err(e) = &read {
+        warn!("keepalive sysctls not read, the last readings kept: {e}");
+    }
+    if let Ok(s) = state.lock() {
+        s.metrics.agent.scanned(Scan::Sysctl, read.is_ok());
+    }
+}
+
 /// Reads every namespace's keepalive sysctls; changes become events.
-pub fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink>) {
-    let changes = tokio::task::block_in_place(|| watch.poll());
+/// Unlistable namespaces keep the last readings.
+fn refresh_sysctls(
+    watch: &mut sysctl::SysctlWatch,
+    state: &Shared,
+    sink: Option<&Sink>,
+) -> Result<(), NetnsError> {
+    let polled = tokio::task::block_in_place(|| watch.poll())?;
     let current = watch.current().clone();
     if let Ok(mut s) = state.lock() {
         s.sysctls = current.into_iter().collect();
+        for netns in &polled.gone {
+            s.metrics.forget_netns(*netns as u32);
+        }
     }
-    let Some(sink) = sink else { return };
-    let mut out = std::io::stdout().lock();
+    let changes = polled.changes;
+    let Some(sink) = sink else { return Ok(()) };
     for c in changes {
         info!(
             "netns {}: net.ipv4.{} changed {} -> {}",
@@ -134,9 +248,7 @@ pub fn refresh_sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Op
         record.sysctl = Some(c.name.to_string());
         record.old_value = Some(c.old);
         record.new_value = Some(c.new);
-        if let Err(e) = sink.emit(record, &mut out) {
-            warn!("{e:#}");
-        }
+        sink.emit(record);
     }
-    let _ = std::io::Write::flush(&mut out);
+    Ok(())
 }

@@ -2,10 +2,7 @@
 //! applies it to the socket table, counts it into the metrics, prints it
 //! and hands it to `/events` subscribers.
 
-use std::{
-    io::{BufWriter, Write as _},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -14,7 +11,9 @@ use log::warn;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 
 use super::lock;
-use crate::{api::state::Shared, bpf::ring, cli::text, model::clock::Clock, table::apply};
+use crate::{
+    api::state::Shared, bpf::ring, cli::text, host::outlet, model::clock::Clock, table::apply,
+};
 
 /// What goes to stdout.
 #[derive(Clone, Copy)]
@@ -61,7 +60,6 @@ const BATCH: usize = 1024;
 
 impl Sink {
     fn drain(&self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        let mut out = BufWriter::new(std::io::stdout().lock());
         let mut records = Vec::with_capacity(BATCH);
         loop {
             {
@@ -82,23 +80,26 @@ impl Sink {
             }
             let more = records.len() >= BATCH;
             for record in records.drain(..) {
-                self.emit(record, &mut out)?;
+                self.emit(record);
             }
             if !more {
                 break;
             }
         }
-        out.flush().context("writing to stdout")?;
         Ok(())
     }
 
-    pub fn emit(&self, record: Record, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    /// Prints the record (queued: a stdout nobody reads drops lines,
+    /// counted, and blocks nothing) and hands it to `/events`.
+    pub fn emit(&self, record: Record) {
         if self.print.wants(&record) {
-            text::write(out, &record, self.print.json).context("writing to stdout")?;
+            let mut line = Vec::with_capacity(256);
+            // Writing into a Vec cannot fail.
+            let _ = text::write(&mut line, &record, self.print.json);
+            outlet::stdout().send(line);
         }
         // No subscriber is not an error.
         let _ = self.events.send(Arc::new(record));
-        Ok(())
     }
 }
 

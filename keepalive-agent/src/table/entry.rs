@@ -28,6 +28,10 @@ pub struct Entry {
     pub idle_s: Option<f64>,
     /// Seconds until the keepalive timer fires, at the last scan.
     pub timer_in_s: Option<f64>,
+    /// Probes and ACKs given to the labelled counters so far (see
+    /// [`super::credit`]).
+    pub credited_probes: u64,
+    pub credited_acks: u64,
     /// Inventory generation that last saw the socket.
     pub(super) generation: u64,
 }
@@ -50,6 +54,8 @@ impl Default for Entry {
             first_unanswered_probe_ns: None,
             idle_s: None,
             timer_in_s: None,
+            credited_probes: 0,
+            credited_acks: 0,
             generation: 0,
         }
     }

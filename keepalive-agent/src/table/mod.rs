@@ -10,6 +10,7 @@
 //! the table knew just before.
 
 pub mod apply;
+mod credit;
 mod entry;
 mod hasher;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::{
     sync::Arc,
 };
 
+pub use credit::Credit;
 pub use entry::Entry;
 use hasher::CookieMap;
 use keepalive_api::{Owner, SocketRow, TcpState};
@@ -124,6 +126,14 @@ impl SocketTable {
         }
     }
 
+    /// A live or recently closed socket, to change.
+    fn entry_any_mut(&mut self, cookie: u64) -> Option<&mut Entry> {
+        if self.live.contains_key(&cookie) {
+            return self.live.get_mut(&cookie);
+        }
+        self.closed.get_mut(&cookie)
+    }
+
     pub fn is_live(&self, cookie: u64) -> bool {
         self.live.contains_key(&cookie)
     }
@@ -156,8 +166,10 @@ impl SocketTable {
         self.generation
     }
 
-    /// Takes in inventory records (a chunk of a namespace's).
-    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) {
+    /// Takes in inventory records (a chunk of a namespace's); returns what
+    /// the sockets' kernel counts add to the labelled counters.
+    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) -> Vec<Credit> {
+        let mut credits = Vec::new();
         let generation = self.generation;
         for rec in records {
             if rec.cookie == 0 {
@@ -192,13 +204,16 @@ impl SocketTable {
                 if rec.last_rtt_ns != 0 {
                     e.last_rtt_us = Some(rec.last_rtt_ns as f64 / 1e3);
                 }
+                let credit = self.credit(rec.cookie, Some(rec.probes), Some(rec.acks));
+                credits.extend(credit.filter(|c| c.probes + c.acks > 0));
             }
         }
+        credits
     }
 
     /// A namespace's inventory is complete: its sockets the pass did not
-    /// see are gone.
-    pub fn end_inventory_of(&mut self, netns: u32) {
+    /// see are gone (their close event was lost). Returns how many.
+    pub fn end_inventory_of(&mut self, netns: u32) -> usize {
         let generation = self.generation;
         let gone: Vec<u64> = self
             .live
@@ -206,9 +221,10 @@ impl SocketTable {
             .filter(|(_, e)| e.netns == Some(netns) && e.generation != generation)
             .map(|(c, _)| *c)
             .collect();
-        for cookie in gone {
+        for &cookie in &gone {
             self.close(cookie);
         }
+        gone.len()
     }
 
     /// Inodes of live sockets without a known owner (for `/proc` lookup).
@@ -243,10 +259,16 @@ impl SocketTable {
         self.live.len()
     }
 
-    /// `/sockets` rows, with risk against `rules`.
-    pub fn rows(&self, rules: &[Rule]) -> Vec<SocketRow> {
-        let mut rows: Vec<SocketRow> = self.live.iter().map(|(c, e)| row(*c, e, rules)).collect();
-        rows.sort_by_key(|r| r.cookie);
-        rows
+    /// Cookies of the live sockets, in order: what a streamed `/sockets`
+    /// walks, a chunk at a time.
+    pub fn live_cookies(&self) -> Vec<u64> {
+        let mut cookies: Vec<u64> = self.live.keys().copied().collect();
+        cookies.sort_unstable();
+        cookies
+    }
+
+    /// The row of a live socket.
+    pub fn row_of(&self, cookie: u64, rules: &[Rule]) -> Option<SocketRow> {
+        self.live.get(&cookie).map(|e| row(cookie, e, rules))
     }
 }

@@ -235,8 +235,14 @@ impl Agent {
     }
 
     /// SIGTERM, then the final `stopped` line; the exit must be clean.
-    pub fn stop(mut self) -> (Vec<Record>, Stopped) {
-        self.signal(libc::SIGTERM);
+    pub fn stop(self) -> (Vec<Record>, Stopped) {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// `sig` (one that stops the agent), then the final `stopped` line;
+    /// the exit must be clean.
+    pub fn stop_with(mut self, sig: i32) -> (Vec<Record>, Stopped) {
+        self.signal(sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.stopped.is_none() && Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {

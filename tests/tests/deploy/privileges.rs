@@ -367,10 +367,9 @@ fn owner_of(p: &Privileges, base: &str, held: &HeldByNobody) -> Option<u64> {
         let pid = row.owner.map(|o| u64::from(o.pid));
         (pid.is_some() == want).then_some(pid)
     };
-    let owner_pid = eventually_some(Duration::from_secs(4), || owner(true))
+    eventually_some(Duration::from_secs(4), || owner(true))
         .or_else(|| owner(false))
-        .unwrap_or_else(|| panic!("{}: socket {} not in /sockets", p.what, held.local));
-    owner_pid
+        .unwrap_or_else(|| panic!("{}: socket {} not in /sockets", p.what, held.local))
 }
 
 fn run_with(

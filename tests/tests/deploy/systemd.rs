@@ -26,6 +26,10 @@ fn systemd_unit_verifies_and_keeps_what_the_agent_needs() {
     assert_eq!(s["NoNewPrivileges"], "yes");
     assert_eq!(s["ProtectSystem"], "strict");
     assert_eq!(s["LimitMEMLOCK"], "infinity");
+    assert_eq!(
+        s["LimitNOFILE"], "65536",
+        "a descriptor limit above the default 1024"
+    );
     let caps =
         |k: &str| -> BTreeSet<String> { s[k].split_whitespace().map(String::from).collect() };
     let want: BTreeSet<String> = UNIT_CAPS.iter().map(|c| c.to_string()).collect();

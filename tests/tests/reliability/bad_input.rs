@@ -344,3 +344,74 @@ fn never_reading_event_client_is_disconnected() {
     );
     agent.stop();
 }
+
+/// Flags that cannot work are refused before the kernel is touched:
+/// exit 2, one clap-style line, nothing loaded.
+#[test]
+fn impossible_flags_exit_2_before_loading_anything() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--interfaces", ""], "--interfaces"),
+        (&["--interfaces", "eth0,"], "--interfaces"),
+        (&["--idle-timeout", "60@:0"], "--idle-timeout"),
+        (
+            &["--ring-buffer-bytes", "2147483648"],
+            "--ring-buffer-bytes",
+        ),
+        (&["--listen", &busy], "--listen"),
+        // TEST-NET-1: no address of this host.
+        (&["--listen", "192.0.2.99:9977"], "--listen"),
+    ];
+    let before = orphans();
+    for (flags, named) in cases {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        let started = Instant::now();
+        let out = run_agent_cli(&args, &[], Duration::from_secs(10));
+        let took = started.elapsed();
+        assert_eq!(out.code, Some(2), "{flags:?}: {out:?}");
+        assert!(out.stderr.contains(named), "{flags:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert!(took < Duration::from_secs(2), "{flags:?} took {took:?}");
+    }
+    // (Objects of an agent stopped just before may still be on their way
+    // out: only new ones would be ours.)
+    let new: Vec<String> = orphans()
+        .into_iter()
+        .filter(|o| !before.contains(o))
+        .collect();
+    assert!(new.is_empty(), "left loaded: {new:?}");
+}
+
+/// Boolean environment variables take the usual spellings, as Kubernetes
+/// manifests write them.
+#[test]
+fn boolean_environment_variables_take_1_and_yes() {
+    let agent = Daemon::launch(Launch {
+        env: &[
+            ("KEEPALIVE_JSON", "1"),
+            ("KEEPALIVE_ALL_EVENTS", "yes"),
+            ("KEEPALIVE_NO_TC", "0"),
+        ],
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("1/yes/0 refused: {e:?}"));
+    let tc = agent.ready.hook(Hook::Tc).expect("tc hook");
+    assert!(tc.live, "KEEPALIVE_NO_TC=0 turned the classifiers off");
+    agent.stop();
+}
+
+/// A filter given twice is a 400, whichever value would have won.
+#[test]
+fn a_filter_given_twice_is_a_400() {
+    let agent = Daemon::start(&[]);
+    for target in [
+        "/sockets?port=1&port=2",
+        "/events?event=probe_sent&event=probe_ack",
+    ] {
+        let status = raw_get_status(&agent.addr(), target.as_bytes(), Duration::from_secs(5));
+        assert_eq!(status, Some(400), "{target}");
+    }
+    agent.stop();
+}

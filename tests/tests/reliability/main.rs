@@ -120,10 +120,14 @@ fn assert_metric_mirrors_kernel(
 }
 
 mod bad_input;
+mod health;
 mod hook_fallback;
+mod hostile_clients;
 mod least_privilege;
+mod lost_events;
 mod map_full;
 mod namespace_churn;
 mod random_input;
 mod ring_overflow;
 mod signals;
+mod stalled_output;

@@ -109,3 +109,18 @@ fn sigterm_leaves_no_bpf_objects_and_restart_works() {
 fn sigkill_leaves_no_bpf_objects_and_restart_works() {
     signal_leaves_nothing_and_restart_works(true);
 }
+
+/// SIGHUP (a closed terminal, `systemctl kill -s HUP`) stops the agent as
+/// SIGTERM does: the `stopped` line, exit 0, nothing left attached.
+#[test]
+fn sighup_stops_cleanly() {
+    let agent = Daemon::start(&[]);
+    let held = held_by(agent.pid());
+    let (_, stopped) = agent.stop_with(libc::SIGHUP);
+    assert_eq!(stopped.counters.read_errors, 0);
+    assert!(
+        eventually(Duration::from_secs(5), || still_alive(&held).is_empty()),
+        "left behind: {:?}",
+        still_alive(&held)
+    );
+}

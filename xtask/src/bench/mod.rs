@@ -17,9 +17,11 @@ use keepalive_tests::agent::Launch;
 use serde_json::{Value, json};
 
 mod hold;
+mod soak;
 mod tc;
 
 pub use hold::hold;
+pub use soak::soak;
 
 pub(crate) struct Netns(String);
 
@@ -54,7 +56,7 @@ impl Netns {
         })
     }
 
-    fn inode(&self) -> u64 {
+    pub(crate) fn inode(&self) -> u64 {
         use std::os::unix::fs::MetadataExt as _;
         fs::metadata(format!("/run/netns/{}", self.0))
             .map(|m| m.ino())

@@ -7,9 +7,10 @@ use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
 use prometheus_client::encoding::text::encode;
 
+use super::agent::StreamLabels;
 use super::{HookLabels, Metrics, NetnsLabel, PortLabel, RiskLabels, SocketsLabels};
 use crate::{
-    host::sysctl::KeepaliveSysctls,
+    host::{outlet, sysctl::KeepaliveSysctls},
     model::risk::Rule,
     table::{self, SocketTable},
 };
@@ -33,9 +34,10 @@ impl Metrics {
 
     /// Refreshes gauges and kernel-derived counters, then encodes.
     pub fn render(&mut self, s: Snapshot<'_>) -> String {
-        self.hook_up.clear();
+        self.agent.hook_up.clear();
         for h in s.hooks {
-            self.hook_up
+            self.agent
+                .hook_up
                 .get_or_create(&HookLabels {
                     hook: h.hook.as_str(),
                     mode: h.mode.as_str(),
@@ -44,22 +46,38 @@ impl Metrics {
         }
         let k = s.kernel;
         let last = self.last_kernel;
-        self.events_lost
+        self.agent
+            .events_lost
             .inc_by(k.events_lost.saturating_sub(last.events_lost));
-        self.kernel_probes
+        self.agent
+            .kernel_probes
             .inc_by(k.probes.saturating_sub(last.probes));
-        self.kernel_timeouts
+        self.agent
+            .kernel_timeouts
             .inc_by(k.keepalive_timeouts.saturating_sub(last.keepalive_timeouts));
-        self.socket_map_full
+        self.agent
+            .socket_map_full
             .inc_by(k.socket_map_full.saturating_sub(last.socket_map_full));
-        self.read_errors
+        self.agent
+            .read_errors
             .inc_by(k.read_errors.saturating_sub(last.read_errors));
         self.last_kernel = *k;
-        self.sockets_refused
+        self.agent
+            .sockets_refused
             .inc_by(s.table.refused.saturating_sub(self.last_refused));
         self.last_refused = s.table.refused;
-        self.tc_interfaces.set(s.tc_interfaces as i64);
-        self.tracked.set(s.table.len() as i64);
+        self.agent.tc_interfaces.set(s.tc_interfaces as i64);
+        let streams = [("stdout", outlet::stdout()), ("stderr", outlet::stderr())];
+        for (i, (stream, outlet)) in streams.into_iter().enumerate() {
+            let now = outlet.dropped();
+            let seen = &mut self.agent.output_dropped_seen[i];
+            self.agent
+                .output_dropped
+                .get_or_create(&StreamLabels { stream })
+                .inc_by(now.saturating_sub(*seen));
+            *seen = now;
+        }
+        self.agent.tracked.set(s.table.len() as i64);
 
         self.sysctl_time.clear();
         self.sysctl_intvl.clear();

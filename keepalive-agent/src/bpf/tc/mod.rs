@@ -53,6 +53,8 @@ pub enum TcError {
     Netns(#[from] NetnsError),
     #[error("{} is no longer netns {inode}", path.display())]
     Moved { path: PathBuf, inode: u64 },
+    #[error("reading a namespace's interfaces: {0}")]
+    Read(#[source] std::io::Error),
 }
 
 pub const EGRESS_PROG: &str = "tc_egress";
@@ -119,16 +121,27 @@ impl TcAttacher {
             .collect()
     }
 
-    /// Attaches to new interfaces and forgets vanished ones.
-    pub fn sync(&mut self, ebpf: &mut aya::Ebpf, filter: &InterfaceFilter) -> SyncReport {
+    /// Attaches to new interfaces and forgets vanished ones. When the
+    /// namespaces cannot be listed at all, nothing changes and the error
+    /// is returned: "no namespaces" would detach every classifier.
+    pub fn sync(
+        &mut self,
+        ebpf: &mut aya::Ebpf,
+        filter: &InterfaceFilter,
+    ) -> Result<SyncReport, TcError> {
         let mut report = SyncReport::default();
         let mut seen = Vec::new();
-        // Namespaces listed but not entered this time (the process whose
-        // path we had exited meanwhile): their attachments stay as they are
-        // (forgetting them would attach a second filter next time).
+        // Namespaces listed but not read this time (the process whose path
+        // we had exited meanwhile, or no descriptor to read with): their
+        // attachments stay as they are (forgetting them would attach a
+        // second filter next time).
         let mut unread = BTreeSet::new();
-        for ns in netns::all() {
-            match netns::run_in(&ns.path, || (netns::cookie(), netns::interfaces())) {
+        for ns in netns::all()? {
+            let read = netns::run_in(&ns.path, || Ok((netns::cookie()?, netns::interfaces()?)));
+            match read
+                .map_err(TcError::from)
+                .and_then(|r| r.map_err(TcError::Read))
+            {
                 Ok((ns_cookie, ifaces)) => {
                     for (ifindex, name) in ifaces {
                         if filter.matches(&name) {
@@ -141,9 +154,10 @@ impl TcAttacher {
                         }
                     }
                 }
-                // The namespace vanished between listing and entering it.
+                // The namespace vanished between listing and entering it,
+                // or could not be read.
                 Err(e) => {
-                    log::debug!("skipping network namespace: {e}");
+                    log::debug!("skipping network namespace {}: {e}", ns.inode);
                     unread.insert(ns.inode);
                 }
             }
@@ -202,7 +216,7 @@ impl TcAttacher {
             }
         }
         report.total = self.attached.len();
-        report
+        Ok(report)
     }
 
     /// Detaches everything now, each netlink filter from inside its own
@@ -213,6 +227,7 @@ impl TcAttacher {
         }
         // Paths may have gone stale since the last sync.
         let now: BTreeMap<u64, PathBuf> = netns::all()
+            .unwrap_or_default()
             .into_iter()
             .map(|ns| (ns.inode, ns.path))
             .collect();

@@ -117,8 +117,9 @@ fn parse_destination(s: &str) -> Result<Destination, RiskError> {
             None => (Some(s.to_string()), None),
         }
     };
+    // Port 0 is no destination port: a rule for it would match nothing.
     let port = port
-        .map(|p| p.parse::<u16>().map_err(|_| bad()))
+        .map(|p| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad))
         .transpose()?;
     let net = net
         .map(|n| {

@@ -1,0 +1,206 @@
+//! The agent's own health, beside the keepalive metrics: hooks, events,
+//! kernel counters mirrored, its table, its scans of the node, its HTTP
+//! server and its output streams.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::{HookLabels, labels::VersionLabel, registered};
+
+/// The agent's periodic scans of the node.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Scan {
+    /// Namespaces and interfaces, for the TC classifiers.
+    Tc,
+    /// Every socket, through the iterator.
+    Inventory,
+    /// Every namespace's keepalive sysctls.
+    Sysctl,
+}
+
+impl Scan {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scan::Tc => "tc",
+            Scan::Inventory => "inventory",
+            Scan::Sysctl => "sysctl",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanLabels {
+    pub scan: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: &'static str,
+}
+
+pub struct AgentHealth {
+    pub(super) hook_up: Family<HookLabels, Gauge>,
+    pub events_read: Counter,
+    pub(super) events_lost: Counter,
+    pub(super) kernel_probes: Counter,
+    pub(super) kernel_timeouts: Counter,
+    pub(super) socket_map_full: Counter,
+    pub(super) read_errors: Counter,
+    pub(super) sockets_refused: Counter,
+    pub clients_dropped: Counter,
+    pub(super) tc_interfaces: Gauge,
+    pub(super) tracked: Gauge,
+    scan_errors: Family<ScanLabels, Counter>,
+    scan_ok: Family<ScanLabels, Gauge>,
+    /// HTTP requests or connections turned away, by reason.
+    pub http_refused: Family<ReasonLabels, Counter>,
+    pub http_accept_errors: Counter,
+    /// Output lines dropped because nobody read the stream fast enough.
+    pub(super) output_dropped: Family<StreamLabels, Counter>,
+    /// The outlets' drop counts as of the last scrape (stdout, stderr).
+    pub(super) output_dropped_seen: [u64; 2],
+    /// Sockets found gone by an inventory, their close event lost.
+    pub gone_unseen: Counter,
+}
+
+impl AgentHealth {
+    pub fn register(r: &mut Registry) -> Self {
+        let health = Self::families(r);
+        // Every known label set from the start, at 0: a series that appears
+        // only with its first event makes rate() and alerts miss that event.
+        for scan in [Scan::Tc, Scan::Inventory, Scan::Sysctl] {
+            let l = ScanLabels {
+                scan: scan.as_str(),
+            };
+            let _ = health.scan_errors.get_or_create(&l);
+        }
+        for reason in ["connections", "sockets"] {
+            let _ = health.http_refused.get_or_create(&ReasonLabels { reason });
+        }
+        for stream in ["stdout", "stderr"] {
+            let _ = health
+                .output_dropped
+                .get_or_create(&StreamLabels { stream });
+        }
+        health
+    }
+
+    fn families(r: &mut Registry) -> Self {
+        // A gauge at 1 rather than an OpenMetrics info: Prometheus' own text
+        // parser (promtool, older servers) does not know the info type.
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        r.register("keepalive_agent_build_info", "Agent version", build_info);
+        AgentHealth {
+            hook_up: registered(
+                r,
+                "keepalive_agent_hook_up",
+                "1 when the hook is attached, by the mode in use (fentry, tp_btf, tcx, netlink)",
+            ),
+            events_read: registered(
+                r,
+                "keepalive_agent_events_read",
+                "Events read from the kernel ring buffer",
+            ),
+            events_lost: registered(
+                r,
+                "keepalive_agent_events_lost",
+                "Events the kernel could not queue (ring buffer full); kernel counters stay exact",
+            ),
+            kernel_probes: registered(
+                r,
+                "keepalive_agent_kernel_probes",
+                "Probes counted in the kernel (exact even when events are lost)",
+            ),
+            kernel_timeouts: registered(
+                r,
+                "keepalive_agent_kernel_keepalive_timeouts",
+                "Keepalive ETIMEDOUT kills counted in the kernel",
+            ),
+            socket_map_full: registered(
+                r,
+                "keepalive_agent_socket_map_full",
+                "Sockets the kernel map could not track because it was full",
+            ),
+            read_errors: registered(
+                r,
+                "keepalive_agent_kernel_read_errors",
+                "Kernel memory reads that failed in the programs",
+            ),
+            sockets_refused: registered(
+                r,
+                "keepalive_agent_sockets_refused",
+                "Sockets the agent's table could not track because it was full",
+            ),
+            clients_dropped: registered(
+                r,
+                "keepalive_agent_event_clients_dropped",
+                "HTTP clients disconnected for reading too slowly (/events streams that fell behind or stopped reading)",
+            ),
+            tc_interfaces: registered(
+                r,
+                "keepalive_agent_tc_interfaces",
+                "Interfaces with the TC classifiers attached",
+            ),
+            tracked: registered(
+                r,
+                "keepalive_agent_tracked_sockets",
+                "Sockets in the agent's table",
+            ),
+            scan_errors: registered(
+                r,
+                "keepalive_agent_scan_errors",
+                "Scans of the node that failed (namespaces could not be listed, out of descriptors): what the agent knew is kept, by scan (tc, inventory, sysctl)",
+            ),
+            scan_ok: registered(
+                r,
+                "keepalive_agent_scan_success",
+                "1 when the last scan of its kind succeeded, by scan (tc, inventory, sysctl)",
+            ),
+            http_refused: registered(
+                r,
+                "keepalive_agent_http_refused",
+                "HTTP connections or requests turned away with 503, by reason (connections: past --max-connections; sockets: past the concurrent /sockets cap)",
+            ),
+            http_accept_errors: registered(
+                r,
+                "keepalive_agent_http_accept_errors",
+                "Failed accepts of HTTP connections (out of descriptors, most likely); the server backs off",
+            ),
+            output_dropped_seen: [0; 2],
+            gone_unseen: registered(
+                r,
+                "keepalive_agent_sockets_gone_unseen",
+                "Sockets an inventory found closed whose close event was lost (ring buffer full); the final counts of those with probes came through the kernel's map of lost closes",
+            ),
+            output_dropped: registered(
+                r,
+                "keepalive_agent_output_lines_dropped",
+                "Lines not written to stdout or stderr because the stream was not read fast enough (a full pipe never stalls the agent)",
+            ),
+        }
+    }
+
+    /// How a scan of `scan`'s kind went.
+    pub fn scanned(&self, scan: Scan, ok: bool) {
+        let l = ScanLabels {
+            scan: scan.as_str(),
+        };
+        self.scan_ok.get_or_create(&l).set(i64::from(ok));
+        if !ok {
+            self.scan_errors.get_or_create(&l).inc();
+        }
+    }
+}
