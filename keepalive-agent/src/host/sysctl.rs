@@ -297,22 +297,18 @@ mod tests {
 
         let mut watch = SysctlWatch::new();
         assert_eq!(watch.current().get(&ns.inode()), Some(&want));
-        let quiet: Vec<_> = watch
-            .poll()
-            .expect("namespaces listed")
-            .changes
-            .into_iter()
-            .filter(|c| c.netns == ns.inode())
-            .collect();
+        let mut changes_of_ns = |watch: &mut SysctlWatch| -> Vec<Change> {
+            let polled = watch.poll().expect("namespaces listed");
+            polled
+                .changes
+                .into_iter()
+                .filter(|c| c.netns == ns.inode())
+                .collect()
+        };
+        let quiet = changes_of_ns(&mut watch);
         assert!(quiet.is_empty(), "{quiet:?}");
         ns.set("net.ipv4.tcp_keepalive_time=456");
-        let changes: Vec<_> = watch
-            .poll()
-            .expect("namespaces listed")
-            .changes
-            .into_iter()
-            .filter(|c| c.netns == ns.inode())
-            .collect();
+        let changes = changes_of_ns(&mut watch);
         assert_eq!(
             changes,
             [Change {

@@ -80,6 +80,10 @@ mod tests {
         // After close, the close event's totals still count.
         t.close(1);
         assert_eq!(t.credit(1, Some(6), Some(6)).unwrap().probes, 1);
+        // Seen again (TIME-WAIT keeps the cookie): its credits come along,
+        // and a late event of an old total adds nothing.
+        t.set_tuple(1, &Tuple::default());
+        assert_eq!(t.credit(1, Some(6), Some(6)).unwrap().probes, 0);
         assert!(t.credit(2, Some(1), None).is_none(), "unknown socket");
     }
 }

@@ -69,9 +69,18 @@ impl SocketTable {
         // Born in this pass: an inventory that started before the socket
         // existed must not count it as gone.
         let generation = self.generation;
-        Some(self.live.entry(cookie).or_insert_with(|| Entry {
-            generation,
-            ..Entry::default()
+        // A closed socket seen again (its TIME-WAIT form keeps the cookie)
+        // is the same socket: what the table knew of it, its credits
+        // included, comes back with it.
+        let revived = self
+            .closed
+            .remove(&cookie)
+            .map(|e| Entry { generation, ..e });
+        Some(self.live.entry(cookie).or_insert_with(|| {
+            revived.unwrap_or(Entry {
+                generation,
+                ..Entry::default()
+            })
         }))
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
 use super::agent::StreamLabels;
 use super::{HookLabels, Metrics, NetnsLabel, PortLabel, RiskLabels, SocketsLabels};
@@ -44,23 +44,20 @@ impl Metrics {
                 })
                 .set(i64::from(h.live));
         }
-        let k = s.kernel;
-        let last = self.last_kernel;
-        self.agent
-            .events_lost
-            .inc_by(k.events_lost.saturating_sub(last.events_lost));
-        self.agent
-            .kernel_probes
-            .inc_by(k.probes.saturating_sub(last.probes));
-        self.agent
-            .kernel_timeouts
-            .inc_by(k.keepalive_timeouts.saturating_sub(last.keepalive_timeouts));
-        self.agent
-            .socket_map_full
-            .inc_by(k.socket_map_full.saturating_sub(last.socket_map_full));
-        self.agent
-            .read_errors
-            .inc_by(k.read_errors.saturating_sub(last.read_errors));
+        // Counters that mirror the kernel's: each grows by what the kernel's
+        // grew since the last scrape.
+        let (k, last) = (s.kernel, self.last_kernel);
+        let a = &self.agent;
+        let mirrored: [(&Counter, fn(&KernelCounters) -> u64); 5] = [
+            (&a.events_lost, |c| c.events_lost),
+            (&a.kernel_probes, |c| c.probes),
+            (&a.kernel_timeouts, |c| c.keepalive_timeouts),
+            (&a.socket_map_full, |c| c.socket_map_full),
+            (&a.read_errors, |c| c.read_errors),
+        ];
+        for (counter, field) in mirrored {
+            counter.inc_by(field(k).saturating_sub(field(&last)));
+        }
         self.last_kernel = *k;
         self.agent
             .sockets_refused
