@@ -297,7 +297,7 @@ mod tests {
 
         let mut watch = SysctlWatch::new();
         assert_eq!(watch.current().get(&ns.inode()), Some(&want));
-        let mut changes_of_ns = |watch: &mut SysctlWatch| -> Vec<Change> {
+        let changes_of_ns = |watch: &mut SysctlWatch| -> Vec<Change> {
             let polled = watch.poll().expect("namespaces listed");
             polled
                 .changes
