@@ -15,6 +15,9 @@ use crate::{
     table::{self, SocketTable},
 };
 
+/// One of the kernel's counters, by field.
+type Field = fn(&KernelCounters) -> u64;
+
 /// What a scrape reads from the agent's state.
 pub struct Snapshot<'a> {
     pub hooks: &'a [HookStatus],
@@ -48,7 +51,7 @@ impl Metrics {
         // grew since the last scrape.
         let (k, last) = (s.kernel, self.last_kernel);
         let a = &self.agent;
-        let mirrored: [(&Counter, fn(&KernelCounters) -> u64); 5] = [
+        let mirrored: [(&Counter, Field); 5] = [
             (&a.events_lost, |c| c.events_lost),
             (&a.kernel_probes, |c| c.probes),
             (&a.kernel_timeouts, |c| c.keepalive_timeouts),
