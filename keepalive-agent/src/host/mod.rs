@@ -2,8 +2,8 @@
 //! which process owns a socket ([`owners`]), each namespace's keepalive
 //! sysctls ([`sysctl`]), the agent's own capabilities ([`caps`]),
 //! process limits and memory ([`process`]) and its output streams
-//! ([`outlet`]). Reads `/proc` and `/sys`;
-//! depends on nothing of the agent's own but `model`.
+//! ([`outlet`]). Reads `/proc` and `/sys`; depends on nothing of the
+//! agent's own.
 
 pub mod caps;
 pub mod netns;

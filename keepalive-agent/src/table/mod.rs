@@ -8,6 +8,11 @@
 //! connection's error after `tcp_done` has already moved it to CLOSE and
 //! released its local port (tcp_done_with_error), so the error needs what
 //! the table knew just before.
+//!
+//! Module map: [`apply`] (an event's record, and what it changes here),
+//! `credit` (what the labelled counters were given per socket), `entry`,
+//! `view` (a row of `/sockets`, its risk), `hasher` (cookie hashing).
+//! Depends on `model` and `host` (a connecting process's cgroup).
 
 pub mod apply;
 mod credit;
