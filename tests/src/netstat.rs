@@ -32,6 +32,19 @@ fn parse(text: &str, prefix: &str, name: &str) -> Option<u64> {
     values.get(i)?.parse().ok()
 }
 
+/// Packets the kernel dropped from its per-CPU input backlogs
+/// (`/proc/net/softnet_stat`, second column, summed over CPUs): a burst of
+/// probes over loopback beyond `net.core.netdev_max_backlog` is sent (and
+/// counted in `TCPKeepAlive`) but never answered.
+pub fn softnet_dropped() -> u64 {
+    fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum()
+}
+
 /// `TCPKeepAlive` of every network namespace reachable now (through a
 /// process living in it or an `ip netns` mount), by namespace inode.
 pub fn keepalive_probes_everywhere() -> BTreeMap<u64, u64> {

@@ -149,31 +149,9 @@ fn events_lost(agent: &Agent) -> anyhow::Result<u64> {
         .context("keepalive_agent_events_lost_total missing from /metrics")
 }
 
-/// Packets the kernel dropped for a full per-CPU backlog, all CPUs
-/// (`/proc/net/softnet_stat`, second column, hex).
-fn softnet_dropped() -> u64 {
-    fs::read_to_string("/proc/net/softnet_stat")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|v| u64::from_str_radix(v, 16).ok())
-        .sum()
-}
-
+/// The calling thread's namespace's `TCPKeepAlive` (the test kit's reader).
 fn tcp_keepalive_counter() -> u64 {
-    let text = fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
-    let mut it = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(h), Some(v)) = (it.next(), it.next()) else {
-        return 0;
-    };
-    let i = h
-        .split_whitespace()
-        .position(|n| n == "TCPKeepAlive")
-        .unwrap_or(usize::MAX);
-    v.split_whitespace()
-        .nth(i)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    keepalive_tests::netstat::tcp_ext("TCPKeepAlive")
 }
 
 fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
@@ -185,7 +163,7 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
         "5",
     ])?;
     let before = ns.run(tcp_keepalive_counter)?;
-    let drops_before = softnet_dropped();
+    let drops_before = keepalive_tests::netstat::softnet_dropped();
     let made = Instant::now();
     let socks = hold::Holders::spawn(&ns.0, n)?;
     let setup_s = made.elapsed().as_secs_f64();
@@ -211,7 +189,7 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     drop(socks);
     std::thread::sleep(Duration::from_millis(500));
     let delta = ns.run(tcp_keepalive_counter)? - before;
-    let dropped = softnet_dropped() - drops_before;
+    let dropped = keepalive_tests::netstat::softnet_dropped() - drops_before;
     let stopped = agent.stop()?;
     let c = &stopped.counters;
     let counted = c.probes;
