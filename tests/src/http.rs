@@ -38,7 +38,12 @@ pub fn get_within(
         .build()
         .call()?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().read_to_string()?;
+    // A `/sockets` of 100k sockets is tens of MiB: past ureq's 10 MiB default.
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()?;
     Ok((status, body))
 }
 
