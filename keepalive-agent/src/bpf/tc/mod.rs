@@ -208,6 +208,13 @@ impl TcAttacher {
                     );
                     report.attached += 1;
                 }
+                // The namespace went between listing and attaching (a pod
+                // deleted): nothing failed, nothing is left to attach to.
+                Err(TcError::Netns(NetnsError::Open { source, .. }))
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    log::debug!("tc: netns {} gone before {name} was attached", ns.inode);
+                }
                 Err(e) => {
                     warn!("tc: not attached to {name} in netns {}: {e}", ns.inode);
                     self.failed.insert(key);
