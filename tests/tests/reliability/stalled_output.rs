@@ -119,6 +119,7 @@ fn a_stdout_nobody_reads_blocks_nothing_and_sigterm_still_stops() {
         "no line counted as dropped"
     );
     assert!(probes.is_some_and(|p| p > 0.0));
-    let left = still_alive(&held);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    // The kernel frees a process's BPF objects soon after it exits.
+    let released = eventually(Duration::from_secs(5), || still_alive(&held).is_empty());
+    assert!(released, "left behind: {:?}", still_alive(&held));
 }
