@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
         cli::args::Command::Sockets(args) => cli::client::sockets(args),
         cli::args::Command::Advise(args) => cli::advise::advise(args),
         cli::args::Command::Events(args) => cli::client::events(args),
+        cli::args::Command::Paths(args) => cli::client::paths(args),
     };
     let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

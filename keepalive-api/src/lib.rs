@@ -9,11 +9,16 @@
 //! these types.
 
 mod lifecycle;
+mod path;
 mod record;
 mod socket;
 mod vocab;
 
 pub use lifecycle::{HookStatus, KernelCounters, Line, LineError, Ready, Stopped};
+pub use path::{Gap, PathRow};
 pub use record::{Keepalive, Record};
 pub use socket::{Owner, Risk, SocketRow};
-pub use vocab::{Cause, Hook, HookMode, RecordKind, RiskReason, Source, TcpState, UnknownName};
+pub use vocab::{
+    Cause, Hook, HookMode, RecordKind, ResetClass, RiskBasis, RiskReason, Source, TcpState,
+    Trigger, UnknownName,
+};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vocab::{Cause, RecordKind, Source, TcpState};
+use crate::vocab::{Cause, RecordKind, ResetClass, Source, TcpState, Trigger};
 
 /// A socket's effective keepalive settings, each with where it comes from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,14 +76,31 @@ pub struct Record {
     /// last packet received, or the first SYN, to the abort).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_s: Option<f64>,
-    /// Errors: seconds the connection went unanswered before the abort,
-    /// from the first unanswered probe, data segment or SYN.
+    /// Errors, idle_blackhole: seconds the connection went unanswered
+    /// before the abort (or the stall report), from the first unanswered
+    /// probe, data segment (its first send, `first_tx_mstamp`) or SYN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unanswered_s: Option<f64>,
     /// Errors: seconds of idle before the first unanswered probe or
     /// segment (`idle_s - unanswered_s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_before_s: Option<f64>,
+    /// connection_reset, idle_blackhole: seconds from our last data
+    /// segment sent (`lsndtime`) to the RST or the stall report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_send_s: Option<f64>,
+    /// connection_reset: idle_reset or peer_reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<ResetClass>,
+    /// connection_reset (idle_reset), idle_blackhole: what our first packet
+    /// after the idle gap was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+    /// The destination group whose idle timeout the record teaches
+    /// (`/paths`): configured destination, remote /24 or /64 and service
+    /// port, or `other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
     /// The errno's name (`ETIMEDOUT`, `ECONNRESET`, …).
@@ -139,6 +156,10 @@ impl Record {
             idle_s: None,
             unanswered_s: None,
             idle_before_s: None,
+            since_send_s: None,
+            class: None,
+            trigger: None,
+            path: None,
             errno: None,
             error: None,
             cause: None,

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     record::Keepalive,
-    vocab::{RiskReason, TcpState},
+    vocab::{RiskBasis, RiskReason, TcpState},
 };
 
 /// The process that owns a socket.
@@ -30,6 +30,14 @@ pub struct Risk {
     pub profile: String,
     pub idle_timeout_s: u32,
     pub reason: RiskReason,
+    /// Where the timeout comes from: a rule, the path's learned bound or
+    /// the namespace's conntrack.
+    #[serde(default = "configured")]
+    pub basis: RiskBasis,
+}
+
+fn configured() -> RiskBasis {
+    RiskBasis::Configured
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -93,6 +93,12 @@ vocabulary! {
         ConnectionTimeout = "connection_timeout",
         /// Any other error that killed a connection.
         SocketError = "socket_error",
+        /// An in-sequence RST killed the connection (`class` says whether
+        /// it answered our first packet after an idle gap).
+        ConnectionReset = "connection_reset",
+        /// Our first data after an idle gap went unanswered through two
+        /// retransmissions: the path dropped the flow silently.
+        IdleBlackhole = "idle_blackhole",
         /// A TCP state change other than to CLOSE.
         StateChange = "state_change",
         /// A TCP state change to CLOSE.
@@ -161,11 +167,49 @@ vocabulary! {
 }
 
 vocabulary! {
+    /// What an RST that killed a connection was.
+    pub enum ResetClass ("reset class") {
+        /// It answered our first packet after an idle gap, within a few
+        /// round trips: a middlebox that forgot the flow (AWS NLB, Azure
+        /// LB with TCP reset, a conntrack reject).
+        IdleReset = "idle_reset",
+        /// Any other RST: the peer (or a middlebox) reset an active,
+        /// closing or connecting socket.
+        PeerReset = "peer_reset",
+    }
+}
+
+vocabulary! {
+    /// Our first packet after an idle gap, which the path answered with an
+    /// RST or dropped.
+    pub enum Trigger ("trigger") {
+        /// A data segment the application wrote.
+        Write = "write",
+        /// A keepalive probe.
+        KeepaliveProbe = "keepalive_probe",
+    }
+}
+
+vocabulary! {
+    /// Where the path idle timeout a socket is judged against comes from.
+    pub enum RiskBasis ("risk basis") {
+        /// An `--idle-timeout` rule.
+        Configured = "configured",
+        /// The shortest fatal idle gap the agent saw on the path.
+        Learned = "learned",
+        /// The socket's namespace's own conntrack
+        /// (`nf_conntrack_tcp_timeout_established`).
+        Conntrack = "conntrack",
+    }
+}
+
+vocabulary! {
     /// The agent's hooks into the kernel, as `/healthz` and `hook_up` name them.
     pub enum Hook ("hook") {
         KeepaliveTimer = "keepalive_timer",
         InetSockSetState = "inet_sock_set_state",
         InetSkErrorReport = "inet_sk_error_report",
+        TcpReceiveReset = "tcp_receive_reset",
         Tc = "tc",
         SocketInventory = "socket_inventory",
     }

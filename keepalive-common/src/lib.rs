@@ -66,6 +66,16 @@ pub struct KernelConfig {
     pub tp_snd_una: u32,
     pub tp_rcv_tstamp: u32,
     pub tp_retrans_stamp: u32,
+    /// `tcp_sock.lsndtime`: jiffies of the last data segment sent
+    /// (`tcp_event_data_sent`; pure ACKs and probes leave it alone).
+    pub tp_lsndtime: u32,
+    /// `tcp_sock.srtt_us`: smoothed RTT, µs << 3.
+    pub tp_srtt_us: u32,
+    /// `tcp_sock.first_tx_mstamp` (u64, µs of CLOCK_MONOTONIC): when the
+    /// flight now outstanding started (`tcp_rate_skb_sent` sets it only
+    /// when nothing was in flight, so retransmissions leave it alone).
+    pub tp_first_tx_mstamp: u32,
+    pub _pad_offsets: u32,
     /// Sizes in bytes (1 or 4) of members whose type changed across kernels.
     pub tp_keepalive_probes_size: u8,
     pub net_keepalive_probes_size: u8,
@@ -95,6 +105,12 @@ pub enum EventKind {
     SocketError = 5,
     /// A TCP state change (`inet_sock_set_state`).
     StateChange = 6,
+    /// An in-sequence RST was received (`tcp_receive_reset`): the
+    /// connection dies of it.
+    ConnectionReset = 7,
+    /// The retransmit timer retransmitted for the second time with nothing
+    /// answered (`icsk_retransmits` reached 2): a silent drop, early.
+    Retransmitting = 8,
 }
 
 impl EventKind {
@@ -106,6 +122,8 @@ impl EventKind {
             4 => Self::ProbeAck,
             5 => Self::SocketError,
             6 => Self::StateChange,
+            7 => Self::ConnectionReset,
+            8 => Self::Retransmitting,
             _ => return None,
         })
     }
@@ -207,7 +225,8 @@ pub struct Event {
     pub probes_out: u32,
     /// Probe sequence number (snd_una - 1), or the ACK number for acks.
     pub seq: u32,
-    /// Probe round-trip time (ProbeAck).
+    /// Probe round-trip time (ProbeAck); ConnectionReset: ns since the
+    /// keepalive probe still unanswered left (seen by TC), 0 when none.
     pub rtt_ns: u64,
     /// Jiffies since the last segment was received (timer events).
     pub idle_jiffies: u32,
@@ -236,11 +255,20 @@ pub struct Event {
     /// segment (or the SYN) was first sent, in ms of CLOCK_MONOTONIC
     /// (µs where the route uses usec TCP timestamps); 0 when none.
     pub retrans_stamp: u32,
+    /// Jiffies since the last data segment sent (`lsndtime`;
+    /// ConnectionReset, Retransmitting).
+    pub since_send_jiffies: u32,
+    /// Smoothed RTT in µs (ConnectionReset, Retransmitting).
+    pub srtt_us: u32,
+    /// `tp->first_tx_mstamp`: µs of CLOCK_MONOTONIC when the outstanding
+    /// flight's first segment was sent (SocketError, Retransmitting): the
+    /// first unanswered data, before any retransmission of it.
+    pub first_tx_us: u64,
 }
 
 /// The ring buffer's compact record for a probe's ACK, the one event per
 /// probe that needs no socket details (the agent knows the socket from its
-/// `ProbeSent`): 56 bytes instead of 184, so bursts of probes fit three
+/// `ProbeSent`): 56 bytes instead of 200, so bursts of probes fit three
 /// times as many ACKs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -256,7 +284,7 @@ pub struct AckEvent {
 /// The ring buffer's compact record for a state change, the bulk of
 /// events on a node that opens connections fast (four per connection):
 /// the socket and its owner, without the keepalive and error fields of
-/// [`Event`] (120 bytes instead of 184).
+/// [`Event`] (120 bytes instead of 200).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StateEvent {
@@ -278,9 +306,9 @@ const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
 pub const ACK_EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<AckEvent>() == ACK_EVENT_SIZE);
 
-pub const EVENT_SIZE: usize = 184;
+pub const EVENT_SIZE: usize = 200;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 176);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 192);
 
 /// One socket from the `iter/tcp` inventory: every TCP socket of the
 /// namespace the iterator was created in, with what only the kernel knows
@@ -422,6 +450,14 @@ pub struct KernelCounters {
     /// kept either (`CLOSED` full): the labelled counters miss them.
     #[cfg_attr(feature = "serde", serde(default))]
     pub closed_counts_lost: u64,
+    /// In-sequence RSTs received (`tcp_receive_reset`), each a connection
+    /// killed (or a connect refused).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub resets: u64,
+    /// Connections whose retransmit timer retransmitted a second time
+    /// with nothing answered.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub retransmit_stalls: u64,
 }
 
 /// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.

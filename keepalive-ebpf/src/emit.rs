@@ -1,4 +1,4 @@
-//! Writing one event into the ring buffer, in place (no 184-byte copy on
+//! Writing one event into the ring buffer, in place (no 200-byte copy on
 //! the 512-byte BPF stack).
 
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns};

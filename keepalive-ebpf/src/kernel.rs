@@ -90,6 +90,29 @@ pub fn settings(sk: u64, out: &mut KeepaliveSettings) -> Result<(), i64> {
     Ok(())
 }
 
+/// `icsk_retransmits`: RTO retransmissions since the last forward progress.
+#[inline(always)]
+pub fn retransmits(sk: u64) -> Result<u32, i64> {
+    read_sized(
+        sk,
+        config!(icsk_retransmits),
+        config!(icsk_retransmits_size),
+    )
+}
+
+/// Jiffies since the last data segment was sent (`tp->lsndtime`, set by
+/// `tcp_event_data_sent`).
+#[inline(always)]
+pub fn since_send_jiffies(sk: u64, now: u32) -> Result<u32, i64> {
+    Ok(now.wrapping_sub(read::<u32>(sk, config!(tp_lsndtime))?))
+}
+
+/// Smoothed RTT in µs (`tp->srtt_us` holds it << 3).
+#[inline(always)]
+pub fn srtt_us(sk: u64) -> Result<u32, i64> {
+    Ok(read::<u32>(sk, config!(tp_srtt_us))? >> 3)
+}
+
 /// The namespace's tcp_retries2 and tcp_syn_retries.
 #[inline(always)]
 pub fn retries(sk: u64) -> Result<(u8, u8), i64> {

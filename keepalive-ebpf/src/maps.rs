@@ -58,11 +58,19 @@ pub struct TimerScratch {
     pub closed: u8,
     /// TCP state at timer entry (an error report sees CLOSE already).
     pub state_before: u8,
-    pub _pad: [u8; 3],
+    /// `icsk_retransmits` at the retransmit timer's entry.
+    pub retransmits_before: u8,
+    pub _pad: [u8; 2],
     /// Where TC egress saw this socket's probe leave during the callback
     /// (0: not seen), for the exit's `ProbeSent`.
     pub wire_ifindex: u32,
     pub _pad2: u32,
+    /// The socket (and its cookie) whose received RST was just reported
+    /// (`tcp_receive_reset`): its error report, which `tcp_reset` raises
+    /// next on this CPU, is the same death and is not reported again.
+    /// Not part of a timer run: set and cleared by those two hooks.
+    pub reset_sk: u64,
+    pub reset_cookie: u64,
 }
 
 /// This CPU's timer scratch. A miss (never expected: one entry per CPU) is

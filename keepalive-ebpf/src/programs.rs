@@ -82,6 +82,15 @@ pub fn inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: the tracepoint's socket argument is a valid `struct sock`.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let _ = sock::on_receive_reset(sk as u64, cookie);
+    0
+}
+
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let _ = wire::on_egress(&ctx);

@@ -1,6 +1,8 @@
 //! Socket life cycle and errors: `inet_sock_set_state` (creation of the
-//! cookie, owner at connect, clean-up at close) and `inet_sk_error_report`
-//! (ETIMEDOUT and the timer that raised it).
+//! cookie, owner at connect, clean-up at close), `inet_sk_error_report`
+//! (ETIMEDOUT and the timer that raised it) and `tcp_receive_reset` (an
+//! RST that kills the connection, with the timestamps that tell whether
+//! it answered our first write after an idle gap).
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -112,6 +114,14 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
     if config!(enabled) == 0 || !is_tcp(sk) {
         return Ok(());
     }
+    if let Some(s) = scratch()
+        && s.reset_sk == sk
+        && s.reset_cookie == cookie
+    {
+        // tcp_reset's own report of the RST just reported.
+        s.reset_sk = 0;
+        return Ok(());
+    }
     let err = read::<i32>(sk, config!(sk_err))? as u32;
     // The timer running on this CPU for this socket, and the state the
     // socket had when it started (tcp_done has moved it to CLOSE by now).
@@ -122,39 +132,73 @@ pub fn on_error_report(sk: u64, cookie: u64) -> Result<(), i64> {
     if err == ETIMEDOUT && timer == TIMER_KEEPALIVE {
         count(counter!(keepalive_timeouts), 1);
     }
-    // SAFETY: the value is copied out at once.
-    let (probes_total, acks_total) = match unsafe { SOCKETS.get(cookie) } {
-        Some(c) => (c.probes as u32, c.acks as u32),
-        None => (0, 0),
-    };
     // SAFETY: no arguments; reads the kernel's jiffies.
     let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
     emit(EventKind::SocketError, cookie, |ev| {
         ev.err = err;
         ev.timer = timer;
-        ev.probes_total = probes_total;
-        ev.acks_total = acks_total;
-        ev.probes_out = kernel::probes_out(sk).unwrap_or(0).into();
-        ev.retransmits = kernel::read_sized(
-            sk,
-            config!(icsk_retransmits),
-            config!(icsk_retransmits_size),
-        )
-        .unwrap_or(0);
-        ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
-        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
-        ev.retrans_stamp = read::<u32>(sk, config!(tp_retrans_stamp)).unwrap_or(0);
-        if kernel::keepalive_on(sk).unwrap_or(false) {
-            ev.flags |= flag::KEEPALIVE_ON;
-        }
         fill_task(ev);
-        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-        let _ = kernel::settings(sk, &mut ev.settings);
+        fill_death(ev, sk, now);
         ev.old_state = state_before;
-        if let Ok((retries2, syn_retries)) = kernel::retries(sk) {
-            ev.retries2 = retries2;
-            ev.syn_retries = syn_retries;
-        }
     });
     Ok(())
+}
+
+/// An in-sequence RST arrived (`tcp_reset` is about to kill the socket):
+/// the socket is still in the state it had, with its timestamps. In
+/// softirq context: the owner comes from the agent's table.
+pub fn on_receive_reset(sk: u64, cookie: u64) -> Result<(), i64> {
+    if config!(enabled) == 0 || !is_tcp(sk) {
+        return Ok(());
+    }
+    count(counter!(resets), 1);
+    // SAFETY: no arguments; reads the kernel's jiffies.
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    emit(EventKind::ConnectionReset, cookie, |ev| {
+        fill_death(ev, sk, now);
+        // A keepalive probe TC saw leave and no ACK came back: the RST may
+        // answer it. Its timer run may not have reported it yet (the RST
+        // can be processed on another CPU before the callback's exit).
+        // SAFETY: the value is copied out at once.
+        if let Some(flight) = unsafe { IN_FLIGHT.get(FlowKey::of(&ev.tuple)) }
+            && flight.cookie == cookie
+        {
+            ev.rtt_ns = ev.head.ts_ns.wrapping_sub(flight.sent_ns);
+        }
+    });
+    if let Some(s) = scratch() {
+        s.reset_sk = sk;
+        s.reset_cookie = cookie;
+    }
+    Ok(())
+}
+
+/// What a report of a dying (or stalling) connection carries: where it
+/// is, its keepalive and retransmission state, its timestamps and its
+/// kernel counts. Best effort per field: a failed read is counted and
+/// leaves the field 0.
+#[inline(always)]
+pub fn fill_death(ev: &mut Event, sk: u64, now: u32) {
+    // SAFETY: the value is copied out at once.
+    if let Some(c) = unsafe { SOCKETS.get(ev.head.cookie) } {
+        ev.probes_total = c.probes as u32;
+        ev.acks_total = c.acks as u32;
+    }
+    ev.probes_out = kernel::probes_out(sk).unwrap_or(0).into();
+    ev.retransmits = kernel::retransmits(sk).unwrap_or(0);
+    ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
+    ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+    ev.since_send_jiffies = kernel::since_send_jiffies(sk, now).unwrap_or(0);
+    ev.srtt_us = kernel::srtt_us(sk).unwrap_or(0);
+    ev.retrans_stamp = read::<u32>(sk, config!(tp_retrans_stamp)).unwrap_or(0);
+    ev.first_tx_us = read::<u64>(sk, config!(tp_first_tx_mstamp)).unwrap_or(0);
+    if kernel::keepalive_on(sk).unwrap_or(false) {
+        ev.flags |= flag::KEEPALIVE_ON;
+    }
+    let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+    let _ = kernel::settings(sk, &mut ev.settings);
+    if let Ok((retries2, syn_retries)) = kernel::retries(sk) {
+        ev.retries2 = retries2;
+        ev.syn_retries = syn_retries;
+    }
 }

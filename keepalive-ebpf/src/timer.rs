@@ -8,6 +8,11 @@
 use aya_ebpf::helpers::bpf_jiffies64;
 use keepalive_common::{EventKind, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter, flag};
 
+/// `icsk_retransmits` at which a stall is reported: the second RTO
+/// retransmission with nothing answered (`tcp_retransmit_timer` counts
+/// them; an ACK of new data resets it).
+const STALL_RETRANSMITS: u32 = 2;
+
 use crate::{
     emit::emit,
     kernel::{self, config, read},
@@ -41,6 +46,10 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     scratch.cookie = kernel::cookie(sk)?;
     scratch.probes_out_before = kernel::probes_out(sk)?;
     scratch.state_before = read::<u8>(sk, config!(skc_state))?;
+    if kind == TIMER_WRITE {
+        scratch.retransmits_before = kernel::retransmits(sk)? as u8;
+        return Ok(());
+    }
     if kind != TIMER_KEEPALIVE || !kernel::keepalive_on(sk)? {
         return Ok(());
     }
@@ -76,11 +85,14 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         let _ = SOCKETS.remove(scratch.cookie);
         return Ok(());
     }
+    let sk = scratch.sk;
+    let cookie = scratch.cookie;
+    if kind == TIMER_WRITE {
+        return on_write_exit(sk, cookie, scratch.retransmits_before);
+    }
     if kind != TIMER_KEEPALIVE || keepalive_on == 0 {
         return Ok(());
     }
-    let sk = scratch.sk;
-    let cookie = scratch.cookie;
     // A socket freed and reused meanwhile would carry another cookie.
     if cookie != 0 && kernel::cookie(sk)? != cookie {
         return Ok(());
@@ -135,6 +147,30 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         ev.acks_total = acks_total;
         let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         let _ = kernel::settings(sk, &mut ev.settings);
+    });
+    Ok(())
+}
+
+/// The retransmit timer ran: when it retransmitted (again) with at least
+/// `STALL_RETRANSMITS` unanswered, report the stall; the agent decides
+/// whether it followed an idle gap. Each further retransmission reports
+/// again (one event per RTO, rare); the agent keeps one per stall. A run
+/// deferred to `tcp_release_cb` (socket owned by the user) is not seen.
+fn on_write_exit(sk: u64, cookie: u64, before: u8) -> Result<(), i64> {
+    if cookie != 0 && kernel::cookie(sk)? != cookie {
+        return Ok(());
+    }
+    let after = kernel::retransmits(sk)?;
+    if after < STALL_RETRANSMITS || after <= u32::from(before) {
+        return Ok(());
+    }
+    count(counter!(retransmit_stalls), 1);
+    // SAFETY: no arguments; reads the kernel's jiffies.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    emit(EventKind::Retransmitting, cookie, |ev| {
+        ev.timer = TIMER_WRITE;
+        ev.retransmits = after;
+        crate::sock::fill_death(ev, sk, now);
     });
     Ok(())
 }

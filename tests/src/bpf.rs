@@ -20,6 +20,7 @@ pub const PROGRAM_NAMES: &[&str] = &[
     "write_timer_exit",
     "inet_sock_set_state",
     "inet_sk_error_report",
+    "tcp_receive_reset",
     "tc_egress",
     "tc_ingress",
     "dump_tcp",

@@ -1,7 +1,8 @@
 //! Harness for the real-kernel integration tests, one helper per job: the
 //! agent as a child process ([`agent`]) or a short command ([`cli`]);
 //! network namespaces, veth pairs and nftables rules the tests build and
-//! always tear down ([`world`]); the kernel's own counters as the oracle
+//! always tear down ([`world`]), a middlebox that forgets idle flows
+//! ([`middlebox`]); the kernel's own counters as the oracle
 //! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); one HTTP client ([`http`]), one way to wait
 //! ([`wait`]), clients any user can run ([`nobody`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
 //! Prometheus ([`prometheus`]), sockets as applications make them
@@ -16,6 +17,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod middlebox;
 pub mod netstat;
 pub mod nobody;
 pub mod proc;

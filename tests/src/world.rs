@@ -106,25 +106,31 @@ impl Pair {
     pub fn new() -> Pair {
         let a = Netns::new("kaa");
         let b = Netns::new("kab");
-        let (va, vb) = (unique("va"), unique("vb"));
-        sh(&[
-            "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb,
-            "netns", &b.name,
-        ]);
-        for (ns, dev, v4, v6) in [(&a, &va, A_V4, A_V6), (&b, &vb, B_V4, B_V6)] {
-            ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.exec(&["ip", "link", "set", dev, "up"]);
-        }
+        veth((&a, A_V4, A_V6), (&b, B_V4, B_V6));
         Pair { a, b }
+    }
+}
+
+/// A veth pair between two namespaces, each end up with its IPv4 /24 and
+/// IPv6 /64 address (no duplicate address detection).
+pub fn veth(a: (&Netns, &str, &str), b: (&Netns, &str, &str)) {
+    let (va, vb) = (unique("va"), unique("vb"));
+    sh(&[
+        "ip", "link", "add", &va, "netns", &a.0.name, "type", "veth", "peer", "name", &vb, "netns",
+        &b.0.name,
+    ]);
+    for ((ns, v4, v6), dev) in [(a, &va), (b, &vb)] {
+        ns.exec(&["ip", "addr", "add", &format!("{v4}/24"), "dev", dev]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
     }
 }
 

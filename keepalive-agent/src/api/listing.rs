@@ -49,7 +49,7 @@ impl Listing {
         if let Ok(s) = self.state.lock() {
             for &cookie in &self.cookies[self.next..end] {
                 // Closed since the listing began: left out.
-                let Some(row) = s.table.row_of(cookie, &s.rules) else {
+                let Some(row) = s.table.row_of(cookie, s.judge()) else {
                     continue;
                 };
                 if !self.filter.matches_row(&row) {

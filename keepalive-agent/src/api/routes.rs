@@ -1,5 +1,6 @@
 //! The agent's HTTP API: `/metrics` (OpenMetrics), `/sockets` (JSON
-//! snapshot), `/events` (NDJSON stream), `/healthz`. Bad paths are 404, bad
+//! snapshot), `/events` (NDJSON stream), `/paths` (learned path idle
+//! timeouts, JSON), `/healthz`. Bad paths are 404, bad
 //! filters 400 with the reason; `/events` clients are capped, and one that
 //! reads too slowly to keep up is disconnected and counted, never buffered
 //! without bound.
@@ -56,6 +57,7 @@ pub fn router(api: Api) -> Router {
         .route("/metrics", get(metrics))
         .route("/sockets", get(sockets))
         .route("/events", get(events))
+        .route("/paths", get(paths))
         .route("/healthz", get(healthz))
         // Liveness only: a hook that can never attach on this node should
         // show in /healthz, not restart the pod in a loop.
@@ -63,7 +65,7 @@ pub fn router(api: Api) -> Router {
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /sockets, /events, /healthz, /livez\n",
+                "not found: try /metrics, /sockets, /events, /paths, /healthz, /livez\n",
             )
         })
         .with_state(api)
@@ -107,6 +109,19 @@ async fn sockets(State(api): State<Api>, Query(q): Params) -> Response {
         Err(e) => return bad_request(e),
     };
     super::listing::sockets(&api.state, &api.listings, f).unwrap_or_else(|r| *r)
+}
+
+async fn paths(State(api): State<Api>, Query(q): Params) -> Response {
+    if let Err(e) = filter(&q, &[]) {
+        return bad_request(e);
+    }
+    let rows = match locked(&api) {
+        Ok(s) => super::paths::rows(&s),
+        Err(r) => return *r,
+    };
+    let mut body = serde_json::to_vec(&rows).unwrap_or_default();
+    body.push(b'\n');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Decrements the client count when a stream ends, however it ends.

@@ -2,19 +2,23 @@
 //! endpoints serve. One mutex, held briefly by each side.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
-use keepalive_api::{HookStatus, Record, RecordKind};
+use keepalive_api::{HookStatus, Record, RecordKind, ResetClass};
 use keepalive_common::KernelCounters;
 
-use super::metrics::{Metrics, NetnsPort, PortLabel, Snapshot, TimeoutLabels};
+use super::metrics::{Metrics, NetnsPort, PortLabel, ResetLabels, Snapshot, TimeoutLabels};
 use crate::{
     bpf::counters::CounterReader,
     host::sysctl::KeepaliveSysctls,
-    model::risk::Rule,
-    table::{Credit, SocketTable},
+    model::{
+        clock::monotonic_ns,
+        paths::{Fatal, PathBook, PathKey},
+        risk::Rule,
+    },
+    table::{Credit, Judge, SocketTable, Survival},
 };
 
 pub struct AgentState {
@@ -26,6 +30,11 @@ pub struct AgentState {
     pub rules: Vec<Rule>,
     pub metrics: Metrics,
     pub tc_interfaces: usize,
+    /// What each path's idle timeout was learned to be.
+    pub paths: PathBook,
+    /// Active conntracks' established timeouts, by namespace inode (from
+    /// `sysctls`).
+    pub conntrack: HashMap<u32, u32>,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -36,7 +45,7 @@ impl AgentState {
     /// `table::credit`); only when the kernel keeps no totals for the
     /// socket (its map was full) or the table has no entry does the event
     /// count itself.
-    pub fn count(&mut self, r: &Record) {
+    pub fn count(&mut self, r: &mut Record) {
         self.metrics.agent.events_read.inc();
         let totals = |v: Option<u32>| v.map(u64::from);
         match r.event {
@@ -54,6 +63,33 @@ impl AgentState {
                     let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(r.netns);
                     self.metrics.observe_rtt(netns, us / 1e6);
                 }
+                // An answered probe: the path kept the flow through the
+                // idle gap before it.
+                if let Some(gap) = r.idle_s {
+                    self.survived_by(r, gap);
+                }
+            }
+            RecordKind::ConnectionReset => {
+                // The RST's record is the death's: it carries the final totals.
+                self.credit_totals(r);
+                let class = r.class.unwrap_or(ResetClass::PeerReset);
+                let labels = ResetLabels {
+                    netns: r.netns,
+                    port: self.port_of(r),
+                    class: class.as_str(),
+                };
+                self.metrics.count_reset(&labels);
+                if class == ResetClass::IdleReset {
+                    self.fatal(r, Fatal::Reset);
+                }
+            }
+            RecordKind::IdleBlackhole => {
+                let labels = NetnsPort {
+                    netns: r.netns,
+                    port: self.port_of(r),
+                };
+                self.metrics.count_blackhole(&labels);
+                self.fatal(r, Fatal::Blackhole);
             }
             RecordKind::KeepaliveTimeout | RecordKind::ConnectionTimeout => {
                 self.credit_totals(r);
@@ -73,6 +109,68 @@ impl AgentState {
             | RecordKind::StateChange
             | RecordKind::SysctlChanged => {}
         }
+    }
+
+    fn port_of(&mut self, r: &Record) -> PortLabel {
+        match (r.local, r.remote) {
+            (Some(l), Some(p)) => self.metrics.port_label(l.port(), p.port()),
+            _ => PortLabel::Other,
+        }
+    }
+
+    fn path_of(&self, r: &Record) -> Option<PathKey> {
+        let port = self.table.service_port(self.table.get(r.cookie)?)?;
+        PathKey::of(&self.rules, r.remote?, port)
+    }
+
+    /// An idle gap that ended in a reset or a blackhole: the record names
+    /// its path.
+    fn fatal(&mut self, r: &mut Record, why: Fatal) {
+        let (Some(key), Some(gap)) = (self.path_of(r), r.idle_before_s) else {
+            return;
+        };
+        r.path = Some(key.label(&self.rules));
+        self.paths.fatal(key, gap, why, monotonic_ns());
+    }
+
+    fn survived_by(&mut self, r: &Record, gap_s: f64) {
+        if gap_s < self.table.idle_gap_min_s {
+            return;
+        }
+        if let Some(key) = self.path_of(r) {
+            self.paths.survived(key, gap_s, monotonic_ns());
+        }
+    }
+
+    /// Idle gaps an inventory saw connections survive.
+    pub fn survived(&mut self, seen: &[Survival]) {
+        let now = monotonic_ns();
+        for s in seen {
+            if s.gap_s < self.table.idle_gap_min_s {
+                continue;
+            }
+            if let Some(key) = PathKey::of(&self.rules, s.remote, s.service_port) {
+                self.paths.survived(key, s.gap_s, now);
+            }
+        }
+    }
+
+    /// What sockets are judged against now.
+    pub fn judge(&self) -> Judge<'_> {
+        Judge {
+            rules: &self.rules,
+            paths: &self.paths,
+            conntrack: &self.conntrack,
+        }
+    }
+
+    /// New sysctl readings; the active conntracks follow them.
+    pub fn set_sysctls(&mut self, sysctls: BTreeMap<u64, KeepaliveSysctls>) {
+        self.conntrack = sysctls
+            .iter()
+            .filter_map(|(netns, v)| Some((*netns as u32, v.conntrack?.timeout_established_s)))
+            .collect();
+        self.sysctls = sysctls;
     }
 
     fn credit_totals(&mut self, r: &Record) {
@@ -141,6 +239,8 @@ impl AgentState {
             rules,
             metrics,
             tc_interfaces,
+            paths,
+            conntrack,
             kernel_counters: _,
         } = self;
         metrics.render(Snapshot {
@@ -148,7 +248,11 @@ impl AgentState {
             kernel,
             table,
             sysctls,
-            rules,
+            judge: Judge {
+                rules,
+                paths,
+                conntrack,
+            },
             tc_interfaces: *tc_interfaces,
         })
     }

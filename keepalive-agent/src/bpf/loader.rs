@@ -61,6 +61,7 @@ pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadErr
     for (hook, prog) in [
         (Hook::InetSockSetState, "inet_sock_set_state"),
         (Hook::InetSkErrorReport, "inet_sk_error_report"),
+        (Hook::TcpReceiveReset, "tcp_receive_reset"),
     ] {
         hooks::attach_tp_btf(&mut ebpf, &btf, prog).map_err(|e| LoadError::Hook {
             hook,

@@ -1,11 +1,16 @@
-//! `advise`: the sysctls for each path idle timeout, and the sockets that
-//! would still be at risk after them.
+//! `advise`: the sysctls for each path idle timeout, configured or learned
+//! by the agent (`/paths`), and the sockets that would still be at risk
+//! after them.
 
-use keepalive_api::SocketRow;
+use keepalive_api::{PathRow, SocketRow};
 use serde::Serialize;
 
-use super::{args::AdviseArgs, client::socket_rows, table};
-use crate::model::risk::{self, Advice, Destination, Rule};
+use super::{
+    args::AdviseArgs,
+    client::{path_rows, socket_rows},
+    table,
+};
+use crate::model::risk::{self, Advice, Destination, Rule, profiles::PROFILES};
 
 /// One rule's advice, as `advise --json` writes it.
 #[derive(Serialize)]
@@ -18,9 +23,24 @@ struct RuleAdvice<'a> {
     advice: Advice,
 }
 
+/// One learned path's advice.
+#[derive(Serialize)]
+struct PathAdvice<'a> {
+    path: &'a str,
+    survived_s: Option<f64>,
+    fatal_s: f64,
+    consistent_with: &'a [String],
+    /// Every profile it fits is a layer-7 proxy: probes do not help.
+    l7: bool,
+    advice: Advice,
+}
+
 #[derive(Serialize)]
 struct Report<'a> {
     rules: Vec<RuleAdvice<'a>>,
+    /// Paths whose idle timeout the agent learned; None when the agent
+    /// could not be asked.
+    learned: Option<Vec<PathAdvice<'a>>>,
     /// None when the agent could not be asked.
     sockets_at_risk: Option<Vec<SocketRow>>,
 }
@@ -29,6 +49,15 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
     let rules = &args.idle_timeouts;
     // The agent is optional here: without it, the sysctl advice alone.
     let sockets = socket_rows(&args.agent.agent, &[("state", "ESTAB".into())]);
+    let paths = path_rows(&args.agent.agent).ok();
+    let learned: Option<Vec<PathAdvice>> = paths
+        .as_ref()
+        .map(|rows| rows.iter().filter_map(path_advice).collect());
+    if rules.is_empty() && learned.as_ref().is_none_or(Vec::is_empty) {
+        anyhow::bail!(
+            "nothing to advise on: give --idle-timeout, or ask an agent that has learned a path's timeout (keepalive-agent paths)"
+        );
+    }
     let at_risk: Option<Vec<SocketRow>> = sockets.as_ref().ok().map(|rows| {
         rows.iter()
             .filter(|r| still_at_risk(r, rules))
@@ -48,6 +77,7 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
                     advice: risk::advise(rule.profile.idle_timeout_s),
                 })
                 .collect(),
+            learned,
             sockets_at_risk: at_risk,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -55,6 +85,9 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
     }
     for rule in rules {
         print_rule(rule);
+    }
+    for p in learned.iter().flatten() {
+        print_path(p);
     }
     match (&sockets, at_risk) {
         (Err(e), _) => println!("\n# no socket list: {e:#}"),
@@ -100,6 +133,56 @@ fn print_rule(rule: &Rule) {
         a.detection_s
     );
     println!("# sockets also need SO_KEEPALIVE; per-socket TCP_KEEPIDLE overrides the sysctl.");
+}
+
+/// The advice for a path with a fatal idle gap; None without one.
+fn path_advice(row: &PathRow) -> Option<PathAdvice<'_>> {
+    let fatal_s = row.fatal.as_ref()?.idle_s;
+    let survived_s = row.survived.as_ref().map(|g| g.idle_s);
+    let l7 = !row.consistent_with.is_empty()
+        && row
+            .consistent_with
+            .iter()
+            .all(|name| PROFILES.iter().any(|p| p.name == name && p.l7));
+    Some(PathAdvice {
+        path: &row.path,
+        survived_s,
+        fatal_s,
+        consistent_with: &row.consistent_with,
+        l7,
+        advice: risk::advise_learned(survived_s, fatal_s),
+    })
+}
+
+fn print_path(p: &PathAdvice<'_>) {
+    let survived = p.survived_s.map_or_else(
+        || "no idle gap seen survived".into(),
+        |s| format!("survived {s} s idle"),
+    );
+    let fits = if p.consistent_with.is_empty() {
+        "no known profile".to_string()
+    } else {
+        p.consistent_with.join(", ")
+    };
+    println!(
+        "\n# path {} — learned: {survived}, reset or blackholed after {} s idle (fits {fits})",
+        p.path, p.fatal_s
+    );
+    if p.l7 {
+        println!(
+            "# A layer-7 proxy ignores TCP keepalive (no payload): send application-level pings"
+        );
+        println!(
+            "# more often than every {} s, or raise the proxy's idle timeout.",
+            p.advice.time_s
+        );
+        return;
+    }
+    let a = p.advice;
+    println!("net.ipv4.tcp_keepalive_time = {}", a.time_s);
+    println!("net.ipv4.tcp_keepalive_intvl = {}", a.intvl_s);
+    println!("net.ipv4.tcp_keepalive_probes = {}", a.probes);
+    println!("# in the namespaces of this path's clients; the sockets also need SO_KEEPALIVE.");
 }
 
 fn dest_text(rule: &Rule) -> String {

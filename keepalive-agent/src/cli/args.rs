@@ -28,11 +28,15 @@ pub enum Command {
     Run(RunArgs),
     /// List the node's TCP sockets with their keepalive settings (like `ss -tnoe`).
     Sockets(SocketsArgs),
-    /// Recommend net.ipv4.tcp_keepalive_* for a path idle timeout, and list
-    /// the sockets still at risk.
+    /// Recommend net.ipv4.tcp_keepalive_* for each path idle timeout, given
+    /// or learned by the agent, and list the sockets still at risk.
     Advise(AdviseArgs),
     /// Follow the agent's event stream.
     Events(EventsArgs),
+    /// Each destination's idle timeout as learned from its connections:
+    /// the longest idle gap survived, the shortest that ended in a reset
+    /// or a blackhole, and the known profiles they fit.
+    Paths(PathsArgs),
 }
 
 /// Path idle timeouts: `PROFILE|SECONDS[@DESTINATION]`.
@@ -89,6 +93,19 @@ pub struct RunArgs {
     /// limit leaves beyond the agent's own needs); more get 503.
     #[arg(long, env = "KEEPALIVE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_connections: u64,
+    /// Shortest silence from the peer, in seconds, that counts as an idle
+    /// gap: an RST answering our first packet after one is an idle reset,
+    /// a stall after one an idle blackhole.
+    #[arg(long, env = "KEEPALIVE_IDLE_GAP_SECONDS", default_value_t = 1.0, value_parser = parse_gap_seconds)]
+    pub idle_gap_seconds: f64,
+    /// Destination groups whose idle timeout is learned (`/paths`); more
+    /// fold into "other".
+    #[arg(long, env = "KEEPALIVE_MAX_PATHS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_paths: u64,
+    /// Seconds a learned path bound is kept after it was last seen (the
+    /// path may change: a new load balancer, a new timeout).
+    #[arg(long, env = "KEEPALIVE_PATH_MEMORY_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
+    pub path_memory_seconds: u64,
     /// Concurrent /events clients.
     #[arg(long, env = "KEEPALIVE_MAX_EVENT_CLIENTS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_event_clients: u64,
@@ -153,9 +170,19 @@ pub struct SocketsArgs {
 pub struct AdviseArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
-    #[arg(long = "idle-timeout", value_delimiter = ',', required = true, help = IDLE_TIMEOUT_HELP)]
+    /// Without it, the paths whose idle timeout the agent learned.
+    #[arg(long = "idle-timeout", value_delimiter = ',', help = IDLE_TIMEOUT_HELP)]
     pub idle_timeouts: Vec<Rule>,
     /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PathsArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -208,6 +235,13 @@ fn parse_log_level(s: &str) -> Result<String, ArgError> {
 /// The largest ring buffer: 256 MiB holds over a million events.
 pub const MAX_RING_BYTES: u32 = 256 << 20;
 
+fn parse_gap_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: expected seconds between 0.01 and 86400")),
+    }
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, ArgError> {
     let n: u32 = s.parse()?;
     if !(4096..=MAX_RING_BYTES).contains(&n) || !n.is_power_of_two() {
@@ -247,7 +281,10 @@ mod tests {
         assert!(Cli::try_parse_from(["k", "run", "--max-sockets", "0"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--idle-timeout", "aws-nbl"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--listen", "nowhere"]).is_err());
-        assert!(Cli::try_parse_from(["k", "advise"]).is_err());
+        // Without --idle-timeout, advise asks the agent for learned paths.
+        assert!(Cli::try_parse_from(["k", "advise"]).is_ok());
+        assert!(Cli::try_parse_from(["k", "run", "--idle-gap-seconds", "0"]).is_err());
+        assert!(Cli::try_parse_from(["k", "run", "--max-paths", "0"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--interfaces", ""]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--interfaces", "eth0,"]).is_err());
         assert!(Cli::try_parse_from(["k", "run", "--interfaces", "veth*,lo"]).is_ok());

@@ -4,10 +4,10 @@
 use std::io::{BufRead as _, BufReader, Write as _};
 
 use anyhow::{Context as _, bail};
-use keepalive_api::{Record, SocketRow};
+use keepalive_api::{PathRow, Record, SocketRow};
 
 use super::{
-    args::{EventsArgs, SocketsArgs},
+    args::{EventsArgs, PathsArgs, SocketsArgs},
     table, text,
 };
 
@@ -41,6 +41,39 @@ pub fn socket_rows(agent: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<
     serde_json::from_str(&body).context("parsing /sockets")
 }
 
+pub fn path_rows(agent: &str) -> anyhow::Result<Vec<PathRow>> {
+    let body = get(agent, "/paths", &[])?
+        .into_body()
+        .read_to_string()
+        .context("reading /paths")?;
+    serde_json::from_str(&body).context("parsing /paths")
+}
+
+pub fn paths(args: PathsArgs) -> anyhow::Result<()> {
+    let rows = path_rows(&args.agent.agent)?;
+    print_rows(&rows, args.json, table::PATHS_HEADER, table::path_line)
+}
+
+/// Rows as pretty JSON, or as a table under `header`.
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    header: &str,
+    line: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{header}")?;
+    for r in rows {
+        writeln!(out, "{}", line(r))?;
+    }
+    Ok(())
+}
+
 pub fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
     let mut q = args.filter.query();
     if let Some(s) = &args.state {
@@ -50,17 +83,7 @@ pub fn sockets(args: SocketsArgs) -> anyhow::Result<()> {
         q.push(("risk", "true".into()));
     }
     let rows = socket_rows(&args.agent.agent, &q)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &rows)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(out, "{}", table::HEADER)?;
-    for r in &rows {
-        writeln!(out, "{}", table::line(r))?;
-    }
-    Ok(())
+    print_rows(&rows, args.json, table::HEADER, table::line)
 }
 
 pub fn events(args: EventsArgs) -> anyhow::Result<()> {

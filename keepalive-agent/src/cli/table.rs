@@ -1,6 +1,6 @@
-//! `/sockets` rows as a table, like `ss -tnoe`.
+//! `/sockets` rows as a table, like `ss -tnoe`, and `/paths` rows.
 
-use keepalive_api::SocketRow;
+use keepalive_api::{Gap, PathRow, SocketRow};
 
 use super::text::keepalive_triplet;
 
@@ -37,5 +37,31 @@ pub fn line(r: &SocketRow) -> String {
         idle,
         r.probes,
         risk
+    )
+}
+
+pub const PATHS_HEADER: &str = "Path                                        Survived     Fatal  Resets Blackholes  Sockets AtRisk Consistent with";
+
+/// One `/paths` row: `>300s` reads "survived 300 s", `<=350s` "fatal at 350 s".
+pub fn path_line(r: &PathRow) -> String {
+    let bound = |g: &Option<Gap>, sign: &str| {
+        g.as_ref()
+            .map_or_else(|| "-".into(), |g| format!("{sign}{:.1}s", g.idle_s))
+    };
+    let fits = if r.consistent_with.is_empty() {
+        "-".to_string()
+    } else {
+        r.consistent_with.join(",")
+    };
+    format!(
+        "{:<43} {:>9} {:>9} {:>7} {:>10} {:>8} {:>6} {}",
+        r.path,
+        bound(&r.survived, ">"),
+        bound(&r.fatal, "<="),
+        r.resets,
+        r.blackholes,
+        r.sockets,
+        r.at_risk,
+        fits
     )
 }

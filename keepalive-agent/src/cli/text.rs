@@ -55,6 +55,9 @@ pub fn line(r: &Record) -> String {
     field("comm", r.comm.clone());
     field("error", r.error.clone());
     field("cause", r.cause.map(|c| c.to_string()));
+    field("class", r.class.map(|c| c.to_string()));
+    field("trigger", r.trigger.map(|t| t.to_string()));
+    field("path", r.path.clone());
     field("probes_out", r.probes_out.map(|v| v.to_string()));
     field("probes", r.probes.map(|v| v.to_string()));
     field("acks", r.acks.map(|v| v.to_string()));
@@ -63,6 +66,12 @@ pub fn line(r: &Record) -> String {
     }
     if let Some(v) = r.idle_s {
         let _ = write!(line, " idle={v:.1}s");
+    }
+    if let Some(v) = r.idle_before_s {
+        let _ = write!(line, " idle_before={v:.1}s");
+    }
+    if let Some(v) = r.since_send_s {
+        let _ = write!(line, " since_send={v:.3}s");
     }
     if let Some(v) = r.keepalive_probe {
         let _ = write!(line, " keepalive_probe={v}");

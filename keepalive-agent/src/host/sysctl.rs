@@ -23,7 +23,10 @@ use std::{collections::HashMap, fs, io};
 
 use serde::Serialize;
 
-use super::netns;
+use super::{
+    conntrack::{self, Conntrack},
+    netns,
+};
 
 const TIME: &str = "net.ipv4.tcp_keepalive_time";
 const INTVL: &str = "net.ipv4.tcp_keepalive_intvl";
@@ -55,6 +58,8 @@ pub struct KeepaliveSysctls {
     pub intvl_s: u32,
     /// Unanswered probes before the connection is dropped.
     pub probes: u32,
+    /// The namespace's conntrack, where it tracks flows.
+    pub conntrack: Option<Conntrack>,
 }
 
 /// The values of the calling thread's network namespace (see the module
@@ -64,6 +69,7 @@ pub fn read_current() -> Result<KeepaliveSysctls, SysctlError> {
         time_s: read_one(TIME_PATH)?,
         intvl_s: read_one(INTVL_PATH)?,
         probes: read_one(PROBES_PATH)?,
+        conntrack: conntrack::read(),
     })
 }
 
@@ -273,6 +279,7 @@ mod tests {
             time_s: 123,
             intvl_s: 7,
             probes: 4,
+            conntrack: None,
         };
         let inside = netns::run_in(&ns.path, read_current)
             .expect("enter")
@@ -332,6 +339,7 @@ mod tests {
             time_s,
             intvl_s,
             probes,
+            conntrack: None,
         };
         let mut watch = SysctlWatch::default();
         let polled = watch.apply(vec![(1, Some(11), Ok(v(7200, 75, 9)))]);

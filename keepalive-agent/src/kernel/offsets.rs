@@ -93,6 +93,13 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         tp_snd_una: btf.find_member("tcp_sock", "snd_una")?.offset,
         tp_rcv_tstamp: btf.find_member("tcp_sock", "rcv_tstamp")?.offset,
         tp_retrans_stamp: btf.find_member("tcp_sock", "retrans_stamp")?.offset,
+        // Both have had these names since the tracepoints this agent
+        // needs exist (4.15; `srtt` became `srtt_us` in 3.15).
+        tp_lsndtime: btf.find_member("tcp_sock", "lsndtime")?.offset,
+        tp_srtt_us: btf.find_member("tcp_sock", "srtt_us")?.offset,
+        // Delivery-rate sampling (4.10+).
+        tp_first_tx_mstamp: btf.find_member("tcp_sock", "first_tx_mstamp")?.offset,
+        _pad_offsets: 0,
         tp_keepalive_probes_size: byte_or_int("tcp_sock.keepalive_probes", probes)?,
         net_keepalive_probes_size: byte_or_int("net.ipv4.sysctl_tcp_keepalive_probes", net_probes)?,
         icsk_retransmits_size: byte_or_int("inet_connection_sock.icsk_retransmits", retransmits)?,

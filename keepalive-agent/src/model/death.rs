@@ -50,9 +50,32 @@ pub fn since_retrans_stamp(retrans_stamp: u32, now_ns: u64, max_s: f64) -> Optio
         .find(|s| (0.0..=max_s).contains(s))
 }
 
+/// Seconds from `tp->first_tx_mstamp` (µs of CLOCK_MONOTONIC: when the
+/// outstanding flight's first segment went out, untouched by its
+/// retransmissions) to `now_ns`, when it falls in `0..=max_s`.
+pub fn since_first_tx(first_tx_us: u64, now_ns: u64, max_s: f64) -> Option<f64> {
+    if first_tx_us == 0 {
+        return None;
+    }
+    let s = (now_ns / 1_000) as i128 - first_tx_us as i128;
+    Some(s as f64 / 1e6).filter(|s| (0.0..=max_s).contains(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unanswered_time_from_the_flight_start() {
+        let now = 5_000_000_000_000;
+        assert_eq!(
+            since_first_tx(5_000_000_000 - 840_000, now, 9.0),
+            Some(0.84)
+        );
+        assert_eq!(since_first_tx(0, now, 9.0), None);
+        // A flight that started before the idle gap is not this one.
+        assert_eq!(since_first_tx(1, now, 9.0), None);
+    }
 
     #[test]
     fn unanswered_time_reads_retrans_stamp_in_ms_or_us() {

@@ -7,6 +7,8 @@
 //! - [`death`]: why a connection died (cause, errno names, unanswered time).
 //! - [`addr`]: socket addresses out of the kernel's byte arrays.
 //! - [`risk`]: path idle timeouts, which sockets they endanger, the advice.
+//! - [`reset`]: whether an RST or a stall followed an idle gap.
+//! - [`paths`]: each destination group's idle timeout, learned.
 //!
 //! The vocabulary itself (record kinds, TCP states, causes, hook modes)
 //! lives in `keepalive-api`, shared with every reader of the agent's JSON.
@@ -15,4 +17,6 @@ pub mod addr;
 pub mod clock;
 pub mod death;
 pub mod keepalive;
+pub mod paths;
+pub mod reset;
 pub mod risk;

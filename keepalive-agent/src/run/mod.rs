@@ -37,7 +37,7 @@ use crate::{
     cli::args::{RunArgs, UsageError},
     host::{caps, outlet, process, sysctl::SysctlWatch},
     kernel::{btf::Btf, offsets},
-    model::clock::Clock,
+    model::{clock::Clock, paths::PathBook},
     table::SocketTable,
 };
 
@@ -159,8 +159,10 @@ fn build_state(
     attached: &mut Attached,
     clock: &Clock,
 ) -> anyhow::Result<(Shared, SysctlWatch)> {
+    let mut table = SocketTable::new(args.max_sockets as usize);
+    table.idle_gap_min_s = args.idle_gap_seconds;
     let state: Shared = Arc::new(Mutex::new(AgentState {
-        table: SocketTable::new(args.max_sockets as usize),
+        table,
         sysctls: BTreeMap::new(),
         hooks: attached.hooks.clone(),
         kernel: Default::default(),
@@ -168,6 +170,8 @@ fn build_state(
         rules: args.idle_timeouts.clone(),
         metrics: Metrics::new(args.max_port_labels as usize),
         tc_interfaces: attached.tc.attached_count(),
+        paths: PathBook::new(args.max_paths as usize, args.path_memory_seconds),
+        conntrack: Default::default(),
     }));
     tokio::task::block_in_place(|| periodic::inventory(attached, &state, clock));
     let mut watch = SysctlWatch::new();

@@ -85,9 +85,11 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         // The lock is taken per chunk: the ring buffer's reader needs it too.
         let scanned = iter::scan(ebpf, &ns, |records| {
             if let Ok(mut s) = state.lock() {
-                for credit in s.table.apply_inventory(records, clock) {
+                let learned = s.table.apply_inventory(records, clock);
+                for credit in learned.credits {
                     s.credit(credit);
                 }
+                s.survived(&learned.survived);
             }
         });
         match scanned {
@@ -231,7 +233,9 @@ fn refresh_sysctls(
     let polled = tokio::task::block_in_place(|| watch.poll())?;
     let current = watch.current().clone();
     if let Ok(mut s) = state.lock() {
-        s.sysctls = current.into_iter().collect();
+        s.set_sysctls(current.into_iter().collect());
+        // Bounds too old to trust are forgotten at the same pace.
+        s.paths.expire(monotonic_ns());
         for netns in &polled.gone {
             s.metrics.forget_netns(*netns as u32);
         }

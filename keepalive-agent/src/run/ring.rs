@@ -40,6 +40,8 @@ impl Printing {
             | RecordKind::KeepaliveTimeout
             | RecordKind::ConnectionTimeout
             | RecordKind::SocketError
+            | RecordKind::ConnectionReset
+            | RecordKind::IdleBlackhole
             | RecordKind::SysctlChanged => true,
         }
     }
@@ -71,8 +73,10 @@ impl Sink {
                         continue;
                     };
                     for ev in ring::unfold(ev) {
-                        if let Some(record) = apply::to_record(&ev, &mut state.table, &self.clock) {
-                            state.count(&record);
+                        if let Some(mut record) =
+                            apply::to_record(&ev, &mut state.table, &self.clock)
+                        {
+                            state.count(&mut record);
                             records.push(record);
                         }
                     }

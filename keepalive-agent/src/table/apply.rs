@@ -3,17 +3,20 @@
 //! settings resolved against the namespace sysctls, the owner from the
 //! table, and the cause of a connection's death.
 
-use keepalive_api::{Cause, Owner, Record, RecordKind, TcpState};
+use keepalive_api::{Cause, Owner, Record, RecordKind, TcpState, Trigger};
 use keepalive_common::{Event, EventKind, flag};
 
-use super::SocketTable;
+use super::{
+    Opened, SocketTable,
+    dying::{fill_dying, fill_reset, fill_timings, new_idle_stall, unanswered_s},
+};
 use crate::{
     host::owners,
     model::{
         addr,
         clock::{Clock, ms},
         death::{self, ETIMEDOUT},
-        keepalive,
+        keepalive, reset,
     },
 };
 
@@ -33,6 +36,8 @@ fn record_kind(kind: EventKind, ev: &Event, cause: Cause) -> RecordKind {
             RecordKind::SocketClosed
         }
         EventKind::StateChange => RecordKind::StateChange,
+        EventKind::ConnectionReset => RecordKind::ConnectionReset,
+        EventKind::Retransmitting => RecordKind::IdleBlackhole,
     }
 }
 
@@ -55,6 +60,10 @@ fn owner_of(ev: &Event) -> Owner {
 /// Builds the record for `ev`, updating `table` (tuples, owners, closes).
 pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<Record> {
     let kind = EventKind::from_u32(ev.head.kind)?;
+    if kind == EventKind::Retransmitting && !new_idle_stall(ev, table, clock) {
+        // A stall that followed no idle gap, or one already reported.
+        return None;
+    }
     let state = TcpState::from_kernel(ev.tuple.state);
     let old_state = TcpState::from_kernel(ev.old_state);
     let cause = death::cause(ev.timer, state, old_state, ev.user_timeout_ms);
@@ -130,6 +139,7 @@ fn fill(
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
             r.seq = Some(ev.seq);
+            r.idle_s = Some(clock.seconds(ev.idle_jiffies));
         }
         EventKind::WireProbe => {
             r.seq = Some(ev.seq);
@@ -141,6 +151,8 @@ fn fill(
             r.rtt_us = Some(ev.rtt_ns as f64 / 1e3);
             r.acks = Some(ev.acks_total);
             r.ifindex = Some(ev.ifindex);
+            // The idle gap the answered probe proves the path survived.
+            r.idle_s = table.get(ev.head.cookie).and_then(|e| e.probe_idle_s);
         }
         EventKind::SocketError => {
             // What bounded the retransmissions that failed.
@@ -161,45 +173,38 @@ fn fill(
             }
         }
         EventKind::StateChange => {
-            r.old_state = Some(TcpState::from_kernel(ev.old_state));
-            if TcpState::from_kernel(ev.tuple.state) == TcpState::SynSent {
+            let (old, new) = (
+                TcpState::from_kernel(ev.old_state),
+                TcpState::from_kernel(ev.tuple.state),
+            );
+            r.old_state = Some(old);
+            if new == TcpState::SynSent {
                 record_owner(ev, table);
+                table.update(ev.head.cookie, |e| e.opened = Opened::Active);
+            } else if old == TcpState::SynRecv && new == TcpState::Established {
+                table.update(ev.head.cookie, |e| e.opened = Opened::Passive);
             }
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
         }
+        EventKind::ConnectionReset => {
+            fill_dying(r, ev, clock);
+            r.keepalive = settings();
+            let errno = reset::reset_errno(TcpState::from_kernel(ev.tuple.state));
+            r.errno = Some(errno);
+            r.error = Some(death::errno_name(errno));
+            fill_reset(r, ev, table, clock);
+        }
+        EventKind::Retransmitting => {
+            fill_dying(r, ev, clock);
+            r.keepalive = settings();
+            let idle = clock.seconds(ev.idle_jiffies);
+            let unanswered = unanswered_s(ev, clock);
+            r.unanswered_s = unanswered.map(ms);
+            r.idle_before_s = unanswered.map(|u| ms(idle - u));
+            r.trigger = Some(Trigger::Write);
+        }
     }
-}
-
-/// How long a dead connection idled, and how long it went unanswered:
-/// from the first unanswered probe (as the agent saw it) for keepalive,
-/// from `tp->retrans_stamp` for the other timers.
-fn fill_timings(r: &mut Record, ev: &Event, cause: Cause, table: &SocketTable, clock: &Clock) {
-    if cause == Cause::Syn {
-        // Nothing was ever received: the whole life was unanswered
-        // (bounded by what tcp_syn_retries allows, ~2 h at most).
-        let s = death::since_retrans_stamp(ev.retrans_stamp, ev.head.ts_ns, 2.0 * 3600.0).map(ms);
-        r.idle_s = s;
-        r.unanswered_s = s;
-        r.idle_before_s = s.map(|_| 0.0);
-        return;
-    }
-    let idle = clock.seconds(ev.idle_jiffies);
-    // One jiffy of slack between the two clocks.
-    let max = idle + clock.seconds(1);
-    let unanswered = if ev.timer == keepalive_common::TIMER_KEEPALIVE {
-        table
-            .get(ev.head.cookie)
-            .and_then(|e| e.first_unanswered_probe_ns)
-            .filter(|t| *t <= ev.head.ts_ns)
-            .map(|t| (ev.head.ts_ns - t) as f64 / 1e9)
-    } else {
-        death::since_retrans_stamp(ev.retrans_stamp, ev.head.ts_ns, max)
-    };
-    let s = unanswered.map(ms);
-    r.idle_s = Some(idle);
-    r.unanswered_s = s;
-    r.idle_before_s = s.map(|s| ms((idle - s).max(0.0)));
 }
 
 /// connect() runs in the owner's context: the only reliable moment to
@@ -232,14 +237,22 @@ fn remember(kind: EventKind, ev: &Event, r: &Record, table: &mut SocketTable) {
             e.keepalive = r.keepalive.clone();
             e.probes_out = ev.probes_out;
             e.probes = e.probes.max(ev.probes_total.into());
+            if kind == EventKind::ProbeSent {
+                e.probe_idle_s = r.idle_s;
+            }
         }
         EventKind::ProbeAck => {
+            e.probe_idle_s = None;
             e.acks = e.acks.max(ev.acks_total.into());
             e.probes_out = 0;
             e.first_unanswered_probe_ns = None;
             e.last_rtt_us = r.rtt_us;
         }
-        EventKind::WireProbe | EventKind::SocketError | EventKind::StateChange => {}
+        EventKind::WireProbe
+        | EventKind::SocketError
+        | EventKind::StateChange
+        | EventKind::ConnectionReset
+        | EventKind::Retransmitting => {}
     });
 }
 

@@ -4,6 +4,18 @@ use std::{net::SocketAddr, sync::Arc};
 
 use keepalive_api::{Keepalive, Owner, TcpState};
 
+/// Which end opened the connection: it says which port is the service's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Opened {
+    /// Seen neither connect nor accept (it predates the agent).
+    #[default]
+    Unknown,
+    /// We connected (SYN-SENT): the remote port is the service.
+    Active,
+    /// We accepted (SYN-RECV to ESTABLISHED): our port is the service.
+    Passive,
+}
+
 /// What the table knows of one socket.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
@@ -13,6 +25,7 @@ pub struct Entry {
     pub remote: Option<SocketAddr>,
     pub netns: Option<u32>,
     pub state: TcpState,
+    pub opened: Opened,
     pub inode: u64,
     pub uid: u32,
     pub keepalive: Option<Keepalive>,
@@ -28,6 +41,14 @@ pub struct Entry {
     pub idle_s: Option<f64>,
     /// Seconds until the keepalive timer fires, at the last scan.
     pub timer_in_s: Option<f64>,
+    /// When it last received anything (`bpf_jiffies64` base), at the last
+    /// scan: a later scan that finds it moved saw an idle gap survived.
+    pub last_rcv_jiffies: Option<u64>,
+    /// Seconds idle when the latest keepalive probe went out: the gap its
+    /// ACK proves survived.
+    pub probe_idle_s: Option<f64>,
+    /// `retrans_stamp` of the stall already reported (one per stall).
+    pub stall_stamp: Option<u32>,
     /// Probes and ACKs given to the labelled counters so far (see
     /// [`super::credit`]).
     pub credited_probes: u64,
@@ -44,6 +65,7 @@ impl Default for Entry {
             remote: None,
             netns: None,
             state: TcpState::Unknown,
+            opened: Opened::Unknown,
             inode: 0,
             uid: 0,
             keepalive: None,
@@ -54,6 +76,9 @@ impl Default for Entry {
             first_unanswered_probe_ns: None,
             idle_s: None,
             timer_in_s: None,
+            last_rcv_jiffies: None,
+            probe_idle_s: None,
+            stall_stamp: None,
             credited_probes: 0,
             credited_acks: 0,
             generation: 0,

@@ -10,12 +10,14 @@
 //! the table knew just before.
 //!
 //! Module map: [`apply`] (an event's record, and what it changes here),
+//! `dying` (the timings and class of a reset, a stall or a death),
 //! `credit` (what the labelled counters were given per socket), `entry`,
 //! `view` (a row of `/sockets`, its risk), `hasher` (cookie hashing).
 //! Depends on `model` and `host` (a connecting process's cgroup).
 
 pub mod apply;
 mod credit;
+mod dying;
 mod entry;
 mod hasher;
 #[cfg(test)]
@@ -28,13 +30,44 @@ use std::{
 };
 
 pub use credit::Credit;
-pub use entry::Entry;
+pub use entry::{Entry, Opened};
 use hasher::CookieMap;
 use keepalive_api::{Owner, SocketRow, TcpState};
 use keepalive_common::{SocketRecord, Tuple, flag};
-pub use view::{risk_of, row};
+pub use view::{Judge, row};
 
-use crate::model::{addr, clock::Clock, keepalive, risk::Rule};
+use crate::model::{addr, clock::Clock, keepalive};
+
+/// What one chunk of an inventory taught.
+#[derive(Debug, Default)]
+pub struct Inventoried {
+    pub credits: Vec<Credit>,
+    pub survived: Vec<Survival>,
+}
+
+/// An established connection idle at one scan has received something by
+/// the next: it survived an idle gap at least as long as the earlier
+/// scan's idle (the last receive moved: `rcv_tstamp`/`lrcvtime`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Survival {
+    pub remote: std::net::SocketAddr,
+    pub service_port: u16,
+    pub gap_s: f64,
+}
+
+/// The idle gap `rec` shows `e` survived (as of the previous scan), and
+/// the last receive remembered for the next.
+fn survived_gap(e: &mut Entry, was: TcpState, rec: &SocketRecord) -> Option<f64> {
+    let last_rcv = rec.jiffies.saturating_sub(u64::from(rec.idle_jiffies));
+    let before = e.last_rcv_jiffies.replace(last_rcv);
+    let established = was == TcpState::Established && e.state == TcpState::Established;
+    // One jiffy of slack: the two reads of the clock.
+    let received = before.is_some_and(|b| last_rcv > b + 1);
+    if !(established && received) {
+        return None;
+    }
+    e.idle_s
+}
 
 /// How many closed sockets stay findable.
 const RECENTLY_CLOSED: usize = 4096;
@@ -46,11 +79,20 @@ pub struct SocketTable {
     owners: HashMap<u32, Arc<Owner>>,
     closed: CookieMap<Entry>,
     closed_order: VecDeque<u64>,
+    /// (namespace, port) of the listening sockets: an accepted socket that
+    /// predates the agent is known by its local port being one.
+    listening: HashSet<(u32, u16)>,
     capacity: usize,
     generation: u64,
     /// Sockets not recorded because the table was full.
     pub refused: u64,
+    /// The shortest silence from the peer that counts as an idle gap
+    /// (`--idle-gap-seconds`): what an idle reset or blackhole follows.
+    pub idle_gap_min_s: f64,
 }
+
+/// The default `--idle-gap-seconds`.
+pub const IDLE_GAP_MIN_S: f64 = 1.0;
 
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
@@ -59,9 +101,11 @@ impl SocketTable {
             owners: HashMap::new(),
             closed: CookieMap::default(),
             closed_order: VecDeque::new(),
+            listening: HashSet::new(),
             capacity,
             generation: 0,
             refused: 0,
+            idle_gap_min_s: IDLE_GAP_MIN_S,
         }
     }
 
@@ -162,6 +206,11 @@ impl SocketTable {
         let Some(entry) = self.live.remove(&cookie) else {
             return;
         };
+        if entry.state == TcpState::Listen
+            && let (Some(netns), Some(local)) = (entry.netns, entry.local)
+        {
+            self.listening.remove(&(netns, local.port()));
+        }
         if self.closed.len() >= RECENTLY_CLOSED
             && let Some(old) = self.closed_order.pop_front()
         {
@@ -181,13 +230,18 @@ impl SocketTable {
     }
 
     /// Takes in inventory records (a chunk of a namespace's); returns what
-    /// the sockets' kernel counts add to the labelled counters.
-    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) -> Vec<Credit> {
+    /// the sockets' kernel counts add to the labelled counters, and the
+    /// idle gaps connections were seen to survive.
+    pub fn apply_inventory(&mut self, records: &[SocketRecord], clock: &Clock) -> Inventoried {
         let mut credits = Vec::new();
+        let mut survived = Vec::new();
         let generation = self.generation;
         for rec in records {
             if rec.cookie == 0 {
                 continue;
+            }
+            if TcpState::from_kernel(rec.tuple.state) == TcpState::Listen {
+                self.listening.insert((rec.tuple.netns, rec.tuple.sport));
             }
             let Some(e) = self.entry(rec.cookie) else {
                 continue;
@@ -199,7 +253,9 @@ impl SocketTable {
                 e.remote = Some(remote);
             }
             e.netns = Some(rec.tuple.netns);
+            let was = e.state;
             e.state = TcpState::from_kernel(rec.tuple.state);
+
             e.inode = rec.inode;
             e.uid = rec.uid;
             e.generation = generation;
@@ -207,6 +263,9 @@ impl SocketTable {
                 let on = rec.flags & flag::KEEPALIVE_ON != 0;
                 e.keepalive = Some(keepalive::effective(&rec.settings, on, clock));
                 e.probes_out = rec.probes_out;
+                if let Some(gap_s) = survived_gap(e, was, rec) {
+                    survived.push((rec.cookie, gap_s));
+                }
                 e.idle_s = Some(clock.seconds(rec.idle_jiffies));
                 e.timer_in_s = (rec.timer_expires != 0)
                     .then(|| clock.seconds(rec.timer_expires.saturating_sub(rec.jiffies) as u32));
@@ -222,7 +281,37 @@ impl SocketTable {
                 credits.extend(credit.filter(|c| c.probes + c.acks > 0));
             }
         }
-        credits
+        let survived = survived
+            .into_iter()
+            .filter_map(|(cookie, gap_s)| {
+                let e = self.live.get(&cookie)?;
+                Some(Survival {
+                    remote: e.remote?,
+                    service_port: self.service_port(e)?,
+                    gap_s,
+                })
+            })
+            .collect();
+        Inventoried { credits, survived }
+    }
+
+    /// The port of the service a connection reaches: the remote one of a
+    /// connection we opened, ours of one we accepted; for one that
+    /// predates the agent, ours if a socket of its namespace listens on
+    /// it, else the lower of the two (servers listen low).
+    pub fn service_port(&self, e: &Entry) -> Option<u16> {
+        let (local, remote) = (e.local?.port(), e.remote?.port());
+        Some(match e.opened {
+            Opened::Active => remote,
+            Opened::Passive => local,
+            Opened::Unknown
+                if e.netns
+                    .is_some_and(|n| self.listening.contains(&(n, local))) =>
+            {
+                local
+            }
+            Opened::Unknown => local.min(remote),
+        })
     }
 
     /// A namespace's inventory is complete: its sockets the pass did not
@@ -282,7 +371,14 @@ impl SocketTable {
     }
 
     /// The row of a live socket.
-    pub fn row_of(&self, cookie: u64, rules: &[Rule]) -> Option<SocketRow> {
-        self.live.get(&cookie).map(|e| row(cookie, e, rules))
+    pub fn row_of(&self, cookie: u64, judge: Judge<'_>) -> Option<SocketRow> {
+        self.live
+            .get(&cookie)
+            .map(|e| row(cookie, e, self.service_port(e), judge))
+    }
+
+    /// A socket's risk, against `judge`.
+    pub fn risk_of(&self, e: &Entry, judge: Judge<'_>) -> Option<keepalive_api::Risk> {
+        view::risk_of(e, self.service_port(e), judge)
     }
 }

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use keepalive_api::{Keepalive, Owner, Source};
-use keepalive_common::Tuple;
+use keepalive_common::{SocketRecord, Tuple, flag};
 
 use super::*;
-use crate::model::clock::Clock;
+use crate::model::{clock::Clock, paths::PathBook};
 
 fn owner(pid: u32) -> Owner {
     Owner {
@@ -102,7 +102,52 @@ fn dead_after_counts_remaining_probes() {
         probes_out: 2,
         ..Default::default()
     };
-    assert_eq!(row(1, &e, &[]).dead_after_s, Some(34.0));
+    let (paths, conntrack) = (PathBook::new(1, 60), Default::default());
+    let judge = Judge {
+        rules: &[],
+        paths: &paths,
+        conntrack: &conntrack,
+    };
+    assert_eq!(row(1, &e, None, judge).dead_after_s, Some(34.0));
     e.timer_in_s = None;
-    assert_eq!(row(1, &e, &[]).dead_after_s, None);
+    assert_eq!(row(1, &e, None, judge).dead_after_s, None);
+}
+
+/// A scan that finds an established socket's last receive moved saw it
+/// survive the idle gap the previous scan measured.
+#[test]
+fn a_scan_sees_an_idle_gap_survived() {
+    let clock = Clock::new(100);
+    let mut t = SocketTable::new(4);
+    let mut rec = SocketRecord {
+        cookie: 5,
+        flags: flag::FULL_SOCK,
+        ..SocketRecord::default()
+    };
+    rec.tuple.family = 2;
+    rec.tuple.state = 1;
+    rec.tuple.sport = 40000;
+    rec.tuple.dport = 5432;
+    rec.tuple.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+    rec.tuple.daddr[..4].copy_from_slice(&[198, 51, 100, 2]);
+    let scan = |t: &mut SocketTable, jiffies: u64, idle: u32| {
+        let mut r = rec;
+        r.jiffies = jiffies;
+        r.idle_jiffies = idle;
+        t.begin_inventory();
+        t.apply_inventory(&[r], &clock).survived
+    };
+    assert!(
+        scan(&mut t, 1000, 100).is_empty(),
+        "a first look proves nothing"
+    );
+    // Still idle: the last receive has not moved.
+    assert!(scan(&mut t, 1250, 350).is_empty());
+    // Received 0.5 s ago: it survived at least the 3.5 s seen idle before.
+    let seen = scan(&mut t, 1500, 50);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].gap_s, 3.5);
+    // Neither connect nor accept seen, nothing listens on 40000: the lower port.
+    assert_eq!(seen[0].service_port, 5432);
+    assert_eq!(seen[0].remote.to_string(), "198.51.100.2:5432");
 }

@@ -1,6 +1,6 @@
 //! Asking the running agent over its HTTP API, typed.
 
-use keepalive_api::SocketRow;
+use keepalive_api::{PathRow, SocketRow};
 
 use super::Agent;
 
@@ -29,6 +29,13 @@ impl Agent {
         let (status, body) = self.get(&path);
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not rows ({e}): {body}"))
+    }
+
+    /// `/paths` as rows.
+    pub fn paths(&self) -> Vec<PathRow> {
+        let (status, body) = self.get("/paths");
+        assert_eq!(status, 200, "GET /paths: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /paths: not rows ({e}): {body}"))
     }
 
     /// The value of one series in /metrics (labels: a subset).

@@ -2,8 +2,10 @@
 
 use super::*;
 
-pub(crate) const ALERTS: [&str; 6] = [
+pub(crate) const ALERTS: [&str; 8] = [
     "KeepaliveConnectionTimeouts",
+    "KeepaliveIdleResets",
+    "KeepaliveIdleBlackholes",
     "KeepaliveSocketsAtRisk",
     "KeepaliveAgentLosingEvents",
     "KeepaliveAgentTableFull",
@@ -20,7 +22,7 @@ fn alert_rules() -> Vec<Value> {
         .collect()
 }
 
-/// The six alerts, each with a severity, a summary, a description and a
+/// The eight alerts, each with a severity, a summary, a description and a
 /// runbook; no recording rules, no duplicates.
 fn assert_rule_shapes() -> usize {
     let rules = alert_rules();

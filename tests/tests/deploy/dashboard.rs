@@ -171,6 +171,11 @@ fn assert_queries(d: &Value, names: Vec<String>) -> (usize, Vec<String>) {
         "rate(keepalive_agent_socket_map_full_total",
         "keepalive_agent_hook_up",
         "keepalive_agent_tc_interfaces",
+        "sum by (class, port) (rate(keepalive_connection_resets_total",
+        "sum by (instance, netns, port) (keepalive_idle_blackholes_total",
+        "max by (path) (keepalive_path_idle_survived_seconds",
+        "min by (path) (keepalive_path_idle_fatal_seconds",
+        "keepalive_conntrack_tcp_timeout_established_seconds",
     ] {
         assert!(all.contains(needle), "no panel queries {needle}");
     }

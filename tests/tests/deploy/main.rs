@@ -29,6 +29,7 @@ use std::{
 use keepalive_tests::{
     agent::{self, Agent},
     metrics::value,
+    middlebox::{self, Forget, Middlebox},
     prometheus::{self, Prometheus, sample_value},
     scenario,
     sock::{self, FAST},

@@ -13,6 +13,10 @@ use crate::{
 struct World {
     pair: Pair,
     answered: Netns,
+    /// Middleboxes that forget idle flows after 3 s: one resets them, one
+    /// drops them.
+    resetting: Middlebox,
+    dropping: Middlebox,
     agent: Agent,
     prom: Prometheus,
     listen: String,
@@ -25,6 +29,11 @@ struct Traffic {
     /// Namespace inodes: the dying and keepalive-off clients', the answered one's.
     ns_a: String,
     ns_q: String,
+    /// The namespaces of the clients behind the middleboxes.
+    ns_reset: String,
+    ns_drop: String,
+    /// The path of the resetting middlebox's server.
+    reset_path: String,
     /// The keepalive-off client (at risk) and the server's ends stay open.
     _held: Vec<std::net::TcpStream>,
 }
@@ -60,6 +69,8 @@ fn start() -> World {
     World {
         pair,
         answered,
+        resetting: Middlebox::new(3, Forget::Reset),
+        dropping: Middlebox::new(3, Forget::Drop),
         agent,
         prom,
         listen,
@@ -82,19 +93,49 @@ fn traffic(w: &mut World) -> Traffic {
     let mut held: Vec<_> = (0..2).map(|_| server.accept().unwrap().0).collect();
     held.push(idle_off);
     let dying_cookie = sock::cookie(&dying);
-    let (err, (_, _, answered_probes)) = std::thread::scope(|s| {
+    let (reset_to, drop_to) = (
+        w.resetting.echo_server(false),
+        w.dropping.echo_server(false),
+    );
+    let (err, (_, _, answered_probes), blackholed) = std::thread::scope(|s| {
         let answered_client = s.spawn(|| {
             w.answered
                 .run(|| scenario::idle_keepalive_client("127.0.0.1:0", Duration::from_millis(5500)))
         });
+        // Idle past the middleboxes' 3 s: with keepalive the flow survives,
+        // without it the write is reset, or vanishes.
+        let survivor = s.spawn(|| idle_then_write(&w.resetting, reset_to, Some(FAST)));
+        let reset = s.spawn(|| idle_then_write(&w.resetting, reset_to, None));
+        let blackhole = s.spawn(|| idle_then_write(&w.dropping, drop_to, None));
         world::drop_all_input(&w.pair.b);
         let err = w.pair.a.run(|| {
             let mut c = &dying;
             c.read(&mut [0u8; 1])
                 .expect_err("read on a dead peer must fail")
         });
-        (err, answered_client.join().expect("answered client"))
+        assert!(
+            survivor.join().unwrap().1.is_ok(),
+            "keepalive kept the flow"
+        );
+        let reset = reset
+            .join()
+            .unwrap()
+            .1
+            .expect_err("the middlebox reset the flow");
+        assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset, "{reset}");
+        let (blackholed, _) = blackhole.join().unwrap();
+        (
+            err,
+            answered_client.join().expect("answered client"),
+            blackholed,
+        )
     });
+    w.agent
+        .wait_for(Duration::from_secs(5), |r| {
+            r.event == keepalive_api::RecordKind::IdleBlackhole && r.cookie == blackholed.1
+        })
+        .expect("the agent reported no idle_blackhole");
+    held.push(blackholed.0);
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
     assert!(
         answered_probes >= 3,
@@ -109,8 +150,30 @@ fn traffic(w: &mut World) -> Traffic {
         answered_probes,
         ns_a: w.pair.a.inode().to_string(),
         ns_q: w.answered.inode().to_string(),
+        ns_reset: w.resetting.client.inode().to_string(),
+        ns_drop: w.dropping.client.inode().to_string(),
+        reset_path: middlebox::path_of(reset_to),
         _held: held,
     }
+}
+
+/// A client behind `mb`: one exchange, 4.5 s idle, then a write. Returns
+/// the stream and its cookie, and whether the write was answered (a write
+/// into a dropped flow is not waited for).
+fn idle_then_write(
+    mb: &Middlebox,
+    to: std::net::SocketAddr,
+    keepalive: Option<sock::Keepalive>,
+) -> ((std::net::TcpStream, u64), std::io::Result<()>) {
+    let (c, cookie, _) = middlebox::client(&mb.client, to, keepalive);
+    middlebox::exchange(&c).unwrap();
+    std::thread::sleep(Duration::from_millis(4500));
+    let outcome = if mb.forgets_by_reset() {
+        middlebox::exchange(&c)
+    } else {
+        std::io::Write::write_all(&mut &c, b"ping")
+    };
+    ((c, cookie), outcome)
 }
 
 /// One number from an instant query.
@@ -133,7 +196,14 @@ fn assert_counts_scraped(prom: &Prometheus, t: &Traffic) {
             ),
         )?;
         let probes_q = scalar(p, &format!(r#"sum(keepalive_probes_total{{netns="{ns_q}"}})"#))?;
-        (samples >= 2.0 && probes_q == t.answered_probes as f64).then_some(killed)
+        // The middleboxes' series too, scraped twice (rates need two samples).
+        let ns_drop = &t.ns_drop;
+        let blackholes = scalar(
+            p,
+            &format!(r#"count_over_time(keepalive_idle_blackholes_total{{netns="{ns_drop}"}}[30s])"#),
+        )?;
+        (samples >= 2.0 && blackholes >= 2.0 && probes_q == t.answered_probes as f64)
+            .then_some(killed)
     });
     assert_eq!(
         settled,
@@ -203,6 +273,22 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
         (labels["profile"].as_str(), labels["reason"].as_str()),
         (Some("aws-nlb"), Some("keepalive_off"))
     );
+    // Each middlebox's alert, for its client's namespace.
+    for (name, ns) in [
+        ("KeepaliveIdleResets", &t.ns_reset),
+        ("KeepaliveIdleBlackholes", &t.ns_drop),
+    ] {
+        let a = alert(prom, name, ns, true)
+            .unwrap_or_else(|| panic!("{name} for {ns}: {:#?}", prom.alerts()));
+        assert!(
+            a["annotations"]["runbook"]
+                .as_str()
+                .is_some_and(|r| r.contains("net.ipv4.tcp_keepalive_time") && r.contains("paths")),
+            "{a:#}"
+        );
+    }
+    let reset = alert(prom, "KeepaliveIdleResets", &t.ns_reset, true).unwrap();
+    assert_eq!(reset["labels"]["class"], "idle_reset");
     let alerts = prom.alerts();
     let firing: BTreeSet<String> = alerts
         .iter()
@@ -211,7 +297,14 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
         .collect();
     assert_eq!(
         firing,
-        BTreeSet::from(["KeepaliveConnectionTimeouts".to_string()]),
+        BTreeSet::from(
+            [
+                "KeepaliveConnectionTimeouts",
+                "KeepaliveIdleResets",
+                "KeepaliveIdleBlackholes"
+            ]
+            .map(String::from)
+        ),
         "{alerts:#?}"
     );
     for quiet in [
@@ -309,6 +402,25 @@ fn assert_panels(results: &Results, t: &Traffic) {
         sample(results, "Sockets at risk", "A", &a),
         Some(1.0),
         "the keepalive-off client"
+    );
+    let reset = [("netns", t.ns_reset.as_str()), ("class", "idle_reset")];
+    let since = "Resets and blackholes since agent start";
+    assert_eq!(sample(results, since, "A", &reset), Some(1.0));
+    let dropped = [("netns", t.ns_drop.as_str())];
+    assert_eq!(sample(results, since, "B", &dropped), Some(1.0));
+    let path = [("path", t.reset_path.as_str())];
+    let learned = "Path idle timeouts learned";
+    let survived = sample(results, learned, "A", &path).expect("a survived gap");
+    let fatal = sample(results, learned, "B", &path).expect("a fatal gap");
+    assert!(
+        (1.0..3.0).contains(&survived) && fatal >= 3.0,
+        "{survived} < 3 <= {fatal}"
+    );
+    let ct = "Node conntrack per namespace";
+    let routers = &results[&(ct.to_string(), "A".to_string())];
+    assert!(
+        routers.iter().any(|s| sample_value(s) == 3.0),
+        "{routers:#?}"
     );
 }
 

@@ -52,6 +52,8 @@ pub struct AgentHealth {
     pub(super) events_lost: Counter,
     pub(super) kernel_probes: Counter,
     pub(super) kernel_timeouts: Counter,
+    pub(super) kernel_resets: Counter,
+    pub(super) kernel_stalls: Counter,
     pub(super) socket_map_full: Counter,
     pub(super) read_errors: Counter,
     pub(super) sockets_refused: Counter,
@@ -128,6 +130,16 @@ impl AgentHealth {
                 r,
                 "keepalive_agent_kernel_keepalive_timeouts",
                 "Keepalive ETIMEDOUT kills counted in the kernel",
+            ),
+            kernel_resets: registered(
+                r,
+                "keepalive_agent_kernel_resets",
+                "Received RSTs that killed a connection (tcp_receive_reset), counted in the kernel",
+            ),
+            kernel_stalls: registered(
+                r,
+                "keepalive_agent_kernel_retransmit_stalls",
+                "Second unanswered RTO retransmissions counted in the kernel (every stall; the agent reports those after an idle gap as idle_blackhole)",
             ),
             socket_map_full: registered(
                 r,

@@ -42,6 +42,20 @@ pub struct TimeoutLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResetLabels {
+    pub netns: NetnsValue,
+    pub port: PortLabel,
+    /// A [`keepalive_api::ResetClass`]'s name.
+    pub class: &'static str,
+}
+
+/// A destination group of `/paths` (bounded by `--max-paths`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetnsLabel {
     pub netns: NetnsValue,
 }

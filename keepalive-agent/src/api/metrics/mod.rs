@@ -15,7 +15,8 @@ pub use agent::{AgentHealth, Scan};
 use keepalive_common::KernelCounters;
 use labels::PortLabels;
 pub use labels::{
-    HookLabels, NetnsLabel, NetnsPort, PortLabel, RiskLabels, SocketsLabels, TimeoutLabels,
+    HookLabels, NetnsLabel, NetnsPort, PathLabel, PortLabel, ResetLabels, RiskLabels,
+    SocketsLabels, TimeoutLabels,
 };
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -49,6 +50,14 @@ pub struct Metrics {
     pub probes: Family<NetnsPort, Counter>,
     pub acks: Family<NetnsPort, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
+    pub resets: Family<ResetLabels, Counter>,
+    pub blackholes: Family<NetnsPort, Counter>,
+    pub(super) path_survived: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(super) path_fatal: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(super) paths_folded: Counter,
+    pub(super) last_folded: u64,
+    pub(super) conntrack_timeout: Family<NetnsLabel, Gauge>,
+    pub(super) conntrack_loose: Family<NetnsLabel, Gauge>,
     pub rtt: Family<NetnsLabel, Histogram>,
     pub(super) sockets: Family<SocketsLabels, Gauge>,
     pub(super) at_risk: Family<RiskLabels, Gauge>,
@@ -95,6 +104,45 @@ impl Metrics {
                 r,
                 "keepalive_connection_timeouts",
                 "Connections the kernel aborted with ETIMEDOUT, by cause (keepalive, retransmit, user_timeout, syn)",
+            ),
+            resets: registered(
+                r,
+                "keepalive_connection_resets",
+                "Connections killed by a received RST, by class: idle_reset (it answered our first packet after an idle gap: a middlebox forgot the flow) or peer_reset",
+            ),
+            blackholes: registered(
+                r,
+                "keepalive_idle_blackholes",
+                "Connections whose first data after an idle gap went unanswered through two retransmissions: a middlebox dropped the flow silently",
+            ),
+            path_survived: registered_in(
+                r,
+                "keepalive_path_idle_survived",
+                "Longest idle gap a connection on the path survived (a lower bound of its idle timeout; max across the fleet)",
+                Unit::Seconds,
+            ),
+            path_fatal: registered_in(
+                r,
+                "keepalive_path_idle_fatal",
+                "Shortest idle gap on the path that ended in an idle reset or blackhole (an upper bound of its idle timeout; min across the fleet)",
+                Unit::Seconds,
+            ),
+            paths_folded: registered(
+                r,
+                "keepalive_agent_paths_folded",
+                "Path observations folded into path=\"other\" because --max-paths groups were full",
+            ),
+            last_folded: 0,
+            conntrack_timeout: registered_in(
+                r,
+                "keepalive_conntrack_tcp_timeout_established",
+                "net.netfilter.nf_conntrack_tcp_timeout_established of a namespace whose conntrack tracks flows",
+                Unit::Seconds,
+            ),
+            conntrack_loose: registered(
+                r,
+                "keepalive_conntrack_tcp_loose",
+                "net.netfilter.nf_conntrack_tcp_loose of a namespace whose conntrack tracks flows (0: an expired flow's next packet is invalid)",
             ),
             rtt,
             sockets: registered(

@@ -8,11 +8,11 @@ use keepalive_common::KernelCounters;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
 use super::agent::StreamLabels;
-use super::{HookLabels, Metrics, NetnsLabel, PortLabel, RiskLabels, SocketsLabels};
+use super::{HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, SocketsLabels};
 use crate::{
     host::{outlet, sysctl::KeepaliveSysctls},
-    model::risk::Rule,
-    table::{self, SocketTable},
+    model::paths::PathBook,
+    table::{Judge, SocketTable},
 };
 
 /// One of the kernel's counters, by field.
@@ -24,7 +24,7 @@ pub struct Snapshot<'a> {
     pub kernel: &'a KernelCounters,
     pub table: &'a SocketTable,
     pub sysctls: &'a BTreeMap<u64, KeepaliveSysctls>,
-    pub rules: &'a [Rule],
+    pub judge: Judge<'a>,
     pub tc_interfaces: usize,
 }
 
@@ -51,10 +51,12 @@ impl Metrics {
         // grew since the last scrape.
         let (k, last) = (s.kernel, self.last_kernel);
         let a = &self.agent;
-        let mirrored: [(&Counter, Field); 5] = [
+        let mirrored: [(&Counter, Field); 7] = [
             (&a.events_lost, |c| c.events_lost),
             (&a.kernel_probes, |c| c.probes),
             (&a.kernel_timeouts, |c| c.keepalive_timeouts),
+            (&a.kernel_resets, |c| c.resets),
+            (&a.kernel_stalls, |c| c.retransmit_stalls),
             (&a.socket_map_full, |c| c.socket_map_full),
             (&a.read_errors, |c| c.read_errors),
         ];
@@ -91,6 +93,8 @@ impl Metrics {
             self.sysctl_intvl.get_or_create(&l).set(v.intvl_s.into());
             self.sysctl_probes.get_or_create(&l).set(v.probes.into());
         }
+        self.render_conntrack(s.sysctls);
+        self.render_paths(s.judge);
 
         self.sockets.clear();
         self.at_risk.clear();
@@ -106,7 +110,7 @@ impl Metrics {
                     keepalive: if on { "on" } else { "off" },
                 })
                 .inc();
-            if let Some(risk) = table::risk_of(e, s.rules) {
+            if let Some(risk) = s.table.risk_of(e, s.judge) {
                 let port = match (e.local, e.remote) {
                     (Some(l), Some(r)) => self.port_label(l.port(), r.port()),
                     _ => PortLabel::Other,
@@ -125,5 +129,44 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Each active conntrack's timeouts, by namespace.
+    fn render_conntrack(&mut self, sysctls: &BTreeMap<u64, KeepaliveSysctls>) {
+        self.conntrack_timeout.clear();
+        self.conntrack_loose.clear();
+        for (netns, v) in sysctls {
+            let Some(ct) = v.conntrack else { continue };
+            let l = NetnsLabel {
+                netns: Some(*netns as u32),
+            };
+            self.conntrack_timeout
+                .get_or_create(&l)
+                .set(ct.timeout_established_s.into());
+            self.conntrack_loose
+                .get_or_create(&l)
+                .set(i64::from(ct.loose));
+        }
+    }
+
+    /// Each path's learned bounds, the ones it still remembers.
+    fn render_paths(&mut self, judge: Judge<'_>) {
+        self.path_survived.clear();
+        self.path_fatal.clear();
+        let book: &PathBook = judge.paths;
+        for (key, b) in book.iter() {
+            let l = PathLabel {
+                path: key.label(judge.rules),
+            };
+            if let Some(s) = b.survived {
+                self.path_survived.get_or_create(&l).set(s.gap_s);
+            }
+            if let Some(f) = b.fatal {
+                self.path_fatal.get_or_create(&l).set(f.gap_s);
+            }
+        }
+        self.paths_folded
+            .inc_by(book.folded.saturating_sub(self.last_folded));
+        self.last_folded = book.folded;
     }
 }

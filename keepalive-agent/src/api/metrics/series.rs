@@ -5,13 +5,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Metrics, NetnsLabel, NetnsPort, TimeoutLabels};
+use super::{Metrics, NetnsLabel, NetnsPort, ResetLabels, TimeoutLabels};
 
 /// Label sets one namespace has in the keepalive families.
 #[derive(Default)]
 pub struct NetnsSeries {
     ports: HashSet<NetnsPort>,
     timeouts: HashSet<TimeoutLabels>,
+    resets: HashSet<ResetLabels>,
+    blackholes: HashSet<NetnsPort>,
 }
 
 /// By namespace inode.
@@ -43,6 +45,20 @@ impl Metrics {
         self.timeouts.get_or_create(labels).inc();
     }
 
+    pub fn count_reset(&mut self, labels: &ResetLabels) {
+        if let Some(s) = self.series_of(labels.netns) {
+            s.resets.insert(labels.clone());
+        }
+        self.resets.get_or_create(labels).inc();
+    }
+
+    pub fn count_blackhole(&mut self, labels: &NetnsPort) {
+        if let Some(s) = self.series_of(labels.netns) {
+            s.blackholes.insert(labels.clone());
+        }
+        self.blackholes.get_or_create(labels).inc();
+    }
+
     pub fn observe_rtt(&mut self, netns: Option<u32>, seconds: f64) {
         let _ = self.series_of(netns);
         self.rtt
@@ -61,6 +77,12 @@ impl Metrics {
         }
         for l in &s.timeouts {
             self.timeouts.remove(l);
+        }
+        for l in &s.resets {
+            self.resets.remove(l);
+        }
+        for l in &s.blackholes {
+            self.blackholes.remove(l);
         }
         self.rtt.remove(&NetnsLabel { netns: Some(netns) });
     }

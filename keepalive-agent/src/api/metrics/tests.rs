@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 use keepalive_common::KernelCounters;
 
 use super::{labels::PortLabels, *};
-use crate::{host::sysctl::KeepaliveSysctls, table::SocketTable};
+use crate::{
+    host::sysctl::KeepaliveSysctls,
+    model::paths::PathBook,
+    table::{Judge, SocketTable},
+};
 
 #[test]
 fn converts_to_prometheus_text() {
@@ -44,9 +48,14 @@ fn renders_openmetrics_with_units_and_eof() {
                 time_s: 7200,
                 intvl_s: 75,
                 probes: 9,
+                conntrack: None,
             },
         )]),
-        rules: &[],
+        judge: Judge {
+            rules: &[],
+            paths: &PathBook::new(4, 60),
+            conntrack: &Default::default(),
+        },
         tc_interfaces: 0,
     });
     assert!(

@@ -1,6 +1,6 @@
 //! `--idle-timeout` rules: a profile or seconds, and where they apply.
 
-use std::{net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr};
 
 use serde::Serialize;
 
@@ -28,6 +28,21 @@ pub struct Destination {
 impl Destination {
     pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
         self.port.is_none_or(|p| p == port) && self.net.is_none_or(|(n, len)| in_net(ip, n, len))
+    }
+}
+
+/// As `--idle-timeout` writes it: `10.0.0.0/8:5432`, `[2001:db8::]/32:443`, `:443`.
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            Some((IpAddr::V6(a), len)) if self.port.is_some() => write!(f, "[{a}]/{len}")?,
+            Some((a, len)) => write!(f, "{a}/{len}")?,
+            None => {}
+        }
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
     }
 }
 

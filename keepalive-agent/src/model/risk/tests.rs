@@ -109,3 +109,33 @@ fn advice_follows_the_rule_of_thumb() {
         }
     );
 }
+
+/// A configured rule beats a learned bound for its destination; the
+/// namespace's conntrack counts too, whichever forgets first.
+#[test]
+fn the_first_middlebox_to_forget_is_the_one_judged() {
+    let rules: Vec<Rule> = vec!["aws-nlb@10.0.0.0/8".parse().unwrap()];
+    let (nlb, other) = ("10.1.2.3".parse().unwrap(), "192.0.2.9".parse().unwrap());
+    let t = path_timeout(&rules, nlb, 5432, Some(40), None).unwrap();
+    assert_eq!((t.profile, t.basis), ("aws-nlb", RiskBasis::Configured));
+    let t = path_timeout(&rules, other, 5432, Some(40), None).unwrap();
+    assert_eq!(
+        (t.profile, t.idle_timeout_s, t.basis),
+        ("learned", 40, RiskBasis::Learned)
+    );
+    let t = path_timeout(&rules, nlb, 5432, None, Some(120)).unwrap();
+    assert_eq!((t.idle_timeout_s, t.basis), (120, RiskBasis::Conntrack));
+    assert_eq!(path_timeout(&rules, other, 5432, None, None), None);
+    let r = judge(t, Some(60.0));
+    assert_eq!(r, None, "first probe at 60 s, before 120 s");
+    let r = judge(t, None).unwrap();
+    assert_eq!(
+        (r.reason, r.basis),
+        (RiskReason::KeepaliveOff, RiskBasis::Conntrack)
+    );
+    // A Destination prints as --idle-timeout takes it.
+    let d = rules[0].destination.as_ref().unwrap();
+    assert_eq!(d.to_string(), "10.0.0.0/8");
+    let r: Rule = "60@[2001:db8::]/32:443".parse().unwrap();
+    assert_eq!(r.destination.unwrap().to_string(), "[2001:db8::]/32:443");
+}
