@@ -108,9 +108,15 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
     if len > MAX_PROBE_FRAME {
         return None;
     }
-    // A small frame may still keep its headers outside the linear area
-    // (paged receive buffers): pull them in, once, before reading.
-    if ctx.data() + (len as usize) > ctx.data_end() && ctx.pull_data(len).is_err() {
+    // A frame with bytes outside the linear area carries payload: TCP
+    // builds a probe or a pure ACK in the linear head alone
+    // (`tcp_xmit_probe_skb`, `__tcp_send_ack`), while written data sits in
+    // page fragments (`tcp_sendmsg_locked`), and receiving drivers copy a
+    // small frame's headers into the head. Never pulled: TCP's transmitted
+    // skbs are clones, and `bpf_skb_pull_data` on a clone copies the whole
+    // packet (`pskb_expand_head`) — that was most of a 64-byte segment's
+    // classifier cost.
+    if ctx.data() + (len as usize) > ctx.data_end() {
         return None;
     }
     // SAFETY: the skb of a TC program's context is always valid.
