@@ -58,6 +58,11 @@ pub struct Record {
     /// The owner's container, derived from its cgroup path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The owner's pod uid and systemd unit, from its cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
     /// Unanswered probes outstanding (`icsk_probes_out`, `ss`'s timer retrans).
@@ -147,6 +152,8 @@ impl Record {
             comm: None,
             cgroup_id: None,
             container_id: None,
+            pod_uid: None,
+            service: None,
             keepalive: None,
             probes_out: None,
             probes: None,

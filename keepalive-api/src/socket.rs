@@ -21,6 +21,13 @@ pub struct Owner {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The Kubernetes pod uid the cgroup path names (kubelet layouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The systemd unit of a process in no container
+    /// (`postgresql@15-main.service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// A socket that can sit idle past its path's idle timeout.

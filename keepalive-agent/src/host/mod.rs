@@ -1,11 +1,13 @@
 //! The node outside BPF: network namespaces and entering them ([`netns`]),
-//! which process owns a socket ([`owners`]), each namespace's keepalive
+//! which process owns a socket ([`owners`]) and who its cgroup
+//! names ([`cgroup`]), each namespace's keepalive
 //! sysctls ([`sysctl`]) and conntrack ([`conntrack`]), the agent's own
 //! capabilities ([`caps`]), process limits and memory ([`process`]) and
 //! its output streams ([`outlet`]). Reads `/proc` and `/sys`; depends on nothing of the
 //! agent's own.
 
 pub mod caps;
+pub mod cgroup;
 pub mod conntrack;
 pub mod netns;
 pub mod outlet;

@@ -1,14 +1,14 @@
 //! Which process owns a socket, found the way `ss -p` finds it: every
 //! `/proc/<pid>/fd/*` that is a socket reads back (readlink) as
 //! `socket:[INODE]`, the sockfs inode that sock_diag reports as
-//! `idiag_inode`. For each owner we also read its `comm`, its cgroup v2 path
-//! and the container id that path names, if any.
+//! `idiag_inode`. For each owner we also read its `comm`, its cgroup path
+//! and who that path names (see [`super::cgroup`]).
 //!
 //! What it does not do: it does not look at threads (`/proc` lists only
 //! thread-group leaders and threads share the leader's fd table), does not
 //! see sockets no process holds open (time-wait, orphaned, kernel sockets),
-//! and does not ask a container runtime anything; the container id comes
-//! from the cgroup path alone. The scan is a snapshot: a process that exits
+//! and does not ask a container runtime anything; the container and pod
+//! come from the cgroup path alone. The scan is a snapshot: a process that exits
 //! or closes its fds while we look is skipped, not an error.
 
 use std::{
@@ -18,6 +18,8 @@ use std::{
 };
 
 use keepalive_api::Owner;
+
+use super::cgroup;
 
 /// The owners of the wanted socket inodes. Inodes no process holds are
 /// absent from the result. When several processes hold the same socket
@@ -77,16 +79,16 @@ pub fn resolve(inodes: &HashSet<u64>) -> HashMap<u64, Owner> {
             continue;
         };
         let cgroup = fs::read_to_string(proc_dir.join("cgroup"))
-            .map(|text| cgroup_v2_path(&text).to_owned())
+            .map(|text| cgroup::path_of(&text).to_owned())
             .unwrap_or_default();
-        let owner = Owner {
+        let mut owner = Owner {
             pid,
             comm: comm.trim_end_matches('\n').to_owned(),
             // Found through /proc, not at connect(): no BPF cgroup id.
             cgroup_id: 0,
-            container_id: container_id(&cgroup),
-            cgroup: Some(cgroup).filter(|c| !c.is_empty()),
+            ..Owner::default()
         };
+        set_cgroup(&mut owner, cgroup);
         for inode in mine {
             found.insert(inode, owner.clone());
         }
@@ -103,45 +105,22 @@ fn socket_inode(target: &str) -> Option<u64> {
         .ok()
 }
 
-/// The cgroup path and container id of a live process (None when it is
-/// gone or has no unified cgroup).
-pub fn cgroup_of(pid: u32) -> Option<(String, Option<String>)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = cgroup_v2_path(&text);
-    (!path.is_empty()).then(|| (path.to_string(), container_id(path)))
+/// Reads a live process's cgroup into `owner`: the path and who it names
+/// (container, pod uid, systemd service). False when it is gone.
+pub fn read_cgroup(owner: &mut Owner) -> bool {
+    let Ok(text) = fs::read_to_string(format!("/proc/{}/cgroup", owner.pid)) else {
+        return false;
+    };
+    set_cgroup(owner, cgroup::path_of(&text).to_owned());
+    true
 }
 
-/// The path of the `0::` (unified hierarchy) line of `/proc/<pid>/cgroup`,
-/// or "" on a host with cgroup v1 only.
-fn cgroup_v2_path(text: &str) -> &str {
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .unwrap_or("")
-}
-
-/// The container id a cgroup path names: a 64-hex-digit segment, bare
-/// (cgroupfs driver: `/docker/<id>`, `/kubepods/burstable/pod<uid>/<id>`)
-/// or wrapped by the systemd driver (`docker-<id>.scope`,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`).
-/// The innermost match wins, so a container nested in another (kind) is
-/// reported as itself. `crio-conmon-<id>.scope` is CRI-O's monitor, not the
-/// container, and does not match.
-pub fn container_id(cgroup_path: &str) -> Option<String> {
-    const PREFIXES: [&str; 5] = [
-        "docker-",
-        "cri-containerd-",
-        "crio-",
-        "libpod-",
-        "containerd-",
-    ];
-    cgroup_path.rsplit('/').find_map(|segment| {
-        let base = segment.strip_suffix(".scope").unwrap_or(segment);
-        let id = PREFIXES
-            .iter()
-            .find_map(|prefix| base.strip_prefix(prefix))
-            .unwrap_or(base);
-        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
-    })
+fn set_cgroup(owner: &mut Owner, path: String) {
+    let id = cgroup::identity(&path);
+    owner.container_id = id.container_id;
+    owner.pod_uid = id.pod_uid;
+    owner.service = id.service;
+    owner.cgroup = Some(path).filter(|p| !p.is_empty());
 }
 
 #[cfg(test)]
@@ -149,58 +128,6 @@ mod tests {
     use std::{net::TcpListener, os::unix::fs::MetadataExt as _};
 
     use super::*;
-
-    const ID: &str = "3f1e9c2b7a4d5e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
-
-    #[test]
-    fn container_id_patterns() {
-        let cases = [
-            (format!("/system.slice/docker-{ID}.scope"), Some(ID)),
-            (format!("/docker/{ID}"), Some(ID)),
-            (
-                format!(
-                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_5678.slice/cri-containerd-{ID}.scope"
-                ),
-                Some(ID),
-            ),
-            (
-                format!(
-                    "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice/crio-{ID}.scope"
-                ),
-                Some(ID),
-            ),
-            (
-                format!("/kubepods/burstable/pod0c1d2e3f-1111-2222-3333-444455556666/{ID}"),
-                Some(ID),
-            ),
-            (
-                format!("/machine.slice/libpod-{ID}.scope/container"),
-                Some(ID),
-            ),
-            (
-                format!("/system.slice/docker-{ID}.scope/init.scope"),
-                Some(ID),
-            ),
-            (format!("/kubepods.slice/crio-conmon-{ID}.scope"), None),
-            ("/user.slice/user-0.slice/session-3.scope".to_owned(), None),
-            ("/".to_owned(), None),
-            (String::new(), None),
-            // 63 and 65 digits are not ids.
-            (format!("/docker/{}", &ID[1..]), None),
-            (format!("/docker/{ID}0"), None),
-            (format!("/docker-{}z.scope", &ID[1..]), None),
-        ];
-        for (path, want) in cases {
-            assert_eq!(container_id(&path).as_deref(), want, "{path}");
-        }
-    }
-
-    #[test]
-    fn cgroup_line_is_the_unified_one() {
-        let text = "12:memory:/docker/abc\n0::/system.slice/foo.service\n";
-        assert_eq!(cgroup_v2_path(text), "/system.slice/foo.service");
-        assert_eq!(cgroup_v2_path("3:cpu:/x\n"), "");
-    }
 
     #[test]
     fn socket_link_targets() {
@@ -228,7 +155,7 @@ mod tests {
         let cgroup = fs::read_to_string("/proc/self/cgroup").expect("cgroup");
         assert_eq!(
             owner.cgroup.as_deref().unwrap_or(""),
-            cgroup_v2_path(&cgroup)
+            cgroup::path_of(&cgroup)
         );
         assert!(!found.contains_key(&missing));
         assert!(resolve(&HashSet::new()).is_empty());

@@ -52,8 +52,7 @@ fn owner_of(ev: &Event) -> Owner {
         pid: ev.pid,
         comm: String::from_utf8_lossy(&ev.comm[..end]).into_owned(),
         cgroup_id: ev.cgroup_id,
-        cgroup: None,
-        container_id: None,
+        ..Owner::default()
     }
 }
 
@@ -107,6 +106,8 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.comm = Some(owner.comm.clone());
             r.cgroup_id = Some(owner.cgroup_id).filter(|id| *id != 0);
             r.container_id = owner.container_id.clone();
+            r.pod_uid = owner.pod_uid.clone();
+            r.service = owner.service.clone();
         }
     }
     if r.event == RecordKind::SocketClosed {
@@ -219,11 +220,8 @@ fn record_owner(ev: &Event, table: &mut SocketTable) {
     }
     let mut owner = owner;
     // The connecting process is alive now: its cgroup names the
-    // container, for every later event.
-    if let Some((cgroup, container)) = owners::cgroup_of(owner.pid) {
-        owner.cgroup = Some(cgroup);
-        owner.container_id = container;
-    }
+    // container, pod or service, for every later event.
+    owners::read_cgroup(&mut owner);
     table.set_owner(ev.head.cookie, owner);
 }
 
