@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     sock,
-    world::{Netns, unique, veth},
+    world::{Netns, load_nft, veth},
 };
 
 /// What the middlebox does with a packet of a flow it forgot.
@@ -77,11 +77,7 @@ impl Middlebox {
              \t}}\n\
              }}\n"
         );
-        let file = std::env::temp_dir().join(format!("{}.nft", unique("kamb")));
-        std::fs::write(&file, rules).expect("writing the nftables rules");
-        let path = file.to_string_lossy().into_owned();
-        r.exec(&["nft", "-f", &path]);
-        let _ = std::fs::remove_file(&file);
+        load_nft(r, &rules);
         r.exec(&[
             "sysctl",
             "-qw",

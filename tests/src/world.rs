@@ -140,6 +140,16 @@ impl Default for Pair {
     }
 }
 
+/// Loads an nftables ruleset into `ns` from a file (multi-line rules:
+/// `nft -f`, where words such as `fwd` are no trouble).
+pub fn load_nft(ns: &Netns, rules: &str) {
+    let file = std::env::temp_dir().join(format!("{}.nft", unique("kanft")));
+    std::fs::write(&file, rules).expect("writing the nftables rules");
+    let path = file.to_string_lossy().into_owned();
+    ns.exec(&["nft", "-f", &path]);
+    let _ = std::fs::remove_file(&file);
+}
+
 /// Drops every packet arriving in `ns` (the peer is gone, as behind a dead
 /// NAT or load balancer). Removed with the namespace.
 pub fn drop_all_input(ns: &Netns) {

@@ -441,10 +441,7 @@ fn an_active_connection_reset_by_its_peer_is_a_peer_reset() {
 fn a_namespace_conntrack_is_a_middlebox_too() {
     let ns = world::Netns::new("kct");
     let rules = "table inet kact {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tct state established,related accept\n\t}\n}\n";
-    let file = std::env::temp_dir().join(format!("{}.nft", world::unique("kact")));
-    std::fs::write(&file, rules).unwrap();
-    ns.exec(&["nft", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
+    world::load_nft(&ns, rules);
     ns.exec(&[
         "sysctl",
         "-qw",

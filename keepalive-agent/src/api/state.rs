@@ -112,7 +112,16 @@ impl AgentState {
     }
 
     fn port_of(&mut self, r: &Record) -> PortLabel {
-        match (r.local, r.remote) {
+        self.port_label(r.local, r.remote)
+    }
+
+    /// The port label of a connection between `local` and `remote`.
+    fn port_label(
+        &mut self,
+        local: Option<std::net::SocketAddr>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> PortLabel {
+        match (local, remote) {
             (Some(l), Some(p)) => self.metrics.port_label(l.port(), p.port()),
             _ => PortLabel::Other,
         }
@@ -134,24 +143,23 @@ impl AgentState {
     }
 
     fn survived_by(&mut self, r: &Record, gap_s: f64) {
-        if gap_s < self.table.idle_gap_min_s {
-            return;
-        }
-        if let Some(key) = self.path_of(r) {
-            self.paths.survived(key, gap_s, monotonic_ns());
-        }
+        let key = self.path_of(r);
+        self.learn_survival(key, gap_s, monotonic_ns());
     }
 
     /// Idle gaps an inventory saw connections survive.
     pub fn survived(&mut self, seen: &[Survival]) {
         let now = monotonic_ns();
         for s in seen {
-            if s.gap_s < self.table.idle_gap_min_s {
-                continue;
-            }
-            if let Some(key) = PathKey::of(&self.rules, s.remote, s.service_port) {
-                self.paths.survived(key, s.gap_s, now);
-            }
+            let key = PathKey::of(&self.rules, s.remote, s.service_port);
+            self.learn_survival(key, s.gap_s, now);
+        }
+    }
+
+    /// A gap survived on `key`'s path, if it was an idle gap at all.
+    fn learn_survival(&mut self, key: Option<PathKey>, gap_s: f64, now_ns: u64) {
+        if let Some(key) = key.filter(|_| gap_s >= self.table.idle_gap_min_s) {
+            self.paths.survived(key, gap_s, now_ns);
         }
     }
 
@@ -205,10 +213,7 @@ impl AgentState {
         if c.probes + c.acks == 0 {
             return;
         }
-        let port = match (c.local, c.remote) {
-            (Some(l), Some(r)) => self.metrics.port_label(l.port(), r.port()),
-            _ => PortLabel::Other,
-        };
+        let port = self.port_label(c.local, c.remote);
         let labels = NetnsPort {
             netns: c.netns,
             port,
