@@ -63,6 +63,14 @@ pub struct Record {
     pub pod_uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The owner's Kubernetes pod, its namespace and the container's name,
+    /// from the container runtime's labels (`io.kubernetes.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Keepalive>,
     /// Unanswered probes outstanding (`icsk_probes_out`, `ss`'s timer retrans).
@@ -154,6 +162,9 @@ impl Record {
             container_id: None,
             pod_uid: None,
             service: None,
+            pod: None,
+            namespace: None,
+            container: None,
             keepalive: None,
             probes_out: None,
             probes: None,

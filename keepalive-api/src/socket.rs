@@ -28,6 +28,15 @@ pub struct Owner {
     /// (`postgresql@15-main.service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The Kubernetes pod, its namespace and the container's name, from
+    /// the container runtime's labels; absent outside Kubernetes or while
+    /// the runtime has not answered (then `pod_uid` still names the pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// A socket that can sit idle past its path's idle timeout.
@@ -56,6 +65,16 @@ pub struct SocketRow {
     pub remote: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// The Kubernetes pod, namespace and container of the owner, else of
+    /// the pod that owns the socket's network namespace (no container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     pub uid: u32,
     pub inode: u64,
     pub keepalive: Option<Keepalive>,

@@ -3,7 +3,8 @@
 //! network namespaces, veth pairs and nftables rules the tests build and
 //! always tear down ([`world`]), a middlebox that forgets idle flows
 //! ([`middlebox`]); the kernel's own counters as the oracle
-//! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); one HTTP client ([`http`]), one way to wait
+//! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); a
+//! containerd of the test's own running kubelet-labelled containers ([`containerd`]); one HTTP client ([`http`]), one way to wait
 //! ([`wait`]), clients any user can run ([`nobody`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
 //! Prometheus ([`prometheus`]), sockets as applications make them
 //! ([`sock`]) and shared traffic ([`scenario`]).
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod bpf;
 pub mod cgroup;
 pub mod cli;
+pub mod containerd;
 pub mod http;
 pub mod metrics;
 pub mod middlebox;

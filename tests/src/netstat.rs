@@ -16,6 +16,14 @@ pub fn tcp_ext(name: &str) -> u64 {
         .unwrap_or_else(|| panic!("TcpExt {name} not in /proc/net/netstat"))
 }
 
+/// A TcpExt counter of the network namespace process `pid` is in.
+pub fn tcp_ext_of(pid: u32, name: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/netstat"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/net/netstat: {e}"));
+    parse(&text, "TcpExt:", name)
+        .unwrap_or_else(|| panic!("TcpExt {name} not in /proc/{pid}/net/netstat"))
+}
+
 /// A `Tcp:` counter of `/proc/net/snmp` (e.g. `RetransSegs`) as seen by
 /// the calling thread's namespace.
 pub fn tcp_snmp(name: &str) -> u64 {

@@ -31,6 +31,19 @@ impl Rng {
     }
 }
 
+/// `digits` random hex digits from the kernel (container ids, pod uids:
+/// unique across runs and concurrent tests).
+pub fn hex(digits: usize) -> String {
+    use std::io::Read as _;
+    let mut bytes = vec![0u8; digits.div_ceil(2)];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    let mut s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    s.truncate(digits);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,13 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
-/// (binary, Debian package) the integration tests need.
+/// (binary, Debian package) the build and the integration tests need.
 const PACKAGES: &[(&str, &str)] = &[
+    // containerd-client's build compiles containerd's protobufs.
+    ("protoc", "protobuf-compiler"),
+    // The pods suite runs real containers in a containerd of its own.
+    ("containerd", "containerd"),
+    ("runc", "runc"),
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),

@@ -13,6 +13,9 @@ pub enum Param {
     State,
     Event,
     Risk,
+    Namespace,
+    Pod,
+    Container,
 }
 
 impl Param {
@@ -24,6 +27,9 @@ impl Param {
             Param::State => "state",
             Param::Event => "event",
             Param::Risk => "risk",
+            Param::Namespace => "namespace",
+            Param::Pod => "pod",
+            Param::Container => "container",
         }
     }
 }
@@ -35,9 +41,20 @@ pub const SOCKETS_PARAMS: &[Param] = &[
     Param::Netns,
     Param::State,
     Param::Risk,
+    Param::Namespace,
+    Param::Pod,
+    Param::Container,
 ];
 /// What `/events` takes.
-pub const EVENTS_PARAMS: &[Param] = &[Param::Event, Param::Port, Param::Pid, Param::Netns];
+pub const EVENTS_PARAMS: &[Param] = &[
+    Param::Event,
+    Param::Port,
+    Param::Pid,
+    Param::Netns,
+    Param::Namespace,
+    Param::Pod,
+    Param::Container,
+];
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
@@ -70,6 +87,16 @@ pub struct Filter {
     pub event: Option<RecordKind>,
     /// Only sockets at risk.
     pub at_risk: bool,
+    /// Kubernetes names; empty matches what is in no pod.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+}
+
+/// Whether a name filter admits `have` (empty asks for none).
+fn named(want: &Option<String>, have: &Option<String>) -> bool {
+    want.as_deref()
+        .is_none_or(|w| have.as_deref().unwrap_or("") == w)
 }
 
 impl Filter {
@@ -110,6 +137,9 @@ impl Filter {
                     f.state = Some(value.to_ascii_uppercase().parse().map_err(name)?);
                 }
                 Param::Event => f.event = Some(value.parse().map_err(name)?),
+                Param::Namespace => f.namespace = Some(value.to_owned()),
+                Param::Pod => f.pod = Some(value.to_owned()),
+                Param::Container => f.container = Some(value.to_owned()),
                 Param::Risk => {
                     f.at_risk = match value {
                         "true" | "1" => true,
@@ -127,6 +157,9 @@ impl Filter {
             && self.pid.is_none_or(|p| r.pid == Some(p))
             && self.netns.is_none_or(|n| r.netns == Some(n))
             && self.port.is_none_or(|p| r.has_port(p))
+            && named(&self.namespace, &r.namespace)
+            && named(&self.pod, &r.pod)
+            && named(&self.container, &r.container)
     }
 
     pub fn matches_row(&self, r: &SocketRow) -> bool {
@@ -137,6 +170,9 @@ impl Filter {
                 .is_none_or(|p| r.owner.as_ref().is_some_and(|o| o.pid == p))
             && self.port.is_none_or(|p| r.has_port(p))
             && (!self.at_risk || r.risk.is_some())
+            && named(&self.namespace, &r.namespace)
+            && named(&self.pod, &r.pod)
+            && named(&self.container, &r.container)
     }
 }
 
@@ -151,6 +187,9 @@ mod tests {
         Param::State,
         Param::Event,
         Param::Risk,
+        Param::Namespace,
+        Param::Pod,
+        Param::Container,
     ];
 
     #[test]
@@ -193,5 +232,20 @@ mod tests {
             ..Default::default()
         };
         assert!(!f.matches_record(&r));
+    }
+
+    #[test]
+    fn matches_by_pod_and_namespace() {
+        let mut r = Record::new(RecordKind::ProbeSent, 0.0, 1);
+        r.pod = Some("web-0".into());
+        r.namespace = Some("shop".into());
+        let f = Filter::parse([("namespace", "shop"), ("pod", "web-0")], ALL).unwrap();
+        assert!(f.matches_record(&r));
+        let other = Filter::parse([("pod", "web-1")], ALL).unwrap();
+        assert!(!other.matches_record(&r));
+        // Empty: what is in no pod (the host's own sockets).
+        let host = Filter::parse([("namespace", "")], ALL).unwrap();
+        assert!(!host.matches_record(&r));
+        assert!(host.matches_record(&Record::new(RecordKind::ProbeSent, 0.0, 2)));
     }
 }

@@ -46,12 +46,13 @@ impl Listing {
             out.push(b'[');
         }
         let end = (self.next + CHUNK_ROWS).min(self.cookies.len());
-        if let Ok(s) = self.state.lock() {
+        if let Ok(mut s) = self.state.lock() {
             for &cookie in &self.cookies[self.next..end] {
                 // Closed since the listing began: left out.
-                let Some(row) = s.table.row_of(cookie, s.judge()) else {
+                let Some(mut row) = s.table.row_of(cookie, s.judge()) else {
                     continue;
                 };
+                s.naming.name_row(&mut row);
                 if !self.filter.matches_row(&row) {
                     continue;
                 }

@@ -7,6 +7,7 @@
 pub mod filters;
 pub mod listing;
 pub mod metrics;
+pub mod naming;
 pub mod paths;
 pub mod routes;
 pub mod server;

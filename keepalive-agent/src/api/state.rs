@@ -9,7 +9,12 @@ use std::{
 use keepalive_api::{HookStatus, Record, RecordKind, ResetClass};
 use keepalive_common::KernelCounters;
 
-use super::metrics::{Metrics, NetnsPort, PortLabel, ResetLabels, Snapshot, TimeoutLabels};
+use super::{
+    metrics::{
+        Metrics, PortLabel, ResetLabels, RttLabel, Scope, ScopePort, Snapshot, TimeoutLabels,
+    },
+    naming::Naming,
+};
 use crate::{
     bpf::counters::CounterReader,
     host::sysctl::KeepaliveSysctls,
@@ -35,6 +40,8 @@ pub struct AgentState {
     /// Active conntracks' established timeouts, by namespace inode (from
     /// `sysctls`).
     pub conntrack: HashMap<u32, u32>,
+    /// Who owns what, in Kubernetes terms.
+    pub naming: Naming,
 }
 
 pub type Shared = Arc<Mutex<AgentState>>;
@@ -61,7 +68,9 @@ impl AgentState {
                 if let Some(us) = r.rtt_us {
                     // Wire events carry no namespace; the table knows it.
                     let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(r.netns);
-                    self.metrics.observe_rtt(netns, us / 1e6);
+                    let namespace = self.scope_of(r).workload.namespace;
+                    self.metrics
+                        .observe_rtt(netns, &RttLabel { namespace }, us / 1e6);
                 }
                 // An answered probe: the path kept the flow through the
                 // idle gap before it.
@@ -74,21 +83,21 @@ impl AgentState {
                 self.credit_totals(r);
                 let class = r.class.unwrap_or(ResetClass::PeerReset);
                 let labels = ResetLabels {
-                    netns: r.netns,
+                    scope: self.scope_of(r),
                     port: self.port_of(r),
                     class: class.as_str(),
                 };
-                self.metrics.count_reset(&labels);
+                self.metrics.count_reset(r.netns, &labels);
                 if class == ResetClass::IdleReset {
                     self.fatal(r, Fatal::Reset);
                 }
             }
             RecordKind::IdleBlackhole => {
-                let labels = NetnsPort {
-                    netns: r.netns,
+                let labels = ScopePort {
+                    scope: self.scope_of(r),
                     port: self.port_of(r),
                 };
-                self.metrics.count_blackhole(&labels);
+                self.metrics.count_blackhole(r.netns, &labels);
                 self.fatal(r, Fatal::Blackhole);
             }
             RecordKind::KeepaliveTimeout | RecordKind::ConnectionTimeout => {
@@ -96,11 +105,11 @@ impl AgentState {
                 let l = r.local.map_or(0, |a| a.port());
                 let p = r.remote.map_or(0, |a| a.port());
                 let labels = TimeoutLabels {
-                    netns: r.netns,
+                    scope: self.scope_of(r),
                     port: self.metrics.port_label(l, p),
                     cause: r.cause.map_or("other", |c| c.as_str()),
                 };
-                self.metrics.count_timeout(&labels);
+                self.metrics.count_timeout(r.netns, &labels);
             }
             // A close and an error carry the socket's final totals.
             RecordKind::SocketClosed | RecordKind::SocketError => self.credit_totals(r),
@@ -109,6 +118,16 @@ impl AgentState {
             | RecordKind::StateChange
             | RecordKind::SysctlChanged => {}
         }
+    }
+
+    /// The series scope of a record's socket: its owner as the table
+    /// knows it (timer context has no meaningful current task).
+    fn scope_of(&mut self, r: &Record) -> Scope {
+        let entry = self.table.get(r.cookie);
+        let owner = entry.and_then(|e| e.owner.clone());
+        let netns = entry.and_then(|e| e.netns).or(r.netns);
+        let workload = self.naming.workload(owner.as_deref(), netns);
+        self.metrics.scope(workload, netns)
     }
 
     fn port_of(&mut self, r: &Record) -> PortLabel {
@@ -193,6 +212,7 @@ impl AgentState {
     fn add(&mut self, credit: Option<Credit>, r: &Record, probes: u64, acks: u64) {
         let c = credit.unwrap_or(Credit {
             netns: r.netns,
+            owner: None,
             local: r.local,
             remote: r.remote,
             probes: 0,
@@ -203,6 +223,7 @@ impl AgentState {
             acks: c.acks.max(acks),
             // The record's namespace when the table knew none.
             netns: c.netns.or(r.netns),
+            owner: c.owner,
             local: c.local.or(r.local),
             remote: c.remote.or(r.remote),
         });
@@ -214,15 +235,16 @@ impl AgentState {
             return;
         }
         let port = self.port_label(c.local, c.remote);
-        let labels = NetnsPort {
-            netns: c.netns,
+        let workload = self.naming.workload(c.owner.as_deref(), c.netns);
+        let labels = ScopePort {
+            scope: self.metrics.scope(workload, c.netns),
             port,
         };
         if c.probes > 0 {
-            self.metrics.count_probes(&labels, c.probes);
+            self.metrics.count_probes(c.netns, &labels, c.probes);
         }
         if c.acks > 0 {
-            self.metrics.count_acks(&labels, c.acks);
+            self.metrics.count_acks(c.netns, &labels, c.acks);
         }
     }
 
@@ -246,6 +268,7 @@ impl AgentState {
             tc_interfaces,
             paths,
             conntrack,
+            naming,
             kernel_counters: _,
         } = self;
         metrics.render(Snapshot {
@@ -259,6 +282,7 @@ impl AgentState {
                 conntrack,
             },
             tc_interfaces: *tc_interfaces,
+            naming,
         })
     }
 }

@@ -98,6 +98,31 @@ pub struct RunArgs {
     /// a stall after one an idle blackhole.
     #[arg(long, env = "KEEPALIVE_IDLE_GAP_SECONDS", default_value_t = 1.0, value_parser = parse_gap_seconds)]
     pub idle_gap_seconds: f64,
+    /// Distinct workloads (namespace, pod, container, service) labelled in
+    /// metrics before the rest read "other" (counted).
+    #[arg(long, env = "KEEPALIVE_MAX_WORKLOADS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_workloads: u64,
+    /// Also label the keepalive series by network namespace inode, for
+    /// hosts whose namespaces are not containers (`ip netns`).
+    #[arg(long, env = "KEEPALIVE_NETNS_LABEL")]
+    pub netns_label: bool,
+    /// The node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The container runtime's socket; default: the first of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock,
+    /// /run/docker.sock that exists.
+    #[arg(long, env = "KEEPALIVE_RUNTIME_SOCKET")]
+    pub runtime_socket: Option<std::path::PathBuf>,
+    /// Which runtime the socket is (default: from its name).
+    #[arg(long, env = "KEEPALIVE_RUNTIME")]
+    pub runtime: Option<crate::host::runtime::RuntimeKind>,
+    /// Ask no container runtime: identities from cgroup paths only.
+    #[arg(long, env = "KEEPALIVE_NO_RUNTIME", conflicts_with = "runtime_socket")]
+    pub no_runtime: bool,
+    /// The containerd namespace of the kubelet's containers.
+    #[arg(long, env = "KEEPALIVE_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub containerd_namespace: String,
     /// Destination groups whose idle timeout is learned (`/paths`); more
     /// fold into "other".
     #[arg(long, env = "KEEPALIVE_MAX_PATHS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -130,6 +155,15 @@ pub struct FilterArgs {
     /// Network namespace inode.
     #[arg(long)]
     pub netns: Option<u32>,
+    /// Kubernetes namespace (as kubectl's -n; "" for what is in no pod).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Kubernetes pod name.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Container name within the pod.
+    #[arg(long)]
+    pub container: Option<String>,
 }
 
 impl FilterArgs {
@@ -144,6 +178,16 @@ impl FilterArgs {
         }
         if let Some(n) = self.netns {
             q.push(("netns", n.to_string()));
+        }
+        let names = [
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("container", &self.container),
+        ];
+        for (key, value) in names {
+            if let Some(v) = value {
+                q.push((key, v.clone()));
+            }
         }
         q
     }

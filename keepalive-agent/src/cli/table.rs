@@ -4,7 +4,7 @@ use keepalive_api::{Gap, PathRow, SocketRow};
 
 use super::text::keepalive_triplet;
 
-pub const HEADER: &str = "State       Local Address:Port                         Peer Address:Port                          Netns       Process                Keepalive idle/intvl/cnt     Idle  Probes Risk";
+pub const HEADER: &str = "State       Local Address:Port                         Peer Address:Port                          Netns       Process                Pod                            Keepalive idle/intvl/cnt     Idle  Probes Risk";
 
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
@@ -15,6 +15,7 @@ pub fn line(r: &SocketRow) -> String {
         .owner
         .as_ref()
         .map_or_else(|| "-".into(), |o| format!("{}({})", o.comm, o.pid));
+    let pod = workload(r);
     let keepalive = match &r.keepalive {
         Some(k) if k.enabled => keepalive_triplet(k, true),
         Some(_) => "off".into(),
@@ -27,17 +28,35 @@ pub fn line(r: &SocketRow) -> String {
         .map(|k| format!("{}:{}", k.profile, k.reason))
         .unwrap_or_default();
     format!(
-        "{:<11} {:<42} {:<42} {:<11} {:<22} {:<24} {:>8} {:>7} {}",
+        "{:<11} {:<42} {:<42} {:<11} {:<22} {:<30} {:<24} {:>8} {:>7} {}",
         r.state.as_str(),
         or_dash(r.local),
         or_dash(r.remote),
         or_dash(r.netns),
         process,
+        pod,
         keepalive,
         idle,
         r.probes,
         risk
     )
+}
+
+/// `namespace/pod/container` as kubectl users read it; outside
+/// Kubernetes the systemd service, or the pod uid the runtime did not name.
+fn workload(r: &SocketRow) -> String {
+    match (&r.namespace, &r.pod) {
+        (Some(ns), Some(pod)) => match &r.container {
+            Some(c) => format!("{ns}/{pod}/{c}"),
+            None => format!("{ns}/{pod}"),
+        },
+        _ => r
+            .pod_uid
+            .clone()
+            .map(|uid| format!("pod{uid}"))
+            .or_else(|| r.owner.as_ref().and_then(|o| o.service.clone()))
+            .unwrap_or_else(|| "-".into()),
+    }
 }
 
 pub const PATHS_HEADER: &str = "Path                                        Survived     Fatal  Resets Blackholes  Sockets AtRisk Consistent with";

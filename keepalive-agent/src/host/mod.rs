@@ -3,7 +3,8 @@
 //! names ([`cgroup`]), each namespace's keepalive
 //! sysctls ([`sysctl`]) and conntrack ([`conntrack`]), the agent's own
 //! capabilities ([`caps`]), process limits and memory ([`process`]) and
-//! its output streams ([`outlet`]). Reads `/proc` and `/sys`; depends on nothing of the
+//! its output streams ([`outlet`]), and who a container is, asked of the
+//! container runtime ([`runtime`]). Reads `/proc` and `/sys`; depends on nothing of the
 //! agent's own.
 
 pub mod caps;
@@ -13,4 +14,5 @@ pub mod netns;
 pub mod outlet;
 pub mod owners;
 pub mod process;
+pub mod runtime;
 pub mod sysctl;

@@ -7,13 +7,13 @@
 //! What it does not do: it does not look at threads (`/proc` lists only
 //! thread-group leaders and threads share the leader's fd table), does not
 //! see sockets no process holds open (time-wait, orphaned, kernel sockets),
-//! and does not ask a container runtime anything; the container and pod
-//! come from the cgroup path alone. The scan is a snapshot: a process that exits
+//! and does not ask a container runtime anything (see `super::runtime`). The scan is a snapshot: a process that exits
 //! or closes its fds while we look is skipped, not an error.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
@@ -103,6 +103,36 @@ fn socket_inode(target: &str) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// Who owns each network namespace: the cgroup identity of its lowest pid
+/// (a pod's sandbox is its first process; the host's namespace has pid 1,
+/// so host-network pods never own it). Namespaces no process is in
+/// (`ip netns`, CNI mounts alone) are absent.
+pub fn netns_owners() -> HashMap<u32, cgroup::Identity> {
+    let mut pids: Vec<u32> = match fs::read_dir("/proc") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return HashMap::new(),
+    };
+    pids.sort_unstable();
+    let mut first: HashMap<u32, u32> = HashMap::new();
+    for pid in pids {
+        // A process gone or unreadable is skipped.
+        if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
+            // Namespace inodes are 32-bit (`ns.inum`).
+            first.entry(meta.ino() as u32).or_insert(pid);
+        }
+    }
+    first
+        .into_iter()
+        .filter_map(|(netns, pid)| {
+            let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            Some((netns, cgroup::identity(cgroup::path_of(&text))))
+        })
+        .collect()
 }
 
 /// Reads a live process's cgroup into `owner`: the path and who it names

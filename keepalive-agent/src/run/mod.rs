@@ -7,6 +7,7 @@
 //! object detaches every hook.
 
 mod attach;
+mod identity;
 mod periodic;
 mod ring;
 
@@ -29,7 +30,8 @@ use tokio::{
 
 use crate::{
     api::{
-        metrics::Metrics,
+        metrics::{Metrics, MetricsConfig},
+        naming::Naming,
         routes, server,
         state::{AgentState, Shared},
     },
@@ -159,6 +161,7 @@ fn build_state(
     attached: &mut Attached,
     clock: &Clock,
 ) -> anyhow::Result<(Shared, SysctlWatch)> {
+    let (directory, resolver) = identity::start(args);
     let mut table = SocketTable::new(args.max_sockets as usize);
     table.idle_gap_min_s = args.idle_gap_seconds;
     let state: Shared = Arc::new(Mutex::new(AgentState {
@@ -168,11 +171,20 @@ fn build_state(
         kernel: Default::default(),
         kernel_counters: CounterReader::new(&mut attached.ebpf)?,
         rules: args.idle_timeouts.clone(),
-        metrics: Metrics::new(args.max_port_labels as usize),
+        metrics: Metrics::new(MetricsConfig {
+            max_port_labels: args.max_port_labels as usize,
+            max_workloads: args.max_workloads as usize,
+            netns_label: args.netns_label,
+            node: args.node_name.clone().unwrap_or_default(),
+        }),
         tc_interfaces: attached.tc.attached_count(),
         paths: PathBook::new(args.max_paths as usize, args.path_memory_seconds),
         conntrack: Default::default(),
+        naming: Naming::new(directory),
     }));
+    if let Some(resolver) = resolver {
+        tokio::spawn(resolver.run(state.clone()));
+    }
     tokio::task::block_in_place(|| periodic::inventory(attached, &state, clock));
     let mut watch = SysctlWatch::new();
     periodic::sysctls(&mut watch, &state, None);

@@ -110,8 +110,14 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     };
     let found = owners::resolve(&wanted);
     let owners_found = found.len();
+    let netns_owners = owners::netns_owners();
     if let Ok(mut s) = state.lock() {
         s.table.set_owners_by_inode(found);
+        let s = &mut *s;
+        s.naming.netns_owners = netns_owners;
+        // Containers no socket or namespace refers to are gone; new ones
+        // are asked about.
+        s.naming.refresh(s.table.owners());
     }
     // The scan's buffers were as large as the node's socket count.
     process::release_freed_memory();
@@ -164,6 +170,7 @@ fn credit_lost_closes(map: &mut BpfHashMap<MapData, u64, ClosedCounts>, state: &
                 let (local, remote) = crate::model::addr::endpoints(&c.tuple);
                 Credit {
                     netns: Some(c.tuple.netns),
+                    owner: None,
                     local: Some(local),
                     remote: Some(remote),
                     probes: c.probes,

@@ -77,6 +77,7 @@ impl Sink {
                             apply::to_record(&ev, &mut state.table, &self.clock)
                         {
                             state.count(&mut record);
+                            state.naming.name_record(&mut record);
                             records.push(record);
                         }
                     }

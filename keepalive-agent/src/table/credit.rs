@@ -7,14 +7,18 @@
 //! that was stopped) are made up at the next event or scan of the socket,
 //! so the labelled counters end equal to the kernel's.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
+
+use keepalive_api::Owner;
 
 use super::SocketTable;
 
 /// Probes and ACKs to add to one socket's series.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credit {
     pub netns: Option<u32>,
+    /// Whose series: the socket's owner, where known.
+    pub owner: Option<Arc<Owner>>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub probes: u64,
@@ -44,6 +48,7 @@ impl SocketTable {
         let acks = take(acks_total, &mut e.credited_acks);
         Some(Credit {
             netns: e.netns,
+            owner: e.owner.clone(),
             local: e.local,
             remote: e.remote,
             probes,

@@ -354,6 +354,11 @@ impl SocketTable {
         }
     }
 
+    /// The owners live sockets refer to.
+    pub fn owners(&self) -> impl Iterator<Item = &Owner> {
+        self.owners.values().map(|o| &**o)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &Entry)> {
         self.live.iter()
     }

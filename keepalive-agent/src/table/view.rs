@@ -33,6 +33,11 @@ pub fn row(cookie: u64, e: &Entry, service_port: Option<u16>, judge: Judge<'_>) 
         local: e.local,
         remote: e.remote,
         owner: e.owner.as_deref().cloned(),
+        // Named by the caller, who holds the runtime's answers.
+        pod: None,
+        namespace: None,
+        container: None,
+        pod_uid: e.owner.as_ref().and_then(|o| o.pod_uid.clone()),
         uid: e.uid,
         inode: e.inode,
         keepalive: e.keepalive.clone(),

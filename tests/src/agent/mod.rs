@@ -116,6 +116,9 @@ impl Agent {
         cmd.args(["run", "--json", "--listen", "127.0.0.1:0"])
             .args(how.args)
             .env("KEEPALIVE_LOG", "info")
+            // The kit's namespaces are `ip netns` ones, no pod's: their
+            // series are told apart by inode (a test's env may say false).
+            .env("KEEPALIVE_NETNS_LABEL", "true")
             .envs(how.env.iter().copied());
         let mut child = spawn_piped(&mut cmd);
         let (tx, lines) = mpsc::channel();

@@ -86,7 +86,7 @@ fn assert_variables(d: &Value) -> Vec<String> {
         .iter()
         .map(|v| v["name"].as_str().unwrap().to_string())
         .collect();
-    for v in ["node", "netns"] {
+    for v in ["cluster", "job", "node", "namespace", "pod"] {
         assert!(names.iter().any(|n| n == v), "variable {v}");
     }
     for (name, def) in query_variables(d) {
@@ -172,7 +172,9 @@ fn assert_queries(d: &Value, names: Vec<String>) -> (usize, Vec<String>) {
         "keepalive_agent_hook_up",
         "keepalive_agent_tc_interfaces",
         "sum by (class, port) (rate(keepalive_connection_resets_total",
-        "sum by (instance, netns, port) (keepalive_idle_blackholes_total",
+        "sum by (instance, namespace, pod, netns, port) (keepalive_idle_blackholes_total",
+        "topk(10, sum by (namespace, pod) (increase(keepalive_connection_timeouts_total",
+        "topk(10, sum by (namespace, pod) (keepalive_sockets_at_risk",
         "max by (path) (keepalive_path_idle_survived_seconds",
         "min by (path) (keepalive_path_idle_fatal_seconds",
         "keepalive_conntrack_tcp_timeout_established_seconds",

@@ -188,8 +188,13 @@ fn assert_host_paths(pod: &Value, c: &Value) {
         .collect();
     assert_eq!(
         volumes.values().copied().collect::<BTreeSet<_>>(),
-        BTreeSet::from(["/sys/kernel/btf", "/boot", "/run/netns"]),
-        "no /proc from the host: hostPID shows the host's processes"
+        BTreeSet::from([
+            "/sys/kernel/btf",
+            "/boot",
+            "/run/netns",
+            "/run/containerd/containerd.sock"
+        ]),
+        "no /proc from the host: hostPID shows the host's processes; the runtime's socket alone"
     );
     for m in c["volumeMounts"].as_array().unwrap() {
         assert_eq!(m["readOnly"], true, "{m}");

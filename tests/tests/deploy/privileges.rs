@@ -271,6 +271,8 @@ fn start_healthy(
     // port to the network.
     env.insert("KEEPALIVE_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert("KEEPALIVE_INVENTORY_SECONDS".into(), "1".into());
+    // Its namespace is an `ip netns` one: series told apart by inode.
+    env.insert("KEEPALIVE_NETNS_LABEL".into(), "true".into());
     let tmp = prometheus::temp_dir("keepalive-privileges");
     let log = tmp.join("agent.log");
     let agent = spawn_agent(p, args, &env, &log);

@@ -3,6 +3,8 @@
 //! holds are exact, the alerts fire (or stay quiet) as the rules say, and
 //! every dashboard query has data that says what happened.
 
+use keepalive_tests::containerd::Containerd;
+
 use super::*;
 use crate::{
     alerts::ALERTS,
@@ -20,6 +22,7 @@ struct World {
     agent: Agent,
     prom: Prometheus,
     listen: String,
+    _containerd: Containerd,
 }
 
 /// What the traffic did, by the kernel's own account.
@@ -38,9 +41,13 @@ struct Traffic {
     _held: Vec<std::net::TcpStream>,
 }
 
+/// The `node` label the scrape adds, as the PodMonitor's relabeling does.
+const NODE: &str = "kit-node";
+
 /// A Prometheus with the rules file as shipped (not a copy with shorter
 /// `for:`: the alert that must fire has `for: 0m`, and the 15-minute one
 /// is checked as pending, which proves its expression matched).
+
 fn start() -> World {
     let pair = Pair::new();
     // The client's namespace gets its own keepalive sysctls, which the
@@ -53,13 +60,26 @@ fn start() -> World {
         pair.a.exec(&["sysctl", "-qw", s]);
     }
     let answered = Netns::new("kaq");
-    let agent = Agent::start(&["--idle-timeout", "aws-nlb", "--inventory-seconds", "1"]);
+    // A containerd of its own (no container in it): the runtime panels
+    // have data.
+    let containerd = Containerd::start();
+    let socket = containerd.socket.to_string_lossy().into_owned();
+    let agent = Agent::start(&[
+        "--idle-timeout",
+        "aws-nlb",
+        "--inventory-seconds",
+        "1",
+        "--runtime-socket",
+        &socket,
+        "--node-name",
+        NODE,
+    ]);
     let listen = agent.addr();
     let rules = deploy("prometheus/keepalive-rules.yml");
     let prom = Prometheus::start(&format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          rule_files:\n  - {}\n\
-         scrape_configs:\n  - job_name: keepalive-agent\n    static_configs:\n      - targets: [\"{listen}\"]\n",
+         scrape_configs:\n  - job_name: keepalive-agent\n    static_configs:\n      - targets: [\"{listen}\"]\n        labels:\n          node: {NODE}\n",
         rules.display()
     ));
     prom.wait_for(Duration::from_secs(15), |p| {
@@ -74,6 +94,7 @@ fn start() -> World {
         agent,
         prom,
         listen,
+        _containerd: containerd,
     }
 }
 
@@ -424,8 +445,8 @@ fn assert_panels(results: &Results, t: &Traffic) {
     );
 }
 
-/// The variables list this agent and both namespaces.
-fn assert_variables(prom: &Prometheus, d: &Value, vars: &[String], t: &Traffic, listen: &str) {
+/// The variables list this agent's job and node, and no pod.
+fn assert_variables(prom: &Prometheus, d: &Value, vars: &[String], t: &Traffic) {
     for (name, def) in query_variables(d) {
         let inner = def
             .strip_prefix("label_values(")
@@ -434,12 +455,21 @@ fn assert_variables(prom: &Prometheus, d: &Value, vars: &[String], t: &Traffic, 
         let (selector, label) = inner.rsplit_once(',').unwrap();
         let values = prom.label_values(label.trim(), &substitute(selector.trim(), vars));
         match name.as_str() {
-            "node" => assert!(values.contains(&listen.to_string()), "node: {values:?}"),
-            "netns" => assert!(
-                values.contains(&t.ns_a) && values.contains(&t.ns_q),
-                "netns: {values:?}"
-            ),
-            other => assert!(!values.is_empty(), "{other}: no values"),
+            // The node label the PodMonitor adds (here the scrape config).
+            "node" => assert_eq!(values, [NODE], "node"),
+            "job" => assert_eq!(values, ["keepalive-agent"], "job"),
+            // The kit's namespaces are `ip netns` ones and its processes
+            // the host's: none of their series may name a pod or namespace
+            // (other containers on the node may).
+            "namespace" | "pod" => {
+                for ns in [&t.ns_a, &t.ns_q] {
+                    let own =
+                        prom.label_values(&name, &format!("keepalive_sockets{{netns=\"{ns}\"}}"));
+                    assert!(own.is_empty(), "{name} of netns {ns}: {own:?}");
+                }
+            }
+            "cluster" => assert!(values.is_empty(), "cluster: {values:?}"),
+            other => panic!("variable {other} is not checked"),
         }
     }
 }
@@ -484,7 +514,7 @@ fn dashboard_queries_and_alerts_work_on_a_real_prometheus() {
         .collect();
     let results = dashboard_results(&w.prom, &d, &vars);
     assert_panels(&results, &t);
-    assert_variables(&w.prom, &d, &vars, &t, &w.listen);
+    assert_variables(&w.prom, &d, &vars, &t);
     assert_every_family_on_the_dashboard(&w.agent, &d);
     eprintln!(
         "prometheus e2e: {} queries with data, {} answered probes, {} dead-peer probes, 1 keepalive kill, alerts firing {firing:?}, in {:.1?}",

@@ -74,8 +74,8 @@ pub struct AgentHealth {
 }
 
 impl AgentHealth {
-    pub fn register(r: &mut Registry) -> Self {
-        let health = Self::families(r);
+    pub fn register(r: &mut Registry, node: &str) -> Self {
+        let health = Self::families(r, node);
         // Every known label set from the start, at 0: a series that appears
         // only with its first event makes rate() and alerts miss that event.
         for scan in [Scan::Tc, Scan::Inventory, Scan::Sysctl] {
@@ -95,16 +95,21 @@ impl AgentHealth {
         health
     }
 
-    fn families(r: &mut Registry) -> Self {
+    fn families(r: &mut Registry, node: &str) -> Self {
         // A gauge at 1 rather than an OpenMetrics info: Prometheus' own text
         // parser (promtool, older servers) does not know the info type.
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").into(),
+                node: node.into(),
             })
             .set(1);
-        r.register("keepalive_agent_build_info", "Agent version", build_info);
+        r.register(
+            "keepalive_agent_build_info",
+            "Agent version, and the node it runs on",
+            build_info,
+        );
         AgentHealth {
             hook_up: registered(
                 r,

@@ -2,9 +2,11 @@
 //! event path counts tens of thousands of probes a second and should not
 //! allocate to do it.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 
 /// A namespace's inode; empty when unknown. Label values are typed, not
 /// strings: the event path counts tens of thousands of probes a second
@@ -27,15 +29,81 @@ impl EncodeLabelValue for PortLabel {
     }
 }
 
+/// A label value that may be empty; shared, not copied, between series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Name(pub Option<Arc<str>>);
+
+impl Name {
+    pub fn of(s: Option<&str>) -> Name {
+        Name(s.filter(|s| !s.is_empty()).map(Arc::from))
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.0.as_deref().unwrap_or(""), encoder)
+    }
+}
+
+/// Who owns the sockets of a series: the Kubernetes namespace, pod and
+/// container, or outside Kubernetes the systemd service; all empty for
+/// the host's other processes (and for sockets whose owner is unknown in
+/// the host's namespace).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Workload {
+    pub namespace: Name,
+    pub pod: Name,
+    pub container: Name,
+    pub service: Name,
+}
+
+impl Workload {
+    /// What series past `--max-workloads` fold into.
+    pub fn other() -> Workload {
+        let other = Name::of(Some("other"));
+        Workload {
+            namespace: other.clone(),
+            pod: other.clone(),
+            container: other,
+            service: Name::default(),
+        }
+    }
+}
+
+/// The `netns` label, present only with `--netns-label` (hosts whose
+/// namespaces are not containers': `ip netns`, VMs).
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub struct NetnsOpt(pub Option<u32>);
+
+impl EncodeLabelSet for NetnsOpt {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(netns) => ("netns", netns).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whose series: the workload, and the namespace inode where asked for.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Scope {
+    #[prometheus(flatten)]
+    pub workload: Workload,
+    #[prometheus(flatten)]
+    pub netns: NetnsOpt,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NetnsPort {
-    pub netns: NetnsValue,
+pub struct ScopePort {
+    #[prometheus(flatten)]
+    pub scope: Scope,
     pub port: PortLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TimeoutLabels {
-    pub netns: NetnsValue,
+    #[prometheus(flatten)]
+    pub scope: Scope,
     pub port: PortLabel,
     /// A [`keepalive_api::Cause`]'s name.
     pub cause: &'static str,
@@ -43,7 +111,8 @@ pub struct TimeoutLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResetLabels {
-    pub netns: NetnsValue,
+    #[prometheus(flatten)]
+    pub scope: Scope,
     pub port: PortLabel,
     /// A [`keepalive_api::ResetClass`]'s name.
     pub class: &'static str,
@@ -55,20 +124,33 @@ pub struct PathLabel {
     pub path: String,
 }
 
+/// A network namespace's gauges (sysctls, conntrack): its inode, and the
+/// pod that owns it where one does.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NetnsLabel {
     pub netns: NetnsValue,
+    pub namespace: Name,
+    pub pod: Name,
+}
+
+/// The RTT histogram's: the Kubernetes namespace only (a histogram is 15
+/// series a label set).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RttLabel {
+    pub namespace: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SocketsLabels {
-    pub netns: NetnsValue,
+    #[prometheus(flatten)]
+    pub scope: Scope,
     pub keepalive: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RiskLabels {
-    pub netns: NetnsValue,
+    #[prometheus(flatten)]
+    pub scope: Scope,
     pub port: PortLabel,
     pub profile: String,
     /// A [`keepalive_api::RiskReason`]'s name.
@@ -84,6 +166,8 @@ pub struct HookLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: String,
+    /// `--node-name` (the DaemonSet sets it from spec.nodeName).
+    pub node: String,
 }
 
 /// At most `max` distinct port values; later ones read "other".
@@ -107,5 +191,40 @@ impl PortLabels {
         } else {
             PortLabel::Other
         }
+    }
+}
+
+/// At most `max` distinct workloads; later ones fold into
+/// [`Workload::other`], counted.
+pub struct WorkloadLabels {
+    seen: HashSet<Workload>,
+    max: usize,
+    pub folded: u64,
+}
+
+impl WorkloadLabels {
+    pub fn new(max: usize) -> Self {
+        WorkloadLabels {
+            seen: HashSet::new(),
+            max,
+            folded: 0,
+        }
+    }
+
+    pub fn label(&mut self, w: Workload) -> Workload {
+        if self.seen.contains(&w) {
+            return w;
+        }
+        if self.seen.len() < self.max {
+            self.seen.insert(w.clone());
+            return w;
+        }
+        self.folded += 1;
+        Workload::other()
+    }
+
+    /// Forgets workloads no series holds any more (their pods are gone).
+    pub fn retain(&mut self, live: &HashSet<Workload>) {
+        self.seen.retain(|w| live.contains(w));
     }
 }

@@ -1,11 +1,14 @@
 //! Prometheus metrics (OpenMetrics text), all defined here. Per-socket
 //! series would explode cardinality on a fleet, so metrics aggregate by
-//! labels a user can bound: network namespace, service port (capped) and
-//! cause; per-socket detail lives in `/sockets`.
+//! labels a user can bound: the owning workload (Kubernetes namespace, pod,
+//! container, or systemd service; capped), service port (capped) and
+//! cause; per-socket detail lives in `/sockets`. Network namespaces label
+//! only their own gauges (sysctls, conntrack), unless `--netns-label`.
 
 pub mod agent;
 mod labels;
 mod render;
+mod runtime;
 mod series;
 #[cfg(test)]
 mod tests;
@@ -14,9 +17,10 @@ mod text;
 pub use agent::{AgentHealth, Scan};
 use keepalive_common::KernelCounters;
 use labels::PortLabels;
+use labels::WorkloadLabels;
 pub use labels::{
-    HookLabels, NetnsLabel, NetnsPort, PathLabel, PortLabel, ResetLabels, RiskLabels,
-    SocketsLabels, TimeoutLabels,
+    HookLabels, Name, NetnsLabel, NetnsOpt, PathLabel, PortLabel, ResetLabels, RiskLabels,
+    RttLabel, Scope, ScopePort, SocketsLabels, TimeoutLabels, Workload,
 };
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -47,18 +51,18 @@ where
 
 pub struct Metrics {
     pub(super) registry: Registry,
-    pub probes: Family<NetnsPort, Counter>,
-    pub acks: Family<NetnsPort, Counter>,
+    pub probes: Family<ScopePort, Counter>,
+    pub acks: Family<ScopePort, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub resets: Family<ResetLabels, Counter>,
-    pub blackholes: Family<NetnsPort, Counter>,
+    pub blackholes: Family<ScopePort, Counter>,
     pub(super) path_survived: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) path_fatal: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) paths_folded: Counter,
     pub(super) last_folded: u64,
     pub(super) conntrack_timeout: Family<NetnsLabel, Gauge>,
     pub(super) conntrack_loose: Family<NetnsLabel, Gauge>,
-    pub rtt: Family<NetnsLabel, Histogram>,
+    pub rtt: Family<RttLabel, Histogram>,
     pub(super) sockets: Family<SocketsLabels, Gauge>,
     pub(super) at_risk: Family<RiskLabels, Gauge>,
     pub(super) sysctl_time: Family<NetnsLabel, Gauge>,
@@ -71,13 +75,41 @@ pub struct Metrics {
     pub(super) last_kernel: KernelCounters,
     pub(super) last_refused: u64,
     pub(super) ports: PortLabels,
+    /// Distinct workloads labelled, capped by `--max-workloads`.
+    pub(super) workloads: WorkloadLabels,
+    pub(super) workloads_folded: Counter,
+    pub(super) last_workloads_folded: u64,
+    pub(super) runtime: runtime::RuntimeMetrics,
+    /// Whether series carry `netns` (`--netns-label`).
+    pub netns_label: bool,
+}
+
+/// What the metrics are configured with (flags).
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    pub max_port_labels: usize,
+    pub max_workloads: usize,
+    /// Label keepalive series by network namespace inode too.
+    pub netns_label: bool,
+    pub node: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_port_labels: 64,
+            max_workloads: 2000,
+            netns_label: false,
+            node: String::new(),
+        }
+    }
 }
 
 impl Metrics {
-    pub fn new(max_port_labels: usize) -> Self {
+    pub fn new(config: MetricsConfig) -> Self {
         let mut registry = Registry::default();
         let r = &mut registry;
-        let rtt = Family::<NetnsLabel, Histogram>::new_with_constructor(|| {
+        let rtt = Family::<RttLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
                 250e-3, 1.0,
@@ -89,11 +121,16 @@ impl Metrics {
             Unit::Seconds,
             rtt.clone(),
         );
+        let workloads_folded = registered(
+            r,
+            "keepalive_agent_workloads_folded",
+            "Observations labelled namespace/pod/container=\"other\" because --max-workloads distinct workloads were labelled already",
+        );
         Metrics {
             probes: registered(
                 r,
                 "keepalive_probes",
-                "Keepalive probes the kernel sent (what TcpExt TCPKeepAlive counts), by network namespace and service port",
+                "Keepalive probes the kernel sent (what TcpExt TCPKeepAlive counts), by Kubernetes namespace, pod and container (or systemd service) and service port",
             ),
             acks: registered(
                 r,
@@ -172,12 +209,17 @@ impl Metrics {
                 "keepalive_sysctl_probes",
                 "net.ipv4.tcp_keepalive_probes of the namespace",
             ),
-            agent: AgentHealth::register(r),
+            agent: AgentHealth::register(r, &config.node),
+            runtime: runtime::RuntimeMetrics::register(r),
             registry,
             series: Default::default(),
             last_kernel: KernelCounters::default(),
             last_refused: 0,
-            ports: PortLabels::new(max_port_labels),
+            ports: PortLabels::new(config.max_port_labels),
+            workloads: WorkloadLabels::new(config.max_workloads),
+            workloads_folded,
+            last_workloads_folded: 0,
+            netns_label: config.netns_label,
         }
     }
 }

@@ -10,6 +10,7 @@ use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 use super::agent::StreamLabels;
 use super::{HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, SocketsLabels};
 use crate::{
+    api::naming::Naming,
     host::{outlet, sysctl::KeepaliveSysctls},
     model::paths::PathBook,
     table::{Judge, SocketTable},
@@ -26,6 +27,7 @@ pub struct Snapshot<'a> {
     pub sysctls: &'a BTreeMap<u64, KeepaliveSysctls>,
     pub judge: Judge<'a>,
     pub tc_interfaces: usize,
+    pub naming: &'a mut Naming,
 }
 
 impl Metrics {
@@ -85,15 +87,19 @@ impl Metrics {
         self.sysctl_intvl.clear();
         self.sysctl_probes.clear();
         for (netns, v) in s.sysctls {
-            // Namespace inodes are 32-bit (`ns.inum`).
-            let l = NetnsLabel {
-                netns: Some(*netns as u32),
-            };
+            let l = netns_label(s.naming, *netns);
             self.sysctl_time.get_or_create(&l).set(v.time_s.into());
             self.sysctl_intvl.get_or_create(&l).set(v.intvl_s.into());
             self.sysctl_probes.get_or_create(&l).set(v.probes.into());
         }
-        self.render_conntrack(s.sysctls);
+        self.render_conntrack(s.sysctls, s.naming);
+        self.runtime.render(&s.naming.directory);
+        self.workloads_folded.inc_by(
+            self.workloads
+                .folded
+                .saturating_sub(self.last_workloads_folded),
+        );
+        self.last_workloads_folded = self.workloads.folded;
         self.render_paths(s.judge);
 
         self.sockets.clear();
@@ -102,11 +108,12 @@ impl Metrics {
             if e.state != TcpState::Established {
                 continue;
             }
-            let netns = e.netns;
+            let workload = s.naming.workload(e.owner.as_deref(), e.netns);
+            let scope = self.scope(workload, e.netns);
             let on = e.keepalive.as_ref().is_some_and(|k| k.enabled);
             self.sockets
                 .get_or_create(&SocketsLabels {
-                    netns,
+                    scope: scope.clone(),
                     keepalive: if on { "on" } else { "off" },
                 })
                 .inc();
@@ -117,7 +124,7 @@ impl Metrics {
                 };
                 self.at_risk
                     .get_or_create(&RiskLabels {
-                        netns,
+                        scope,
                         port,
                         profile: risk.profile,
                         reason: risk.reason.as_str(),
@@ -132,14 +139,12 @@ impl Metrics {
     }
 
     /// Each active conntrack's timeouts, by namespace.
-    fn render_conntrack(&mut self, sysctls: &BTreeMap<u64, KeepaliveSysctls>) {
+    fn render_conntrack(&mut self, sysctls: &BTreeMap<u64, KeepaliveSysctls>, naming: &mut Naming) {
         self.conntrack_timeout.clear();
         self.conntrack_loose.clear();
         for (netns, v) in sysctls {
             let Some(ct) = v.conntrack else { continue };
-            let l = NetnsLabel {
-                netns: Some(*netns as u32),
-            };
+            let l = netns_label(naming, *netns);
             self.conntrack_timeout
                 .get_or_create(&l)
                 .set(ct.timeout_established_s.into());
@@ -168,5 +173,17 @@ impl Metrics {
         self.paths_folded
             .inc_by(book.folded.saturating_sub(self.last_folded));
         self.last_folded = book.folded;
+    }
+}
+
+/// A namespace's gauges' labels: its inode and the pod owning it.
+fn netns_label(naming: &mut Naming, netns: u64) -> NetnsLabel {
+    // Namespace inodes are 32-bit (`ns.inum`).
+    let netns = netns as u32;
+    let (namespace, pod) = naming.pod_of_netns(netns);
+    NetnsLabel {
+        netns: Some(netns),
+        namespace,
+        pod,
     }
 }

@@ -1,19 +1,21 @@
-//! The keepalive series of each namespace, remembered so that they can be
-//! dropped when the namespace is gone: a dead namespace's series would
-//! otherwise stay for ever, and merge into a new namespace that reuses
-//! its inode.
+//! The keepalive series each network namespace contributed to, remembered
+//! so that they can be dropped when the namespace is gone: a dead pod's
+//! series would otherwise stay for ever. A series another live namespace
+//! also counts into (the host's processes, a pod restarted into a new
+//! namespace) stays.
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Metrics, NetnsLabel, NetnsPort, ResetLabels, TimeoutLabels};
+use super::{Metrics, ResetLabels, RttLabel, Scope, ScopePort, TimeoutLabels, Workload};
 
 /// Label sets one namespace has in the keepalive families.
 #[derive(Default)]
 pub struct NetnsSeries {
-    ports: HashSet<NetnsPort>,
+    ports: HashSet<ScopePort>,
     timeouts: HashSet<TimeoutLabels>,
     resets: HashSet<ResetLabels>,
-    blackholes: HashSet<NetnsPort>,
+    blackholes: HashSet<ScopePort>,
+    rtt: HashSet<RttLabel>,
 }
 
 /// By namespace inode.
@@ -24,99 +26,165 @@ impl Metrics {
         netns.map(|n| self.series.entry(n).or_default())
     }
 
-    pub fn count_probes(&mut self, labels: &NetnsPort, n: u64) {
-        if let Some(s) = self.series_of(labels.netns) {
+    /// The series scope of a socket owned by `workload` in `netns`.
+    pub fn scope(&mut self, workload: Workload, netns: Option<u32>) -> Scope {
+        Scope {
+            workload: self.workloads.label(workload),
+            netns: super::NetnsOpt(netns.filter(|_| self.netns_label)),
+        }
+    }
+
+    pub fn count_probes(&mut self, netns: Option<u32>, labels: &ScopePort, n: u64) {
+        if let Some(s) = self.series_of(netns) {
             s.ports.insert(labels.clone());
         }
         self.probes.get_or_create(labels).inc_by(n);
     }
 
-    pub fn count_acks(&mut self, labels: &NetnsPort, n: u64) {
-        if let Some(s) = self.series_of(labels.netns) {
+    pub fn count_acks(&mut self, netns: Option<u32>, labels: &ScopePort, n: u64) {
+        if let Some(s) = self.series_of(netns) {
             s.ports.insert(labels.clone());
         }
         self.acks.get_or_create(labels).inc_by(n);
     }
 
-    pub fn count_timeout(&mut self, labels: &TimeoutLabels) {
-        if let Some(s) = self.series_of(labels.netns) {
+    pub fn count_timeout(&mut self, netns: Option<u32>, labels: &TimeoutLabels) {
+        if let Some(s) = self.series_of(netns) {
             s.timeouts.insert(labels.clone());
         }
         self.timeouts.get_or_create(labels).inc();
     }
 
-    pub fn count_reset(&mut self, labels: &ResetLabels) {
-        if let Some(s) = self.series_of(labels.netns) {
+    pub fn count_reset(&mut self, netns: Option<u32>, labels: &ResetLabels) {
+        if let Some(s) = self.series_of(netns) {
             s.resets.insert(labels.clone());
         }
         self.resets.get_or_create(labels).inc();
     }
 
-    pub fn count_blackhole(&mut self, labels: &NetnsPort) {
-        if let Some(s) = self.series_of(labels.netns) {
+    pub fn count_blackhole(&mut self, netns: Option<u32>, labels: &ScopePort) {
+        if let Some(s) = self.series_of(netns) {
             s.blackholes.insert(labels.clone());
         }
         self.blackholes.get_or_create(labels).inc();
     }
 
-    pub fn observe_rtt(&mut self, netns: Option<u32>, seconds: f64) {
-        let _ = self.series_of(netns);
-        self.rtt
-            .get_or_create(&NetnsLabel { netns })
-            .observe(seconds);
+    pub fn observe_rtt(&mut self, netns: Option<u32>, labels: &RttLabel, seconds: f64) {
+        if let Some(s) = self.series_of(netns) {
+            s.rtt.insert(labels.clone());
+        }
+        self.rtt.get_or_create(labels).observe(seconds);
     }
 
-    /// Drops every keepalive series of namespace `netns`.
+    /// Drops the keepalive series only namespace `netns` counted into.
     pub fn forget_netns(&mut self, netns: u32) {
-        let Some(s) = self.series.remove(&netns) else {
+        let Some(gone) = self.series.remove(&netns) else {
             return;
         };
-        for l in &s.ports {
-            self.probes.remove(l);
-            self.acks.remove(l);
+        let live = &self.series;
+        let held = |f: &dyn Fn(&NetnsSeries) -> bool| live.values().any(f);
+        for l in &gone.ports {
+            if !held(&|s| s.ports.contains(l)) {
+                self.probes.remove(l);
+                self.acks.remove(l);
+            }
         }
-        for l in &s.timeouts {
-            self.timeouts.remove(l);
+        for l in &gone.timeouts {
+            if !held(&|s| s.timeouts.contains(l)) {
+                self.timeouts.remove(l);
+            }
         }
-        for l in &s.resets {
-            self.resets.remove(l);
+        for l in &gone.resets {
+            if !held(&|s| s.resets.contains(l)) {
+                self.resets.remove(l);
+            }
         }
-        for l in &s.blackholes {
-            self.blackholes.remove(l);
+        for l in &gone.blackholes {
+            if !held(&|s| s.blackholes.contains(l)) {
+                self.blackholes.remove(l);
+            }
         }
-        self.rtt.remove(&NetnsLabel { netns: Some(netns) });
+        for l in &gone.rtt {
+            if !held(&|s| s.rtt.contains(l)) {
+                self.rtt.remove(l);
+            }
+        }
+        // Workloads no live namespace counts into free their place under
+        // the cap.
+        let workloads: HashSet<Workload> = self
+            .series
+            .values()
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .map(|l| &l.scope)
+                    .chain(s.timeouts.iter().map(|l| &l.scope))
+                    .chain(s.resets.iter().map(|l| &l.scope))
+                    .chain(s.blackholes.iter().map(|l| &l.scope))
+            })
+            .map(|scope| scope.workload.clone())
+            .collect();
+        self.workloads.retain(&workloads);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::metrics::PortLabel;
+    use crate::api::metrics::{MetricsConfig, Name, PortLabel};
+
+    fn pod(name: &str) -> Workload {
+        Workload {
+            namespace: Name::of(Some("shop")),
+            pod: Name::of(Some(name)),
+            ..Workload::default()
+        }
+    }
 
     #[test]
-    fn a_gone_namespace_takes_its_series_along() {
-        let mut m = Metrics::new(8);
-        let (a, b) = (
-            NetnsPort {
-                netns: Some(1),
-                port: PortLabel::Port(22),
-            },
-            NetnsPort {
-                netns: Some(2),
-                port: PortLabel::Port(22),
-            },
-        );
-        m.count_probes(&a, 3);
-        m.count_acks(&a, 2);
-        m.observe_rtt(Some(1), 0.001);
-        m.count_probes(&b, 5);
+    fn a_gone_namespace_takes_only_its_own_series_along() {
+        let mut m = Metrics::new(MetricsConfig::default());
+        let at = |m: &mut Metrics, w: Workload| ScopePort {
+            scope: m.scope(w, Some(1)),
+            port: PortLabel::Port(22),
+        };
+        let (a, host) = (at(&mut m, pod("web-0")), at(&mut m, Workload::default()));
+        m.count_probes(Some(1), &a, 3);
+        m.count_acks(Some(1), &a, 2);
+        m.observe_rtt(Some(1), &RttLabel::default(), 0.001);
+        // The host's processes count from namespace 1 and 2.
+        m.count_probes(Some(1), &host, 1);
+        m.count_probes(Some(2), &host, 5);
         m.forget_netns(1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
-        assert!(!text.contains("netns=\"1\""), "{text}");
+        assert!(!text.contains("web-0"), "{text}");
         assert!(
-            text.contains("keepalive_probes_total{netns=\"2\",port=\"22\"} 5"),
+            !text.contains("netns="),
+            "no netns label by default: {text}"
+        );
+        assert!(
+            text.contains(
+                "keepalive_probes_total{namespace=\"\",pod=\"\",container=\"\",service=\"\",port=\"22\"} 6"
+            ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn workloads_past_the_cap_fold_into_other() {
+        let mut m = Metrics::new(MetricsConfig {
+            max_workloads: 2,
+            netns_label: true,
+            ..MetricsConfig::default()
+        });
+        let scopes: Vec<Scope> = ["a", "b", "c"]
+            .iter()
+            .map(|p| m.scope(pod(p), Some(7)))
+            .collect();
+        assert_eq!(scopes[2].workload, Workload::other());
+        assert_eq!(m.workloads.folded, 1);
+        assert_eq!(scopes[0].netns.0, Some(7), "--netns-label keeps netns");
+        assert_eq!(m.scope(pod("a"), Some(7)).workload, pod("a"));
     }
 }

@@ -6,7 +6,8 @@ use keepalive_common::KernelCounters;
 
 use super::{labels::PortLabels, *};
 use crate::{
-    host::sysctl::KeepaliveSysctls,
+    api::naming::Naming,
+    host::{runtime::directory::Directory, sysctl::KeepaliveSysctls},
     model::paths::PathBook,
     table::{Judge, SocketTable},
 };
@@ -31,13 +32,18 @@ fn port_labels_are_capped() {
 
 #[test]
 fn renders_openmetrics_with_units_and_eof() {
-    let mut m = Metrics::new(8);
-    let l = NetnsPort {
-        netns: Some(1),
+    let mut m = Metrics::new(MetricsConfig {
+        max_port_labels: 8,
+        netns_label: true,
+        ..MetricsConfig::default()
+    });
+    let l = ScopePort {
+        scope: m.scope(Workload::default(), Some(1)),
         port: PortLabel::Port(22),
     };
     m.probes.get_or_create(&l).inc();
     let table = SocketTable::new(4);
+    let mut naming = Naming::new(Directory::new(None, 4));
     let text = m.render(Snapshot {
         hooks: &[],
         kernel: &KernelCounters::default(),
@@ -57,13 +63,16 @@ fn renders_openmetrics_with_units_and_eof() {
             conntrack: &Default::default(),
         },
         tc_interfaces: 0,
+        naming: &mut naming,
     });
     assert!(
-        text.contains("keepalive_probes_total{netns=\"1\",port=\"22\"} 1"),
+        text.contains(
+            "keepalive_probes_total{namespace=\"\",pod=\"\",container=\"\",service=\"\",netns=\"1\",port=\"22\"} 1"
+        ),
         "{text}"
     );
     assert!(
-        text.contains("keepalive_sysctl_time_seconds{netns=\"1\"} 7200"),
+        text.contains("keepalive_sysctl_time_seconds{netns=\"1\",namespace=\"\",pod=\"\"} 7200"),
         "{text}"
     );
     assert!(
