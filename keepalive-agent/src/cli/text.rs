@@ -53,6 +53,14 @@ pub fn line(r: &Record) -> String {
     field("netns", r.netns.map(|v| v.to_string()));
     field("pid", r.pid.map(|v| v.to_string()));
     field("comm", r.comm.clone());
+    // kubectl's namespace/name.
+    let pod = match (&r.namespace, &r.pod) {
+        (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
+        _ => None,
+    };
+    field("pod", pod);
+    field("container", r.container.clone());
+    field("service", r.service.clone());
     field("error", r.error.clone());
     field("cause", r.cause.map(|c| c.to_string()));
     field("class", r.class.map(|c| c.to_string()));
@@ -95,6 +103,9 @@ mod tests {
         r.remote = Some("127.0.0.1:51367".parse().unwrap());
         r.state = Some(TcpState::Established);
         r.pid = Some(13648);
+        r.pod = Some("web-0".into());
+        r.namespace = Some("shop".into());
+        r.container = Some("app".into());
         r.probes_out = Some(1);
         r.keepalive = Some(Keepalive {
             enabled: true,
@@ -108,7 +119,7 @@ mod tests {
         });
         assert_eq!(
             line(&r),
-            "probe_sent         127.0.0.1:33546 -> 127.0.0.1:51367 state=ESTAB pid=13648 probes_out=1 keepalive=1.0s/1.0s/3"
+            "probe_sent         127.0.0.1:33546 -> 127.0.0.1:51367 state=ESTAB pid=13648 pod=shop/web-0 container=app probes_out=1 keepalive=1.0s/1.0s/3"
         );
     }
 }

@@ -33,10 +33,16 @@ pub struct Resolver {
 /// The directory the agent names owners from, and the resolver that fills
 /// it (none without a runtime).
 pub fn start(args: &RunArgs) -> (Directory, Option<Resolver>) {
-    let located = (!args.no_runtime)
-        .then(|| runtime::locate(args.runtime_socket.as_deref(), args.runtime))
-        .flatten();
-    let Some((kind, socket)) = located else {
+    let found = if args.no_runtime {
+        Vec::new()
+    } else {
+        runtime::locate(args.runtime_socket.as_deref(), args.runtime)
+    };
+    let names: Vec<String> = found
+        .iter()
+        .map(|(kind, socket)| format!("{kind} at {}", socket.display()))
+        .collect();
+    let Some(client) = runtime::clients(found, &args.containerd_namespace) else {
         info!(
             "no container runtime socket{}: pods and containers are named from cgroup paths only (pod uid, container id)",
             if args.no_runtime {
@@ -47,9 +53,9 @@ pub fn start(args: &RunArgs) -> (Directory, Option<Resolver>) {
         );
         return (Directory::new(None, CAPACITY), None);
     };
-    info!("container identities from {kind} at {}", socket.display());
+    info!("container identities from {}", names.join(", then "));
+    let kind = client.kind();
     let (tx, rx) = mpsc::channel(QUEUE);
-    let client = runtime::client(kind, socket, args.containerd_namespace.clone());
     (
         Directory::new(Some((kind, tx)), CAPACITY),
         Some(Resolver {

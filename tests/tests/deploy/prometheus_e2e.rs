@@ -47,7 +47,6 @@ const NODE: &str = "kit-node";
 /// A Prometheus with the rules file as shipped (not a copy with shorter
 /// `for:`: the alert that must fire has `for: 0m`, and the 15-minute one
 /// is checked as pending, which proves its expression matched).
-
 fn start() -> World {
     let pair = Pair::new();
     // The client's namespace gets its own keepalive sysctls, which the

@@ -7,6 +7,7 @@
 //! event path (see `run::identity`) and keeps answers in
 //! [`directory::Directory`].
 
+mod chain;
 mod containerd;
 pub mod directory;
 mod http;
@@ -109,14 +110,15 @@ pub trait ContainerRuntime: Send + Sync {
     fn container<'a>(&'a self, id: &'a str) -> Answer<'a>;
 }
 
-/// Where to find the runtime: the socket given, else the first of the
-/// runtimes' default sockets that exists.
-pub fn locate(socket: Option<&Path>, kind: Option<RuntimeKind>) -> Option<(RuntimeKind, PathBuf)> {
+/// Where to find the runtimes: the socket given, else every runtime's
+/// default socket that exists (a Docker node runs a containerd too, whose
+/// `k8s.io` namespace is empty: each is asked in turn).
+pub fn locate(socket: Option<&Path>, kind: Option<RuntimeKind>) -> Vec<(RuntimeKind, PathBuf)> {
     if let Some(path) = socket {
-        return Some((
+        return vec![(
             kind.unwrap_or_else(|| RuntimeKind::of_socket(path)),
             path.to_owned(),
-        ));
+        )];
     }
     let kinds: &[RuntimeKind] = match &kind {
         Some(k) => std::slice::from_ref(k),
@@ -129,16 +131,33 @@ pub fn locate(socket: Option<&Path>, kind: Option<RuntimeKind>) -> Option<(Runti
     };
     kinds
         .iter()
-        .find(|k| is_socket(k.default_socket()))
+        .filter(|k| is_socket(k.default_socket()))
         .map(|k| (*k, k.default_socket().to_owned()))
+        .collect()
 }
 
 /// A client of `kind` at `socket` (it connects when first asked).
-pub fn client(kind: RuntimeKind, socket: PathBuf, namespace: String) -> Box<dyn ContainerRuntime> {
+fn client(kind: RuntimeKind, socket: PathBuf, namespace: String) -> Box<dyn ContainerRuntime> {
     match kind {
         RuntimeKind::Containerd => Box::new(containerd::Containerd::new(socket, namespace)),
         RuntimeKind::Crio => Box::new(http::HttpRuntime::crio(socket)),
         RuntimeKind::Docker => Box::new(http::HttpRuntime::docker(socket)),
+    }
+}
+
+/// One client for the runtimes found (None: none), asked in their order.
+pub fn clients(
+    found: Vec<(RuntimeKind, PathBuf)>,
+    containerd_namespace: &str,
+) -> Option<Box<dyn ContainerRuntime>> {
+    let mut all: Vec<Box<dyn ContainerRuntime>> = found
+        .into_iter()
+        .map(|(kind, socket)| client(kind, socket, containerd_namespace.to_owned()))
+        .collect();
+    match all.len() {
+        0 => None,
+        1 => all.pop(),
+        _ => Some(Box::new(chain::Chain::new(all))),
     }
 }
 
@@ -162,12 +181,12 @@ mod tests {
         let given = locate(Some(Path::new("/x/docker.sock")), None);
         assert_eq!(
             given,
-            Some((RuntimeKind::Docker, PathBuf::from("/x/docker.sock")))
+            [(RuntimeKind::Docker, PathBuf::from("/x/docker.sock"))]
         );
         let forced = locate(
             Some(Path::new("/x/docker.sock")),
             Some(RuntimeKind::Containerd),
         );
-        assert_eq!(forced.map(|f| f.0), Some(RuntimeKind::Containerd));
+        assert_eq!(forced[0].0, RuntimeKind::Containerd);
     }
 }
