@@ -26,7 +26,13 @@ pub struct Naming {
     pub directory: Directory,
     /// The cgroup identity of a process in each network namespace, by inode.
     pub netns_owners: HashMap<u32, cgroup::Identity>,
+    /// Final workload labels by container id (once the runtime named it) or
+    /// systemd service: every probe is labelled, and should not allocate.
+    labels: HashMap<String, Workload>,
 }
+
+/// Labels kept at most (containers and services of one node).
+const LABELS_KEPT: usize = 16_384;
 
 /// A container id as `docker ps` and `crictl ps` print it.
 fn short_id(id: &str) -> &str {
@@ -38,6 +44,7 @@ impl Naming {
         Naming {
             directory,
             netns_owners: HashMap::new(),
+            labels: HashMap::new(),
         }
     }
 
@@ -121,13 +128,17 @@ impl Naming {
                 ..Workload::default()
             };
         };
+        let key = o.container_id.as_deref().or(o.service.as_deref());
+        if let Some(w) = key.and_then(|k| self.labels.get(k)) {
+            return w.clone();
+        }
         let identity = self.identity(o.container_id.as_deref());
         let i = identity.as_deref();
         let container = match i {
             Some(i) => i.container.as_deref(),
             None => o.container_id.as_deref().map(short_id),
         };
-        Workload {
+        let w = Workload {
             namespace: Name::of(i.and_then(|i| i.namespace.as_deref())),
             pod: Name::of(
                 i.and_then(|i| i.pod.as_deref().or(i.pod_uid.as_deref()))
@@ -135,7 +146,14 @@ impl Naming {
             ),
             container: Name::of(container),
             service: Name::of(o.service.as_deref()),
+        };
+        // A container's labels are final once the runtime named it; until
+        // then they are the cgroup path's fallback, made afresh.
+        let settled = o.container_id.is_none() || i.is_some();
+        if let Some(k) = key.filter(|_| settled && self.labels.len() < LABELS_KEPT) {
+            self.labels.insert(k.to_owned(), w.clone());
         }
+        w
     }
 
     /// The Kubernetes namespace and pod that own network namespace `netns`
@@ -150,7 +168,9 @@ impl Naming {
 
     /// After an inventory: every container still referred to is asked
     /// about if it is not known yet, every other answer forgotten.
-    pub fn refresh<'a>(&mut self, owners: impl Iterator<Item = &'a Owner>) {
+    pub fn refresh<'a>(&mut self, owners: impl Iterator<Item = &'a Owner> + Clone) {
+        let owners_services: Vec<String> =
+            owners.clone().filter_map(|o| o.service.clone()).collect();
         let live: HashSet<String> = owners
             .filter_map(|o| o.container_id.clone())
             .chain(
@@ -164,6 +184,9 @@ impl Naming {
             self.directory.lookup(id, now);
         }
         self.directory.retain(&live);
+        let services: HashSet<&str> = owners_services.iter().map(String::as_str).collect();
+        self.labels
+            .retain(|k, _| live.contains(k) || services.contains(k.as_str()));
     }
 }
 
@@ -236,6 +259,14 @@ mod tests {
             Name::of(Some("sshd.service"))
         );
         assert_eq!(n.workload(Some(&host), Some(1)).pod, Name::default());
+        // Kept: the named container's and the service's labels, not the
+        // fallback of before; dropped with their owners.
+        assert_eq!(n.labels.len(), 2);
+        assert_eq!(n.labels[ID].pod, Name::of(Some("web-0")));
+        n.refresh([&host].into_iter());
+        assert_eq!(n.labels.len(), 1, "the service's owner is still live");
+        n.refresh(std::iter::empty());
+        assert!(n.labels.is_empty());
     }
 
     #[test]

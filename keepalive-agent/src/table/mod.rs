@@ -355,7 +355,7 @@ impl SocketTable {
     }
 
     /// The owners live sockets refer to.
-    pub fn owners(&self) -> impl Iterator<Item = &Owner> {
+    pub fn owners(&self) -> impl Iterator<Item = &Owner> + Clone {
         self.owners.values().map(|o| &**o)
     }
 
