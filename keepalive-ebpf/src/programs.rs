@@ -91,6 +91,18 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// The benchmark's baseline: classifiers that do nothing, attached the way
+/// ours are (`--tc-baseline`), so that their difference is our cost.
+#[classifier]
+pub fn tc_noop_egress(_ctx: TcContext) -> i32 {
+    TC_NEXT
+}
+
+#[classifier]
+pub fn tc_noop_ingress(_ctx: TcContext) -> i32 {
+    TC_NEXT
+}
+
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let _ = wire::on_egress(&ctx);

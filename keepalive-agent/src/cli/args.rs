@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Do not attach TC classifiers (no wire view, no ACKs or RTTs).
     #[arg(long, env = "KEEPALIVE_NO_TC", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub no_tc: bool,
+    /// Attach do-nothing classifiers instead of ours: the baseline `cargo
+    /// xtask bench` measures our per-packet cost against (no wire view).
+    #[arg(long, hide = true)]
+    pub tc_baseline: bool,
     /// Seconds between scans for new namespaces and interfaces.
     #[arg(long, env = "KEEPALIVE_RESCAN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_seconds: u64,
@@ -104,7 +108,7 @@ pub struct RunArgs {
     pub max_workloads: u64,
     /// Also label the keepalive series by network namespace inode, for
     /// hosts whose namespaces are not containers (`ip netns`).
-    #[arg(long, env = "KEEPALIVE_NETNS_LABEL")]
+    #[arg(long, env = "KEEPALIVE_NETNS_LABEL", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub netns_label: bool,
     /// The node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
@@ -118,7 +122,7 @@ pub struct RunArgs {
     #[arg(long, env = "KEEPALIVE_RUNTIME")]
     pub runtime: Option<crate::host::runtime::RuntimeKind>,
     /// Ask no container runtime: identities from cgroup paths only.
-    #[arg(long, env = "KEEPALIVE_NO_RUNTIME", conflicts_with = "runtime_socket")]
+    #[arg(long, env = "KEEPALIVE_NO_RUNTIME", conflicts_with = "runtime_socket", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub no_runtime: bool,
     /// The containerd namespace of the kubelet's containers.
     #[arg(long, env = "KEEPALIVE_CONTAINERD_NAMESPACE", default_value = "k8s.io")]

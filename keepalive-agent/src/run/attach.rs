@@ -60,6 +60,9 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
     log_hooks(&hooks);
     let filter = InterfaceFilter(args.interfaces.clone());
     let mut tc = TcAttacher::default();
+    if args.tc_baseline {
+        tc.classifiers = tc::Classifiers::Baseline;
+    }
     hooks.push(attach_tc(&mut tc, &mut ebpf, &filter, args.no_tc));
     let inventory = HookStatus {
         hook: Hook::SocketInventory,

@@ -332,6 +332,28 @@ fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
         f(&ping["egress_ns_per_packet"]),
         f(&ping["ingress_ns_per_packet"]),
     );
+    // Net of the hook and the stats themselves: ours minus do-nothing
+    // classifiers attached the same way, in the same run.
+    let net = |load: &str, dir: &str| {
+        let key = format!("{dir}_ns_per_packet");
+        let ours = f(&tc[format!("{load}_stats")][&key]);
+        let base = f(&tc[format!("{load}_baseline_stats")][&key]);
+        (base, ours, ours - base)
+    };
+    let nets: Vec<(&str, &str, (f64, f64, f64))> = ["bulk", "ping_pong"]
+        .into_iter()
+        .flat_map(|load| ["egress", "ingress"].map(|dir| (load, dir, net(load, dir))))
+        .collect();
+    let worst = nets.iter().map(|n| n.2.2).fold(f64::NAN, f64::max);
+    println!(
+        "target: classifiers' net cost <= 20 ns per packet over a do-nothing baseline: {} (worst {worst:.0} ns)",
+        verdict(worst <= 20.0)
+    );
+    for (load, dir, (base, ours, diff)) in &nets {
+        println!(
+            "        {load:<9} {dir:<7}: baseline {base:.0} ns, ours {ours:.0} ns, net {diff:+.0} ns"
+        );
+    }
     let rss = last["agent_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let peak = last["agent_peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let metrics = last["metrics_ms_median"].as_f64().unwrap_or(f64::NAN);

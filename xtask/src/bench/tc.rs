@@ -7,7 +7,8 @@
 //! round-to-round noise is larger than the cost measured. A last round with
 //! `kernel.bpf_stats_enabled` gives each program's time per packet and its
 //! share of all CPU time spent (the stats' own clock reads are kept out of
-//! the throughput rounds).
+//! the throughput rounds), for ours and for do-nothing classifiers attached
+//! the same way: the difference is what our parsing costs a packet.
 
 use std::{
     fs,
@@ -132,22 +133,44 @@ fn prog_stats(name: &str) -> (u64, u64) {
     total
 }
 
+/// The classifiers a stats round measures: ours, or the do-nothing ones
+/// attached the same way (the agent's hidden `--tc-baseline`), whose cost
+/// is the hook's and the stats' own (~20 ns of clock reads).
+#[derive(Clone, Copy)]
+enum Classifiers {
+    Ours,
+    Baseline,
+}
+
+impl Classifiers {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Classifiers::Ours => &[],
+            Classifiers::Baseline => &["--tc-baseline"],
+        }
+    }
+
+    /// (egress, ingress) program names.
+    fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            Classifiers::Ours => ("tc_egress", "tc_ingress"),
+            Classifiers::Baseline => ("tc_noop_egress", "tc_noop_ingress"),
+        }
+    }
+}
+
 /// Per-packet cost of each classifier and their share of all CPU time
 /// while `load` runs.
-fn stats_round(load: impl FnOnce() -> anyhow::Result<f64>) -> anyhow::Result<Value> {
-    let agent = Agent::start(&[])?;
+fn stats_round(
+    classifiers: Classifiers,
+    load: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<Value> {
+    let agent = Agent::start(classifiers.args())?;
+    let (egress, ingress) = classifiers.programs();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    let (e0, i0, cpu0) = (
-        prog_stats("tc_egress"),
-        prog_stats("tc_ingress"),
-        busy_cpu_ns(),
-    );
+    let (e0, i0, cpu0) = (prog_stats(egress), prog_stats(ingress), busy_cpu_ns());
     let result = load();
-    let (e1, i1, cpu1) = (
-        prog_stats("tc_egress"),
-        prog_stats("tc_ingress"),
-        busy_cpu_ns(),
-    );
+    let (e1, i1, cpu1) = (prog_stats(egress), prog_stats(ingress), busy_cpu_ns());
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     agent.stop()?;
     result?;
@@ -184,9 +207,11 @@ pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
             if attached { &mut on } else { &mut off }.push(m);
         }
     }
-    eprintln!("bench: TC per-packet cost (bpf_stats)…");
-    let bulk_stats = stats_round(|| bulk(&ns, window))?;
-    let ping_stats = stats_round(|| ping_pong(&ns, window))?;
+    eprintln!("bench: TC per-packet cost (bpf_stats), ours and a do-nothing baseline…");
+    let bulk_stats = stats_round(Classifiers::Ours, || bulk(&ns, window))?;
+    let bulk_base = stats_round(Classifiers::Baseline, || bulk(&ns, window))?;
+    let ping_stats = stats_round(Classifiers::Ours, || ping_pong(&ns, window))?;
+    let ping_base = stats_round(Classifiers::Baseline, || ping_pong(&ns, window))?;
     let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
     let (bulk_off, bulk_on) = (col(&off, |m| m.0), col(&on, |m| m.0));
     let (ping_off, ping_on) = (col(&off, |m| m.1), col(&on, |m| m.1));
@@ -205,7 +230,9 @@ pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
         "rounds_ping_pong_detached_per_s": ping_off,
         "rounds_ping_pong_attached_per_s": ping_on,
         "bulk_stats": bulk_stats,
+        "bulk_baseline_stats": bulk_base,
         "ping_pong_stats": ping_stats,
+        "ping_pong_baseline_stats": ping_base,
     }))
 }
 

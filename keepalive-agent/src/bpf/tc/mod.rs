@@ -57,8 +57,25 @@ pub enum TcError {
     Read(#[source] std::io::Error),
 }
 
-pub const EGRESS_PROG: &str = "tc_egress";
-pub const INGRESS_PROG: &str = "tc_ingress";
+/// Which classifiers go on the interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Classifiers {
+    /// Ours: the wire view of probes and their ACKs.
+    #[default]
+    Keepalive,
+    /// Do-nothing ones, the benchmark's baseline (`--tc-baseline`).
+    Baseline,
+}
+
+impl Classifiers {
+    /// (egress, ingress) program names.
+    pub const fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            Classifiers::Keepalive => ("tc_egress", "tc_ingress"),
+            Classifiers::Baseline => ("tc_noop_egress", "tc_noop_ingress"),
+        }
+    }
+}
 
 /// Which interfaces get classifiers: names matching any pattern (`*` at the
 /// end matches any suffix; `*` alone matches all).
@@ -94,6 +111,7 @@ struct Interface {
 
 #[derive(Default)]
 pub struct TcAttacher {
+    pub classifiers: Classifiers,
     attached: BTreeMap<Interface, Attachment>,
     /// Failures already logged, so a broken interface does not flood logs.
     failed: BTreeSet<Interface>,
@@ -195,7 +213,7 @@ impl TcAttacher {
             if self.attached.contains_key(&key) || self.failed.contains(&key) {
                 continue;
             }
-            match attach_both(ebpf, &ns, &name) {
+            match attach_both(ebpf, &ns, &name, self.classifiers) {
                 Ok(links) => {
                     info!("tc: classifiers attached to {name} in netns {}", ns.inode);
                     self.attached.insert(
@@ -270,9 +288,15 @@ fn tcx_supported() -> bool {
 }
 
 /// Both directions on one interface, inside its namespace.
-fn attach_both(ebpf: &mut aya::Ebpf, ns: &Netns, name: &str) -> Result<Links, TcError> {
-    let egress = attach_one(ebpf, ns, name, EGRESS_PROG, TcAttachType::Egress)?;
-    let ingress = match attach_one(ebpf, ns, name, INGRESS_PROG, TcAttachType::Ingress) {
+fn attach_both(
+    ebpf: &mut aya::Ebpf,
+    ns: &Netns,
+    name: &str,
+    classifiers: Classifiers,
+) -> Result<Links, TcError> {
+    let (egress_prog, ingress_prog) = classifiers.programs();
+    let egress = attach_one(ebpf, ns, name, egress_prog, TcAttachType::Egress)?;
+    let ingress = match attach_one(ebpf, ns, name, ingress_prog, TcAttachType::Ingress) {
         Ok(l) => l,
         Err(e) => {
             // Not half attached: take the egress classifier off again.
