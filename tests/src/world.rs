@@ -143,10 +143,22 @@ impl Default for Pair {
 /// Loads an nftables ruleset into `ns` from a file (multi-line rules:
 /// `nft -f`, where words such as `fwd` are no trouble).
 pub fn load_nft(ns: &Netns, rules: &str) {
+    with_nft_file(rules, |path| ns.exec(&["nft", "-f", path]));
+}
+
+/// Loads an nftables ruleset into the network namespace of process `pid`
+/// (a container's), as [`load_nft`] does for a named one.
+pub fn load_nft_at(pid: u32, rules: &str) {
+    with_nft_file(rules, |path| {
+        sh(&["nsenter", "-t", &pid.to_string(), "-n", "nft", "-f", path]);
+    });
+}
+
+/// `rules` in a temporary file, for `run` to load by its path.
+fn with_nft_file(rules: &str, run: impl FnOnce(&str)) {
     let file = std::env::temp_dir().join(format!("{}.nft", unique("kanft")));
     std::fs::write(&file, rules).expect("writing the nftables rules");
-    let path = file.to_string_lossy().into_owned();
-    ns.exec(&["nft", "-f", &path]);
+    run(&file.to_string_lossy());
     let _ = std::fs::remove_file(&file);
 }
 

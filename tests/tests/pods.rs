@@ -16,6 +16,7 @@ use keepalive_tests::{
     prometheus::{Prometheus, free_port},
     sock::{Keepalive, connect, listen},
     wait::{eventually, eventually_some},
+    world,
 };
 
 /// Opens a keepalive client and its server on loopback (in the caller's
@@ -318,11 +319,13 @@ fn pods_are_named_in_sockets_events_and_metrics() {
     );
     assert!(hp_probes.is_some_and(|v| v >= 2.0), "{hp_probes:?}");
     let (_, text) = agent.get("/metrics");
-    assert!(!text.contains("netns=\"") || text.contains("keepalive_sysctl"));
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("keepalive_probes_total{"))
-    {
+    // Only the namespace gauges carry `netns` without --netns-label.
+    let keepalive_series = text.lines().filter(|l| {
+        l.starts_with("keepalive_")
+            && !l.starts_with("keepalive_sysctl")
+            && !l.starts_with("keepalive_conntrack")
+    });
+    for line in keepalive_series {
         assert!(!line.contains("netns="), "{line}");
     }
     // The sysctl gauges stay per namespace, naming the pod that owns it.
@@ -340,20 +343,6 @@ fn pods_are_named_in_sockets_events_and_metrics() {
         host_pod.name
     );
     agent.stop();
-}
-
-/// `nft` in the namespace of process `pid`.
-fn nft_in(pid: u32, rules: &str) {
-    let file = std::env::temp_dir().join(format!("kapod-{}.nft", keepalive_tests::rng::hex(8)));
-    fs::write(&file, rules).unwrap();
-    let ok = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "nft", "-f"])
-        .arg(&file)
-        .status()
-        .expect("nsenter nft")
-        .success();
-    let _ = fs::remove_file(&file);
-    assert!(ok, "nft in the namespace of {pid}");
 }
 
 #[test]
@@ -389,7 +378,7 @@ fn a_keepalive_kill_in_a_pod_names_the_pod_in_event_counter_and_alert() {
         false,
     );
     let port = ready_port(&web.app_root);
-    nft_in(
+    world::load_nft_at(
         web.sandbox_pid,
         "table inet kapod {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    tcp sport 7100 drop\n  }\n}\n",
     );

@@ -157,9 +157,7 @@ impl Filter {
             && self.pid.is_none_or(|p| r.pid == Some(p))
             && self.netns.is_none_or(|n| r.netns == Some(n))
             && self.port.is_none_or(|p| r.has_port(p))
-            && named(&self.namespace, &r.namespace)
-            && named(&self.pod, &r.pod)
-            && named(&self.container, &r.container)
+            && self.names_match(&r.namespace, &r.pod, &r.container)
     }
 
     pub fn matches_row(&self, r: &SocketRow) -> bool {
@@ -170,9 +168,19 @@ impl Filter {
                 .is_none_or(|p| r.owner.as_ref().is_some_and(|o| o.pid == p))
             && self.port.is_none_or(|p| r.has_port(p))
             && (!self.at_risk || r.risk.is_some())
-            && named(&self.namespace, &r.namespace)
-            && named(&self.pod, &r.pod)
-            && named(&self.container, &r.container)
+            && self.names_match(&r.namespace, &r.pod, &r.container)
+    }
+
+    /// The Kubernetes name filters, against a record's or a row's names.
+    fn names_match(
+        &self,
+        namespace: &Option<String>,
+        pod: &Option<String>,
+        container: &Option<String>,
+    ) -> bool {
+        named(&self.namespace, namespace)
+            && named(&self.pod, pod)
+            && named(&self.container, container)
     }
 }
 

@@ -55,15 +55,28 @@ impl Naming {
     /// The pod that owns network namespace `netns`, from its process's
     /// cgroup: the runtime's identity (pod level), else the pod uid alone.
     fn netns_pod(&mut self, netns: Option<u32>) -> Option<PodIdentity> {
-        let owner = self.netns_owners.get(&netns?)?.clone();
-        let named = self.identity(owner.container_id.as_deref());
+        let owner = self.netns_owners.get(&netns?)?;
+        let named = owner
+            .container_id
+            .as_deref()
+            .and_then(|id| self.directory.lookup(id, monotonic_ns()));
         match named {
             Some(identity) => Some(identity.pod_only()),
-            None => owner.pod_uid.map(|uid| PodIdentity {
+            None => owner.pod_uid.clone().map(|uid| PodIdentity {
                 pod_uid: Some(uid),
                 ..PodIdentity::default()
             }),
         }
+    }
+
+    /// The `namespace` and `pod` labels of network namespace `netns`'s pod
+    /// (the uid as `pod` until the runtime named it; empty without one).
+    fn netns_labels(&mut self, netns: Option<u32>) -> (Name, Name) {
+        let pod = self.netns_pod(netns).unwrap_or_default();
+        (
+            Name::of(pod.namespace.as_deref()),
+            Name::of(pod.pod.as_deref().or(pod.pod_uid.as_deref())),
+        )
     }
 
     /// Fills the Kubernetes names of a socket's owner.
@@ -121,10 +134,10 @@ impl Naming {
     /// as `container`.
     pub fn workload(&mut self, owner: Option<&Owner>, netns: Option<u32>) -> Workload {
         let Some(o) = owner else {
-            let pod = self.netns_pod(netns).unwrap_or_default();
+            let (namespace, pod) = self.netns_labels(netns);
             return Workload {
-                namespace: Name::of(pod.namespace.as_deref()),
-                pod: Name::of(pod.pod.as_deref().or(pod.pod_uid.as_deref())),
+                namespace,
+                pod,
                 ..Workload::default()
             };
         };
@@ -159,34 +172,29 @@ impl Naming {
     /// The Kubernetes namespace and pod that own network namespace `netns`
     /// (empty for the host's and `ip netns` ones).
     pub fn pod_of_netns(&mut self, netns: u32) -> (Name, Name) {
-        let pod = self.netns_pod(Some(netns)).unwrap_or_default();
-        (
-            Name::of(pod.namespace.as_deref()),
-            Name::of(pod.pod.as_deref().or(pod.pod_uid.as_deref())),
-        )
+        self.netns_labels(Some(netns))
     }
 
     /// After an inventory: every container still referred to is asked
     /// about if it is not known yet, every other answer forgotten.
-    pub fn refresh<'a>(&mut self, owners: impl Iterator<Item = &'a Owner> + Clone) {
-        let owners_services: Vec<String> =
-            owners.clone().filter_map(|o| o.service.clone()).collect();
-        let live: HashSet<String> = owners
-            .filter_map(|o| o.container_id.clone())
-            .chain(
-                self.netns_owners
-                    .values()
-                    .filter_map(|i| i.container_id.clone()),
-            )
-            .collect();
+    pub fn refresh<'a>(&mut self, owners: impl Iterator<Item = &'a Owner>) {
+        let (mut containers, mut services) = (HashSet::new(), HashSet::new());
+        for o in owners {
+            containers.extend(o.container_id.as_deref());
+            services.extend(o.service.as_deref());
+        }
+        containers.extend(
+            self.netns_owners
+                .values()
+                .filter_map(|i| i.container_id.as_deref()),
+        );
         let now = monotonic_ns();
-        for id in &live {
+        for id in &containers {
             self.directory.lookup(id, now);
         }
-        self.directory.retain(&live);
-        let services: HashSet<&str> = owners_services.iter().map(String::as_str).collect();
+        self.directory.retain(&containers);
         self.labels
-            .retain(|k, _| live.contains(k) || services.contains(k.as_str()));
+            .retain(|k, _| containers.contains(k.as_str()) || services.contains(k.as_str()));
     }
 }
 

@@ -66,9 +66,8 @@ impl AgentState {
                 let event_counts = r.acks.unwrap_or(0) == 0 || own.is_none();
                 self.add(own, r, 0, u64::from(event_counts));
                 if let Some(us) = r.rtt_us {
-                    // Wire events carry no namespace; the table knows it.
-                    let netns = self.table.get(r.cookie).and_then(|e| e.netns).or(r.netns);
-                    let namespace = self.scope_of(r).workload.namespace;
+                    let (scope, netns) = self.scope_of(r);
+                    let namespace = scope.workload.namespace;
                     self.metrics
                         .observe_rtt(netns, &RttLabel { namespace }, us / 1e6);
                 }
@@ -82,34 +81,37 @@ impl AgentState {
                 // The RST's record is the death's: it carries the final totals.
                 self.credit_totals(r);
                 let class = r.class.unwrap_or(ResetClass::PeerReset);
+                let (scope, netns) = self.scope_of(r);
                 let labels = ResetLabels {
-                    scope: self.scope_of(r),
+                    scope,
                     port: self.port_of(r),
                     class: class.as_str(),
                 };
-                self.metrics.count_reset(r.netns, &labels);
+                self.metrics.count_reset(netns, &labels);
                 if class == ResetClass::IdleReset {
                     self.fatal(r, Fatal::Reset);
                 }
             }
             RecordKind::IdleBlackhole => {
+                let (scope, netns) = self.scope_of(r);
                 let labels = ScopePort {
-                    scope: self.scope_of(r),
+                    scope,
                     port: self.port_of(r),
                 };
-                self.metrics.count_blackhole(r.netns, &labels);
+                self.metrics.count_blackhole(netns, &labels);
                 self.fatal(r, Fatal::Blackhole);
             }
             RecordKind::KeepaliveTimeout | RecordKind::ConnectionTimeout => {
                 self.credit_totals(r);
                 let l = r.local.map_or(0, |a| a.port());
                 let p = r.remote.map_or(0, |a| a.port());
+                let (scope, netns) = self.scope_of(r);
                 let labels = TimeoutLabels {
-                    scope: self.scope_of(r),
+                    scope,
                     port: self.metrics.port_label(l, p),
                     cause: r.cause.map_or("other", |c| c.as_str()),
                 };
-                self.metrics.count_timeout(r.netns, &labels);
+                self.metrics.count_timeout(netns, &labels);
             }
             // A close and an error carry the socket's final totals.
             RecordKind::SocketClosed | RecordKind::SocketError => self.credit_totals(r),
@@ -120,14 +122,15 @@ impl AgentState {
         }
     }
 
-    /// The series scope of a record's socket: its owner as the table
-    /// knows it (timer context has no meaningful current task).
-    fn scope_of(&mut self, r: &Record) -> Scope {
+    /// The series scope of a record's socket, and its namespace: its owner
+    /// and namespace as the table knows them (timer context has no
+    /// meaningful current task; wire events carry no namespace).
+    fn scope_of(&mut self, r: &Record) -> (Scope, Option<u32>) {
         let entry = self.table.get(r.cookie);
         let owner = entry.and_then(|e| e.owner.clone());
         let netns = entry.and_then(|e| e.netns).or(r.netns);
         let workload = self.naming.workload(owner.as_deref(), netns);
-        self.metrics.scope(workload, netns)
+        (self.metrics.scope(workload, netns), netns)
     }
 
     fn port_of(&mut self, r: &Record) -> PortLabel {

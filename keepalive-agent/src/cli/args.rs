@@ -113,9 +113,9 @@ pub struct RunArgs {
     /// The node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// The container runtime's socket; default: the first of
-    /// /run/containerd/containerd.sock, /run/crio/crio.sock,
-    /// /run/docker.sock that exists.
+    /// The container runtime's socket; default: each of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock and
+    /// /run/docker.sock that exists, asked in turn.
     #[arg(long, env = "KEEPALIVE_RUNTIME_SOCKET")]
     pub runtime_socket: Option<std::path::PathBuf>,
     /// Which runtime the socket is (default: from its name).

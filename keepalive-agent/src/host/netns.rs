@@ -33,6 +33,10 @@ pub enum NetnsError {
 pub struct Netns {
     pub inode: u64,
     pub path: PathBuf,
+    /// Its lowest pid (a pod's sandbox; pid 1 for the host's): the process
+    /// whose cgroup says who owns it. None when only an `ip netns` mount
+    /// holds it.
+    pub first_pid: Option<u32>,
 }
 
 /// Every namespace reachable now, one path each, ordered by inode.
@@ -40,10 +44,16 @@ pub struct Netns {
 /// (`/proc` unreadable, out of descriptors) is an error, never an empty
 /// node.
 pub fn all() -> Result<Vec<Netns>, NetnsError> {
-    let mut found = BTreeMap::new();
-    let mut add = |path: PathBuf| {
+    let mut found: BTreeMap<u64, Netns> = BTreeMap::new();
+    let mut add = |path: PathBuf, pid: Option<u32>| {
         if let Ok(meta) = fs::metadata(&path) {
-            found.entry(meta.ino()).or_insert(path);
+            let ns = found.entry(meta.ino()).or_insert(Netns {
+                inode: meta.ino(),
+                path,
+                first_pid: None,
+            });
+            // Pids come in ascending order: the first is the lowest.
+            ns.first_pid = ns.first_pid.or(pid);
         }
     };
     let list = |path: &str| {
@@ -53,23 +63,21 @@ pub fn all() -> Result<Vec<Netns>, NetnsError> {
         })
     };
     match list("/run/netns") {
-        Ok(named) => named.flatten().for_each(|e| add(e.path())),
+        Ok(named) => named.flatten().for_each(|e| add(e.path(), None)),
         // No `ip netns` namespace was ever made on this node.
         Err(NetnsError::List { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    for entry in list("/proc")? {
-        // An entry that fails to read mid-listing is a process gone.
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            add(entry.path().join("ns/net"));
-        }
+    // An entry that fails to read mid-listing is a process gone.
+    let mut pids: Vec<u32> = list("/proc")?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        add(PathBuf::from(format!("/proc/{pid}/ns/net")), Some(pid));
     }
-    Ok(found
-        .into_iter()
-        .map(|(inode, path)| Netns { inode, path })
-        .collect())
+    Ok(found.into_values().collect())
 }
 
 /// Runs `work` on a thread inside the namespace at `path`.

@@ -7,19 +7,19 @@
 //! What it does not do: it does not look at threads (`/proc` lists only
 //! thread-group leaders and threads share the leader's fd table), does not
 //! see sockets no process holds open (time-wait, orphaned, kernel sockets),
-//! and does not ask a container runtime anything (see `super::runtime`). The scan is a snapshot: a process that exits
-//! or closes its fds while we look is skipped, not an error.
+//! and does not ask a container runtime anything (see `super::runtime`).
+//! The scan is a snapshot: a process that exits or closes its fds while we
+//! look is skipped, not an error.
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt as _,
     path::Path,
 };
 
 use keepalive_api::Owner;
 
-use super::cgroup;
+use super::{cgroup, netns::Netns};
 
 /// The owners of the wanted socket inodes. Inodes no process holds are
 /// absent from the result. When several processes hold the same socket
@@ -78,9 +78,7 @@ pub fn resolve(inodes: &HashSet<u64>) -> HashMap<u64, Owner> {
         let Ok(comm) = fs::read_to_string(proc_dir.join("comm")) else {
             continue;
         };
-        let cgroup = fs::read_to_string(proc_dir.join("cgroup"))
-            .map(|text| cgroup::path_of(&text).to_owned())
-            .unwrap_or_default();
+        let cgroup = cgroup_path(pid).unwrap_or_default();
         let mut owner = Owner {
             pid,
             comm: comm.trim_end_matches('\n').to_owned(),
@@ -109,28 +107,12 @@ fn socket_inode(target: &str) -> Option<u64> {
 /// (a pod's sandbox is its first process; the host's namespace has pid 1,
 /// so host-network pods never own it). Namespaces no process is in
 /// (`ip netns`, CNI mounts alone) are absent.
-pub fn netns_owners() -> HashMap<u32, cgroup::Identity> {
-    let mut pids: Vec<u32> = match fs::read_dir("/proc") {
-        Ok(dir) => dir
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-            .collect(),
-        Err(_) => return HashMap::new(),
-    };
-    pids.sort_unstable();
-    let mut first: HashMap<u32, u32> = HashMap::new();
-    for pid in pids {
-        // A process gone or unreadable is skipped.
-        if let Ok(meta) = fs::metadata(format!("/proc/{pid}/ns/net")) {
+pub fn netns_owners(all: &[Netns]) -> HashMap<u32, cgroup::Identity> {
+    all.iter()
+        .filter_map(|ns| {
+            let path = cgroup_path(ns.first_pid?)?;
             // Namespace inodes are 32-bit (`ns.inum`).
-            first.entry(meta.ino() as u32).or_insert(pid);
-        }
-    }
-    first
-        .into_iter()
-        .filter_map(|(netns, pid)| {
-            let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-            Some((netns, cgroup::identity(cgroup::path_of(&text))))
+            Some((ns.inode as u32, cgroup::identity(&path)))
         })
         .collect()
 }
@@ -138,11 +120,17 @@ pub fn netns_owners() -> HashMap<u32, cgroup::Identity> {
 /// Reads a live process's cgroup into `owner`: the path and who it names
 /// (container, pod uid, systemd service). False when it is gone.
 pub fn read_cgroup(owner: &mut Owner) -> bool {
-    let Ok(text) = fs::read_to_string(format!("/proc/{}/cgroup", owner.pid)) else {
+    let Some(path) = cgroup_path(owner.pid) else {
         return false;
     };
-    set_cgroup(owner, cgroup::path_of(&text).to_owned());
+    set_cgroup(owner, path);
     true
+}
+
+/// The cgroup path of a live process (see [`cgroup::path_of`]).
+fn cgroup_path(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    Some(cgroup::path_of(&text).to_owned())
 }
 
 fn set_cgroup(owner: &mut Owner, path: String) {

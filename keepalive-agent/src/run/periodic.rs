@@ -75,6 +75,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     // Unlistable namespaces end the pass before it starts: no socket is
     // taken for gone.
     let all = netns::all()?;
+    let netns_owners = owners::netns_owners(&all);
     let Ok(mut s) = state.lock() else {
         return Ok(());
     };
@@ -110,7 +111,6 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     };
     let found = owners::resolve(&wanted);
     let owners_found = found.len();
-    let netns_owners = owners::netns_owners();
     if let Ok(mut s) = state.lock() {
         s.table.set_owners_by_inode(found);
         let s = &mut *s;
@@ -136,6 +136,7 @@ pub fn calibrate_hz(ebpf: &mut aya::Ebpf) -> anyhow::Result<u32> {
     let own = netns::Netns {
         inode: 0,
         path: "/proc/self/ns/net".into(),
+        first_pid: None,
     };
     let mut sample = || -> anyhow::Result<(u64, u64)> {
         let mut jiffies = None;

@@ -355,7 +355,7 @@ impl SocketTable {
     }
 
     /// The owners live sockets refer to.
-    pub fn owners(&self) -> impl Iterator<Item = &Owner> + Clone {
+    pub fn owners(&self) -> impl Iterator<Item = &Owner> {
         self.owners.values().map(|o| &**o)
     }
 

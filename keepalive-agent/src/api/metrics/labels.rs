@@ -4,8 +4,11 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use prometheus_client::encoding::{
-    EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+use prometheus_client::{
+    encoding::{
+        EncodeLabel as _, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+    },
+    metrics::counter::Counter,
 };
 
 /// A namespace's inode; empty when unknown. Label values are typed, not
@@ -195,19 +198,19 @@ impl PortLabels {
 }
 
 /// At most `max` distinct workloads; later ones fold into
-/// [`Workload::other`], counted.
+/// [`Workload::other`], counted (`keepalive_agent_workloads_folded_total`).
 pub struct WorkloadLabels {
     seen: HashSet<Workload>,
     max: usize,
-    pub folded: u64,
+    folded: Counter,
 }
 
 impl WorkloadLabels {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, folded: Counter) -> Self {
         WorkloadLabels {
             seen: HashSet::new(),
             max,
-            folded: 0,
+            folded,
         }
     }
 
@@ -219,8 +222,14 @@ impl WorkloadLabels {
             self.seen.insert(w.clone());
             return w;
         }
-        self.folded += 1;
+        self.folded.inc();
         Workload::other()
+    }
+
+    /// Observations folded into `other` so far.
+    #[cfg(test)]
+    pub fn folded(&self) -> u64 {
+        self.folded.get()
     }
 
     /// Forgets workloads no series holds any more (their pods are gone).

@@ -75,10 +75,9 @@ pub struct Metrics {
     pub(super) last_kernel: KernelCounters,
     pub(super) last_refused: u64,
     pub(super) ports: PortLabels,
-    /// Distinct workloads labelled, capped by `--max-workloads`.
+    /// Distinct workloads labelled, capped by `--max-workloads`, and the
+    /// count of what was folded.
     pub(super) workloads: WorkloadLabels,
-    pub(super) workloads_folded: Counter,
-    pub(super) last_workloads_folded: u64,
     pub(super) runtime: runtime::RuntimeMetrics,
     /// Whether series carry `netns` (`--netns-label`).
     pub netns_label: bool,
@@ -216,9 +215,7 @@ impl Metrics {
             last_kernel: KernelCounters::default(),
             last_refused: 0,
             ports: PortLabels::new(config.max_port_labels),
-            workloads: WorkloadLabels::new(config.max_workloads),
-            workloads_folded,
-            last_workloads_folded: 0,
+            workloads: WorkloadLabels::new(config.max_workloads, workloads_folded),
             netns_label: config.netns_label,
         }
     }

@@ -94,12 +94,6 @@ impl Metrics {
         }
         self.render_conntrack(s.sysctls, s.naming);
         self.runtime.render(&s.naming.directory);
-        self.workloads_folded.inc_by(
-            self.workloads
-                .folded
-                .saturating_sub(self.last_workloads_folded),
-        );
-        self.last_workloads_folded = self.workloads.folded;
         self.render_paths(s.judge);
 
         self.sockets.clear();

@@ -4,7 +4,10 @@
 //! also counts into (the host's processes, a pod restarted into a new
 //! namespace) stays.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+};
 
 use super::{Metrics, ResetLabels, RttLabel, Scope, ScopePort, TimeoutLabels, Workload};
 
@@ -81,33 +84,21 @@ impl Metrics {
         let Some(gone) = self.series.remove(&netns) else {
             return;
         };
-        let live = &self.series;
-        let held = |f: &dyn Fn(&NetnsSeries) -> bool| live.values().any(f);
-        for l in &gone.ports {
-            if !held(&|s| s.ports.contains(l)) {
-                self.probes.remove(l);
-                self.acks.remove(l);
-            }
+        for l in unheld(&gone.ports, &self.series, |s| &s.ports) {
+            self.probes.remove(l);
+            self.acks.remove(l);
         }
-        for l in &gone.timeouts {
-            if !held(&|s| s.timeouts.contains(l)) {
-                self.timeouts.remove(l);
-            }
+        for l in unheld(&gone.timeouts, &self.series, |s| &s.timeouts) {
+            self.timeouts.remove(l);
         }
-        for l in &gone.resets {
-            if !held(&|s| s.resets.contains(l)) {
-                self.resets.remove(l);
-            }
+        for l in unheld(&gone.resets, &self.series, |s| &s.resets) {
+            self.resets.remove(l);
         }
-        for l in &gone.blackholes {
-            if !held(&|s| s.blackholes.contains(l)) {
-                self.blackholes.remove(l);
-            }
+        for l in unheld(&gone.blackholes, &self.series, |s| &s.blackholes) {
+            self.blackholes.remove(l);
         }
-        for l in &gone.rtt {
-            if !held(&|s| s.rtt.contains(l)) {
-                self.rtt.remove(l);
-            }
+        for l in unheld(&gone.rtt, &self.series, |s| &s.rtt) {
+            self.rtt.remove(l);
         }
         // Workloads no live namespace counts into free their place under
         // the cap.
@@ -126,6 +117,17 @@ impl Metrics {
             .collect();
         self.workloads.retain(&workloads);
     }
+}
+
+/// The label sets of a gone namespace that no live namespace's series
+/// hold (`of` picks one family's sets).
+fn unheld<'a, L: Eq + Hash>(
+    gone: &'a HashSet<L>,
+    live: &'a SeriesByNetns,
+    of: fn(&NetnsSeries) -> &HashSet<L>,
+) -> impl Iterator<Item = &'a L> {
+    gone.iter()
+        .filter(move |l| !live.values().any(|s| of(s).contains(*l)))
 }
 
 #[cfg(test)]
@@ -183,7 +185,7 @@ mod tests {
             .map(|p| m.scope(pod(p), Some(7)))
             .collect();
         assert_eq!(scopes[2].workload, Workload::other());
-        assert_eq!(m.workloads.folded, 1);
+        assert_eq!(m.workloads.folded(), 1);
         assert_eq!(scopes[0].netns.0, Some(7), "--netns-label keeps netns");
         assert_eq!(m.scope(pod("a"), Some(7)).workload, pod("a"));
     }

@@ -120,9 +120,9 @@ impl Directory {
 
     /// Forgets every id not in `live` (containers no socket or namespace
     /// of the node refers to any more: dead, or never ours).
-    pub fn retain(&mut self, live: &HashSet<String>) {
-        self.known.retain(|id, _| live.contains(id));
-        self.retry_at.retain(|id, _| live.contains(id));
+    pub fn retain(&mut self, live: &HashSet<&str>) {
+        self.known.retain(|id, _| live.contains(id.as_str()));
+        self.retry_at.retain(|id, _| live.contains(id.as_str()));
     }
 
     pub fn len(&self) -> usize {
@@ -186,7 +186,7 @@ mod tests {
             d.answered(id.into(), Ok(Some(pod(id))), 0);
         }
         assert_eq!(d.len(), 2, "capped");
-        d.retain(&HashSet::from(["b".to_owned()]));
+        d.retain(&HashSet::from(["b"]));
         assert_eq!(d.len(), 1);
         assert!(d.lookup("b", 0).is_some());
         // Without a runtime every lookup misses, nothing is queued.
