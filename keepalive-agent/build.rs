@@ -1,9 +1,11 @@
 //! Builds the kernel programs (`keepalive-ebpf`) with aya-build (nightly,
-//! bpfel target, bpf-linker) so that `include_bytes_aligned!` can embed them.
+//! bpfel target, bpf-linker) so that `include_bytes_aligned!` can embed them,
+//! and records the git revision and rustc version for `build_info`.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
+    build_info();
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -23,4 +25,32 @@ fn main() -> anyhow::Result<()> {
     };
     aya_build::build_ebpf([package], Toolchain::default())
         .context("building the eBPF programs (needs nightly rust-src and bpf-linker: run `cargo xtask setup`)")
+}
+
+/// `KEEPALIVE_GIT_REVISION` (the commit, "unknown" outside a git checkout)
+/// and `KEEPALIVE_RUSTC_VERSION` for `keepalive_agent_build_info`.
+fn build_info() {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let revision =
+        run("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc = run(&rustc, &["--version"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=KEEPALIVE_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=KEEPALIVE_RUSTC_VERSION={rustc}");
+    // A new commit is a new revision.
+    if let Some(git_dir) = run("git", &["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        if let Some(head_ref) = run("git", &["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={git_dir}/{head_ref}");
+        }
+    }
 }

@@ -44,6 +44,10 @@ fn main() -> std::process::ExitCode {
         cli::args::Command::Advise(args) => cli::advise::advise(args),
         cli::args::Command::Events(args) => cli::client::events(args),
         cli::args::Command::Paths(args) => cli::client::paths(args),
+        cli::args::Command::Health(args) => cli::client::health(args),
+        cli::args::Command::Completions { shell } => cli::docs::completions(shell),
+        cli::args::Command::HashPassword { cost } => cli::docs::hash_password(cost),
+        cli::args::Command::Man { dir } => cli::docs::man_pages(dir.as_deref()),
     };
     let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

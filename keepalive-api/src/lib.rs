@@ -14,7 +14,7 @@ mod record;
 mod socket;
 mod vocab;
 
-pub use lifecycle::{HookStatus, KernelCounters, Line, LineError, Ready, Stopped};
+pub use lifecycle::{HookStatus, KernelCounters, Line, LineError, Ready, Scheme, Stopped};
 pub use path::{Gap, PathRow};
 pub use record::{Keepalive, Record};
 pub use socket::{Owner, Risk, SocketRow};

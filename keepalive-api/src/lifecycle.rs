@@ -38,10 +38,25 @@ pub struct Ready {
     pub interfaces: Vec<String>,
     /// The HTTP API's address (useful with `--listen …:0`).
     pub listen: String,
+    /// The loopback listener of the per-socket endpoints (`--local-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_listen: Option<String>,
+    /// How `listen` is spoken to.
+    #[serde(default)]
+    pub scheme: Scheme,
     /// Sockets in the table after the first inventory.
     pub sockets: usize,
     pub hz: u32,
     pub startup_ms: u64,
+}
+
+/// `listen`'s protocol: TLS when `--web.config.file` gives a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
 }
 
 impl Ready {
@@ -138,6 +153,8 @@ mod tests {
                 live: true,
                 note: None,
             }],
+            local_listen: None,
+            scheme: Scheme::Http,
             interfaces: vec![],
             listen: "127.0.0.1:9977".into(),
             sockets: 3,

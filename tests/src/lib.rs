@@ -27,6 +27,7 @@ pub mod prometheus;
 pub mod rng;
 pub mod scenario;
 pub mod sock;
+pub mod tls;
 pub mod wait;
 pub mod world;
 

@@ -407,7 +407,8 @@ fn a_keepalive_kill_in_a_pod_names_the_pod_in_event_counter_and_alert() {
         agent.metric("keepalive_connection_timeouts_total", &labels),
         Some(1.0)
     );
-    // The alert fires for that pod, its summary naming it.
+    // The alert fires for that pod, its description naming it (the
+    // summary is the same for every pod a notification groups).
     let alert = prom
         .wait_for(Duration::from_secs(30), |p| {
             p.alerts().into_iter().find(|a| {
@@ -425,8 +426,8 @@ fn a_keepalive_kill_in_a_pod_names_the_pod_in_event_counter_and_alert() {
             )
         });
     assert_eq!(alert["labels"]["namespace"], "shop");
-    let summary = alert["annotations"]["summary"].as_str().unwrap_or("");
-    assert!(summary.contains("pod shop/web-1"), "{summary}");
+    let description = alert["annotations"]["description"].as_str().unwrap_or("");
+    assert!(description.contains("pod shop/web-1"), "{description}");
     assert!(alert["labels"].get("netns").is_none(), "{alert:#?}");
     drop(prom);
     agent.stop();

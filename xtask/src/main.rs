@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmd;
+mod mixin;
 mod setup;
 mod vm;
 
@@ -30,8 +31,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check and clippy -D warnings (the kernel programs for bpfel).
+    /// cargo fmt --check and clippy -D warnings (the kernel programs for
+    /// bpfel), and the generated rules file up to date.
     Lint,
+    /// Render deploy/prometheus/keepalive-rules.yml from the mixin's
+    /// template and config (deploy/prometheus/mixin/).
+    Mixin,
     /// Benchmark exactness, overhead and scale (as root); prints figures
     /// beside their targets and writes JSON.
     Bench {
@@ -96,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             cmd::exec("target/release/keepalive-agent", &all)
         }
         Command::Lint => lint(&root),
+        Command::Mixin => mixin::write(&root),
         Command::Bench {
             quick,
             steps,
@@ -166,6 +172,7 @@ fn build() -> anyhow::Result<()> {
 }
 
 fn lint(root: &std::path::Path) -> anyhow::Result<()> {
+    step("rules rendered from the mixin", || mixin::check(root))?;
     step("cargo fmt --check", || {
         cmd::run("cargo", &["fmt", "--all", "--check"])
     })?;

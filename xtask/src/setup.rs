@@ -28,6 +28,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("tcpdump", "tcpdump"),
     ("systemd-analyze", "systemd"),
+    // The secured endpoint is checked with curl (TLS, client certificates,
+    // gzip); the man pages are rendered with groff.
+    ("curl", "curl"),
+    ("groff", "groff-base"),
+    // The Kubernetes overlays are rendered with `kubectl kustomize`.
+    ("kubectl", "kubectl"),
     // The VM kernel matrix: virtme-ng boots kernels with QEMU and builds
     // its initramfs from busybox and the kernel's modules with depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),

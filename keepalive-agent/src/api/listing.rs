@@ -113,6 +113,9 @@ pub fn sockets(
         let chunk = l.next_chunk()?;
         Some((Ok::<_, std::convert::Infallible>(chunk), l))
     });
+    // Fused: gzip's encoder polls once more after the end, which an
+    // unfold may not be.
+    let stream = futures_util::StreamExt::fuse(stream);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),

@@ -3,11 +3,19 @@
 //! timeouts, JSON), `/healthz`. Bad paths are 404, bad
 //! filters 400 with the reason; `/events` clients are capped, and one that
 //! reads too slowly to keep up is disconnected and counted, never buffered
-//! without bound.
+//! without bound. `/metrics`, `/sockets` and `/paths` are gzipped for a
+//! client that asks (`Accept-Encoding`); `/metrics` renders a few at a
+//! time, the rest get 503, counted. A listener can serve the metrics alone
+//! ([`Exposure::MetricsOnly`]): the per-socket endpoints, which name every
+//! process and peer of the node, then answer 404 there and are served on
+//! the loopback listener only.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use axum::{
@@ -18,15 +26,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
+use tower_http::compression::CompressionLayer;
 
 use keepalive_api::Record;
 
 use super::{
     filters::{EVENTS_PARAMS, Filter, FilterError, SOCKETS_PARAMS},
-    metrics::to_prometheus_text,
+    metrics::{agent::ReasonLabels, to_prometheus_text},
     state::{AgentState, Shared},
+    web::{Guard, guard},
 };
 
 /// Query parameters in the order given (so that none is lost unseen).
@@ -49,26 +59,53 @@ pub struct Api {
     pub clients: Arc<AtomicUsize>,
     pub max_clients: usize,
     /// `/sockets` listings being made (see [`super::listing`]).
-    pub listings: Arc<tokio::sync::Semaphore>,
+    pub listings: Arc<Semaphore>,
+    /// `/metrics` renderings at once; more get 503.
+    pub scrapes: Arc<Semaphore>,
 }
 
-pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/sockets", get(sockets))
-        .route("/events", get(events))
-        .route("/paths", get(paths))
+/// What one listener serves.
+#[derive(Clone, Copy, Debug)]
+pub enum Exposure {
+    /// Every endpoint.
+    All,
+    /// `/metrics` and the health checks; the per-socket endpoints are on
+    /// the loopback listener at `local`.
+    MetricsOnly { local: SocketAddr },
+}
+
+/// The routes of a listener, behind `guard` (its credentials and headers).
+pub fn router(api: Api, exposure: Exposure, guarded: Guard) -> Router {
+    let gzip = CompressionLayer::new;
+    let routes = Router::new()
+        .route("/metrics", get(metrics).layer(gzip()))
         .route("/healthz", get(healthz))
         // Liveness only: a hook that can never attach on this node should
         // show in /healthz, not restart the pod in a loop.
-        .route("/livez", get(|| async { "ok\n" }))
-        .fallback(|| async {
+        .route("/livez", get(|| async { "ok\n" }));
+    let routes = match exposure {
+        Exposure::All => routes
+            .route("/sockets", get(sockets).layer(gzip()))
+            .route("/events", get(events))
+            .route("/paths", get(paths).layer(gzip()))
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: try /metrics, /sockets, /events, /paths, /healthz, /livez\n",
+                )
+            }),
+        Exposure::MetricsOnly { local } => routes.fallback(move || async move {
             (
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /sockets, /events, /paths, /healthz, /livez\n",
+                format!(
+                    "not found: this listener serves /metrics, /healthz and /livez; /sockets, /events and /paths are on http://{local} only\n"
+                ),
             )
-        })
+        }),
+    };
+    routes
         .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(guarded, guard))
 }
 
 fn bad_request(reason: FilterError) -> Response {
@@ -84,6 +121,20 @@ fn locked(api: &Api) -> Result<std::sync::MutexGuard<'_, AgentState>, Box<Respon
 /// OpenMetrics when the scraper asks for it (Prometheus does), else the
 /// classic text format.
 async fn metrics(State(api): State<Api>, headers: axum::http::HeaderMap) -> Response {
+    let Ok(_turn) = api.scrapes.clone().try_acquire_owned() else {
+        if let Ok(s) = api.state.lock() {
+            s.metrics
+                .agent
+                .http_refused
+                .get_or_create(&ReasonLabels { reason: "metrics" })
+                .inc();
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent /metrics requests, retry\n",
+        )
+            .into_response();
+    };
     let body = match locked(&api) {
         Ok(mut s) => s.render_metrics(),
         Err(r) => return *r,

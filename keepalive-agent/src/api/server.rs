@@ -7,7 +7,9 @@
 //! open at once: the descriptors beyond are the agent's own (namespaces,
 //! iterators, links), and a client past the cap gets a 503 and a close,
 //! counted. A failing accept (out of descriptors) backs off instead of
-//! spinning, counted and logged once per streak.
+//! spinning, counted and logged once per streak. With a web
+//! configuration's certificate the connection is TLS, its handshake bound
+//! by [`HANDSHAKE_TIMEOUT`] and its failures counted.
 
 use std::{
     io,
@@ -31,9 +33,11 @@ use tokio::{
     time::Sleep,
 };
 
-use super::metrics::agent::ReasonLabels;
+use super::{metrics::agent::ReasonLabels, web::WebSecurity};
 
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS client that has not finished its handshake by then is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the server counts.
@@ -43,21 +47,25 @@ pub struct ServerCounters {
     pub stalled: Counter,
     pub refused: Family<ReasonLabels, Counter>,
     pub accept_errors: Counter,
+    /// TLS handshakes that failed or timed out (plain HTTP to the TLS
+    /// port, a missing or untrusted client certificate).
+    pub handshake_errors: Counter,
 }
 
 /// The reply to a connection past the cap: complete, so a client sees a
 /// status rather than a reset.
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntoo many connections, retry\n";
 
-/// Serves `router` on `listener` until the task is dropped, at most
-/// `max_connections` at a time.
+/// Serves `router` on `listener` until the task is dropped, as many
+/// connections at a time as `slots` has (shared by the listeners: one
+/// descriptor budget).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     counters: ServerCounters,
+    web: WebSecurity,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     // Refusals being written out: a few at a time (each holds a descriptor
     // for up to a quarter second); past that, a refused client is closed
     // at once.
@@ -94,22 +102,45 @@ pub async fn serve(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let stalled = counters.stalled.clone();
+        let counters = counters.clone();
+        let security = web.current();
         tokio::spawn(async move {
             let _slot = slot;
-            let io = TokioIo::new(StallLimited::new(stream, WRITE_STALL_TIMEOUT));
-            let result = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(io, service)
-                .await;
-            if let Err(e) = result {
-                if is_stall(&e) {
-                    stalled.inc();
+            let io = StallLimited::new(stream, WRITE_STALL_TIMEOUT);
+            let Some(tls) = &security.tls else {
+                return connection(io, service, &counters).await;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(io)) => connection(io, service, &counters).await,
+                Ok(Err(e)) => {
+                    counters.handshake_errors.inc();
+                    log::debug!("HTTP API TLS handshake: {e}");
                 }
-                log::debug!("HTTP API connection: {e}");
+                Err(_) => {
+                    counters.handshake_errors.inc();
+                    log::debug!("HTTP API TLS handshake: no handshake in {HANDSHAKE_TIMEOUT:?}");
+                }
             }
         });
+    }
+}
+
+/// One connection's requests, plain or TLS.
+async fn connection<I>(io: I, service: TowerToHyperService<axum::Router>, counters: &ServerCounters)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+    if let Err(e) = result {
+        if is_stall(&e) {
+            counters.stalled.inc();
+        }
+        log::debug!("HTTP API connection: {e}");
     }
 }
 

@@ -37,6 +37,28 @@ pub enum Command {
     /// the longest idle gap survived, the shortest that ended in a reset
     /// or a blackhole, and the known profiles they fit.
     Paths(PathsArgs),
+    /// Ask the running agent whether it is healthy (/healthz: every hook
+    /// attached) or, with --live, whether it answers (/livez): exit 0 or 1.
+    /// For exec probes where the kubelet cannot reach the API.
+    Health(HealthArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Read a password on stdin and print its bcrypt hash, for
+    /// basic_auth_users in --web.config.file.
+    HashPassword {
+        /// bcrypt cost (each step doubles the time to check it).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=16))]
+        cost: u32,
+    },
+    /// Print the man page (roff), made from these definitions; with
+    /// --dir, write one page per command there.
+    Man {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// Path idle timeouts: `PROFILE|SECONDS[@DESTINATION]`.
@@ -56,6 +78,19 @@ pub struct RunArgs {
     /// Address of the HTTP API. Loopback by default: expose it deliberately.
     #[arg(long, env = "KEEPALIVE_LISTEN", default_value = "127.0.0.1:9977")]
     pub listen: SocketAddr,
+    /// A second, loopback-only listener (plain HTTP, no auth) for the
+    /// per-socket endpoints (/sockets, /events, /paths): given, --listen
+    /// serves only /metrics, /healthz and /livez.
+    #[arg(long, env = "KEEPALIVE_LOCAL_LISTEN", value_parser = parse_loopback)]
+    pub local_listen: Option<SocketAddr>,
+    /// TLS and basic auth for --listen, in the Prometheus exporter-toolkit's
+    /// format (node_exporter's --web.config.file); re-read when it or a
+    /// file it names changes. See deploy/web-config.md.
+    #[arg(long = "web.config.file", env = "KEEPALIVE_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
+    /// Concurrent /metrics requests; more get 503.
+    #[arg(long, env = "KEEPALIVE_MAX_METRICS_REQUESTS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub max_metrics_requests: u64,
     #[arg(long = "idle-timeout", env = "KEEPALIVE_IDLE_TIMEOUT", value_delimiter = ',', help = IDLE_TIMEOUT_HELP)]
     pub idle_timeouts: Vec<Rule>,
     /// Ring buffer size in bytes (a power of two, at least 4096).
@@ -227,6 +262,15 @@ pub struct AdviseArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Only whether the agent answers (/livez).
+    #[arg(long)]
+    pub live: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct PathsArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -255,6 +299,19 @@ pub struct EventsArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+fn parse_loopback(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|e| format!("{e} (an address such as 127.0.0.1:9978)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{} is not a loopback address: the per-socket endpoints stay on this node",
+            addr.ip()
+        ));
+    }
+    Ok(addr)
+}
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use keepalive_api::{PathRow, Record, SocketRow};
 
 use super::{
-    args::{EventsArgs, PathsArgs, SocketsArgs},
+    args::{EventsArgs, HealthArgs, PathsArgs, SocketsArgs},
     table, text,
 };
 
@@ -47,6 +47,18 @@ pub fn path_rows(agent: &str) -> anyhow::Result<Vec<PathRow>> {
         .read_to_string()
         .context("reading /paths")?;
     serde_json::from_str(&body).context("parsing /paths")
+}
+
+/// /healthz (or /livez) answered 200: the agent's own words on stdout,
+/// an error (exit 1) otherwise.
+pub fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let path = if args.live { "/livez" } else { "/healthz" };
+    let body = get(&args.agent.agent, path, &[])?
+        .into_body()
+        .read_to_string()
+        .with_context(|| format!("reading {path}"))?;
+    print!("{body}");
+    Ok(())
 }
 
 pub fn paths(args: PathsArgs) -> anyhow::Result<()> {

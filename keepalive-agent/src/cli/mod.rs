@@ -6,5 +6,6 @@
 pub mod advise;
 pub mod args;
 pub mod client;
+pub mod docs;
 pub mod table;
 pub mod text;

@@ -135,6 +135,9 @@ pub struct Polled {
     /// Namespaces gone since the last poll (or replaced by one that took
     /// their inode): what was said of them must be forgotten.
     pub gone: Vec<u64>,
+    /// Namespaces read, and the errors of those that could not be.
+    pub read: usize,
+    pub errors: Vec<SysctlError>,
 }
 
 impl SysctlWatch {
@@ -166,6 +169,7 @@ impl SysctlWatch {
         let mut gone = Vec::new();
         let mut next = HashMap::with_capacity(readings.len());
         let mut cookies = HashMap::with_capacity(readings.len());
+        let (mut read, mut errors) = (0, Vec::new());
         for (netns, cookie, result) in readings {
             if let Some(cookie) = cookie {
                 cookies.insert(netns, cookie);
@@ -183,6 +187,7 @@ impl SysctlWatch {
                     if let Some(old) = self.last.get(&netns) {
                         next.insert(netns, *old);
                     }
+                    errors.push(e);
                     continue;
                 }
             };
@@ -203,11 +208,17 @@ impl SysctlWatch {
                 }
             }
             next.insert(netns, now);
+            read += 1;
         }
         gone.extend(self.last.keys().filter(|n| !next.contains_key(n)));
         self.last = next;
         self.cookies = cookies;
-        Polled { changes, gone }
+        Polled {
+            changes,
+            gone,
+            read,
+            errors,
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use attach::{Attached, Ring, attach};
-use keepalive_api::{Line, Ready, Record, Stopped};
+use keepalive_api::{Line, Ready, Record, Scheme, Stopped};
 use keepalive_common::KernelConfig;
 use log::{info, warn};
 use ring::{Printing, Sink, read_ring};
@@ -32,8 +32,10 @@ use crate::{
     api::{
         metrics::{Metrics, MetricsConfig},
         naming::Naming,
-        routes, server,
+        routes::{self, Exposure},
+        server,
         state::{AgentState, Shared},
+        web::{Guard, WebSecurity},
     },
     bpf::counters::CounterReader,
     cli::args::{RunArgs, UsageError},
@@ -47,8 +49,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     // Before the kernel is touched: a busy or foreign address is a usage
     // error (exit 2), not a failure after every program was loaded.
-    let listener = std::net::TcpListener::bind(args.listen)
-        .map_err(|e| UsageError(format!("--listen {}: {e}", args.listen)))?;
+    let listeners = Listeners::bind(&args)?;
     let nofile = process::raise_nofile_limit();
     let config = prepare()?;
     tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +57,39 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(args, listener, nofile, config, started))
+        .block_on(run(args, listeners, nofile, config, started))
+}
+
+/// The HTTP API's sockets and the main one's security, made before the
+/// kernel is touched: a busy address or a bad web configuration is a
+/// usage error (exit 2).
+struct Listeners {
+    main: std::net::TcpListener,
+    web: WebSecurity,
+    /// The loopback listener of the per-socket endpoints.
+    local: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(args: &RunArgs) -> Result<Self, UsageError> {
+        let bind = |flag: &str, addr: std::net::SocketAddr| {
+            std::net::TcpListener::bind(addr).map_err(|e| UsageError(format!("{flag} {addr}: {e}")))
+        };
+        let web = match &args.web_config_file {
+            Some(path) => {
+                WebSecurity::load(path).map_err(|e| UsageError(format!("--web.config.file {e}")))?
+            }
+            None => WebSecurity::plain(),
+        };
+        Ok(Listeners {
+            main: bind("--listen", args.listen)?,
+            web,
+            local: args
+                .local_listen
+                .map(|addr| bind("--local-listen", addr))
+                .transpose()?,
+        })
+    }
 }
 
 /// Privileges and kernel offsets, while this is the only thread.
@@ -117,7 +150,7 @@ impl Signals {
 
 async fn run(
     args: RunArgs,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     nofile: u64,
     config: KernelConfig,
     started: Instant,
@@ -127,11 +160,13 @@ async fn run(
     let clock = Clock::new(attached.hz);
     let (state, sysctl_watch) = build_state(&args, &mut attached, &clock)?;
     let (events, _) = broadcast::channel::<Arc<Record>>(4096);
-    let listen = serve(&args, listener, nofile, &state, &events)?;
+    let served = serve(&args, listeners, nofile, &state, &events)?;
     let ready = Ready {
         hooks: attached.hooks.clone(),
         interfaces: attached.tc.interfaces(),
-        listen: listen.to_string(),
+        listen: served.listen.to_string(),
+        local_listen: served.local.map(|a| a.to_string()),
+        scheme: served.scheme,
         sockets: lock(&state)?.table.len(),
         hz: attached.hz,
         startup_ms: started.elapsed().as_millis() as u64,
@@ -191,14 +226,22 @@ fn build_state(
     Ok((state, watch))
 }
 
-/// The HTTP API, on its own task, on the listener bound at start.
+/// Where the API is served.
+struct Served {
+    listen: std::net::SocketAddr,
+    scheme: Scheme,
+    local: Option<std::net::SocketAddr>,
+}
+
+/// The HTTP API on the listeners bound at start, each on its own task,
+/// and the web configuration's watch.
 fn serve(
     args: &RunArgs,
-    listener: std::net::TcpListener,
+    listeners: Listeners,
     nofile: u64,
     state: &Shared,
     events: &broadcast::Sender<Arc<Record>>,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<Served> {
     let api = routes::Api {
         state: state.clone(),
         events: events.clone(),
@@ -207,33 +250,84 @@ fn serve(
         listings: Arc::new(tokio::sync::Semaphore::new(
             crate::api::listing::CONCURRENT_LISTINGS,
         )),
+        scrapes: Arc::new(tokio::sync::Semaphore::new(
+            args.max_metrics_requests as usize,
+        )),
     };
-    listener
-        .set_nonblocking(true)
-        .context("the HTTP API's socket")?;
-    let listener = tokio::net::TcpListener::from_std(listener).context("the HTTP API's socket")?;
-    let listen = listener
-        .local_addr()
-        .context("reading the HTTP API's address")?;
+    // One descriptor budget for both listeners.
     let max_connections = process::connection_cap(args.max_connections, nofile);
-    info!(
-        "HTTP API on http://{listen} (at most {max_connections} connections; {nofile} descriptors)"
-    );
-    let counters = {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let (counters, unauthorized, reloads) = {
         let s = lock(state)?;
-        server::ServerCounters {
-            stalled: s.metrics.agent.clients_dropped.clone(),
-            refused: s.metrics.agent.http_refused.clone(),
-            accept_errors: s.metrics.agent.http_accept_errors.clone(),
+        let a = &s.metrics.agent;
+        let counters = server::ServerCounters {
+            stalled: a.clients_dropped.clone(),
+            refused: a.http_refused.clone(),
+            accept_errors: a.http_accept_errors.clone(),
+            handshake_errors: a.http_tls_handshake_errors.clone(),
+        };
+        (counters, a.http_unauthorized.clone(), a.web_reload.clone())
+    };
+    let tokio_listener = |l: std::net::TcpListener| -> anyhow::Result<_> {
+        l.set_nonblocking(true).context("the HTTP API's socket")?;
+        let l = tokio::net::TcpListener::from_std(l).context("the HTTP API's socket")?;
+        let addr = l.local_addr().context("reading the HTTP API's address")?;
+        Ok((l, addr))
+    };
+    let (main, listen) = tokio_listener(listeners.main)?;
+    let mut local_addr = None;
+    let exposure = match listeners.local {
+        Some(local) => {
+            let (local, addr) = tokio_listener(local)?;
+            info!("per-socket endpoints (/sockets, /events, /paths) on http://{addr} only");
+            let guard = Guard {
+                web: WebSecurity::plain(),
+                refused: unauthorized.clone(),
+            };
+            tokio::spawn(server::serve(
+                local,
+                routes::router(api.clone(), Exposure::All, guard),
+                slots.clone(),
+                counters.clone(),
+                WebSecurity::plain(),
+            ));
+            local_addr = Some(addr);
+            Exposure::MetricsOnly { local: addr }
         }
+        None => Exposure::All,
+    };
+    let web = listeners.web;
+    let security = web.current();
+    info!(
+        "HTTP API on {}://{listen}{} (at most {max_connections} connections; {nofile} descriptors)",
+        security.scheme(),
+        if security.auth.is_some() {
+            ", basic auth"
+        } else {
+            ""
+        },
+    );
+    let guard = Guard {
+        web: web.clone(),
+        refused: unauthorized,
     };
     tokio::spawn(server::serve(
-        listener,
-        routes::router(api),
-        max_connections,
+        main,
+        routes::router(api, exposure, guard),
+        slots,
         counters,
+        web.clone(),
     ));
-    Ok(listen)
+    tokio::spawn(web.watch(reloads));
+    Ok(Served {
+        listen,
+        scheme: if security.tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        },
+        local: local_addr,
+    })
 }
 
 /// Follows the ring buffer and does the periodic work until a signal.

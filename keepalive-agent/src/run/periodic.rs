@@ -29,9 +29,12 @@ use crate::{
 /// hook's status (for `/healthz` and `hook_up`) follows what is attached
 /// now. A scan that cannot list the namespaces changes nothing.
 pub fn tc(attached: &mut Attached, state: &Shared) {
+    let started = std::time::Instant::now();
     let synced = attached.tc.sync(&mut attached.ebpf, &attached.filter);
     let Ok(mut s) = state.lock() else { return };
-    s.metrics.agent.scanned(Scan::Tc, synced.is_ok());
+    s.metrics
+        .agent
+        .scanned(Scan::Tc, synced.is_ok(), started.elapsed());
     let report = match synced {
         Ok(report) => report,
         Err(e) => {
@@ -59,12 +62,15 @@ pub fn inventory(attached: &mut Attached, state: &Shared, clock: &Clock) {
     if !attached.inventory_live {
         return;
     }
+    let started = std::time::Instant::now();
     let scanned = scan_sockets(&mut attached.ebpf, state, clock);
     if let Err(e) = &scanned {
         warn!("socket inventory skipped, the table kept as it is: {e}");
     }
     if let Ok(s) = state.lock() {
-        s.metrics.agent.scanned(Scan::Inventory, scanned.is_ok());
+        s.metrics
+            .agent
+            .scanned(Scan::Inventory, scanned.is_ok(), started.elapsed());
     }
 }
 
@@ -81,7 +87,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     };
     s.table.begin_inventory();
     drop(s);
-    let (mut total, mut namespaces) = (0, 0);
+    let (mut total, mut namespaces, mut errors) = (0, 0, Vec::new());
     for ns in all {
         // The lock is taken per chunk: the ring buffer's reader needs it too.
         let scanned = iter::scan(ebpf, &ns, |records| {
@@ -102,8 +108,19 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
                     s.metrics.agent.gone_unseen.inc_by(unseen as u64);
                 }
             }
-            Err(e) => log::debug!("{e}"),
+            Err(e) => {
+                log::debug!("{e}");
+                errors.push(e);
+            }
         }
+    }
+    if let Ok(s) = state.lock() {
+        let errors = errors
+            .iter()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        s.metrics
+            .agent
+            .namespaces_read(Scan::Inventory, namespaces, errors);
     }
     let wanted: HashSet<u64> = match state.lock() {
         Ok(s) => s.table.ownerless_inodes(),
@@ -222,12 +239,15 @@ pub fn expire_in_flight(map: &mut BpfHashMap<MapData, FlowKey, ProbeInFlight>, s
 
 /// The sysctls read, their outcome counted and logged.
 pub fn sysctls(watch: &mut sysctl::SysctlWatch, state: &Shared, sink: Option<&Sink>) {
+    let started = std::time::Instant::now();
     let read = refresh_sysctls(watch, state, sink);
     if let Err(e) = &read {
         warn!("keepalive sysctls not read, the last readings kept: {e}");
     }
     if let Ok(s) = state.lock() {
-        s.metrics.agent.scanned(Scan::Sysctl, read.is_ok());
+        s.metrics
+            .agent
+            .scanned(Scan::Sysctl, read.is_ok(), started.elapsed());
     }
 }
 
@@ -247,6 +267,13 @@ fn refresh_sysctls(
         for netns in &polled.gone {
             s.metrics.forget_netns(*netns as u32);
         }
+        let errors = polled
+            .errors
+            .iter()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        s.metrics
+            .agent
+            .namespaces_read(Scan::Sysctl, polled.read, errors);
     }
     let changes = polled.changes;
     let Some(sink) = sink else { return Ok(()) };

@@ -10,13 +10,22 @@ impl Agent {
         self.ready.listen.clone()
     }
 
-    /// GET `path`: (status, body).
+    /// Where the per-socket endpoints are: the loopback listener when
+    /// there is one.
+    pub fn api_addr(&self) -> &str {
+        self.ready
+            .local_listen
+            .as_deref()
+            .unwrap_or(&self.ready.listen)
+    }
+
+    /// GET `path` (plain HTTP, on [`Self::api_addr`]): (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        crate::http::get(&self.ready.listen, path, "*/*")
+        crate::http::get(self.api_addr(), path, "*/*")
     }
 
     pub fn get_with_accept(&self, path: &str, accept: &str) -> (u16, String) {
-        crate::http::get(&self.ready.listen, path, accept)
+        crate::http::get(self.api_addr(), path, accept)
     }
 
     /// `/sockets?QUERY` as rows.

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(crate) const ALERTS: [&str; 8] = [
+pub(crate) const ALERTS: [&str; 11] = [
     "KeepaliveConnectionTimeouts",
     "KeepaliveIdleResets",
     "KeepaliveIdleBlackholes",
@@ -10,10 +10,27 @@ pub(crate) const ALERTS: [&str; 8] = [
     "KeepaliveAgentLosingEvents",
     "KeepaliveAgentTableFull",
     "KeepaliveAgentDown",
+    "KeepaliveAgentAbsent",
+    "KeepaliveAgentKernelReadErrors",
+    "KeepaliveAgentWebConfigReloadFailed",
     "KeepaliveAgentHookDown",
 ];
 
-fn alert_rules() -> Vec<Value> {
+/// Alerts about events (each one is news): they keep firing for a while
+/// after the last one instead of flapping.
+const EVENT_ALERTS: [&str; 6] = [
+    "KeepaliveConnectionTimeouts",
+    "KeepaliveIdleResets",
+    "KeepaliveIdleBlackholes",
+    "KeepaliveAgentLosingEvents",
+    "KeepaliveAgentTableFull",
+    "KeepaliveAgentKernelReadErrors",
+];
+
+/// The selector of the mixin's config, in every expression.
+const SELECTOR: &str = r#"job=~"keepalive-agent.*""#;
+
+fn all_rules() -> Vec<Value> {
     yaml(&deploy("prometheus/keepalive-rules.yml"))[0]["groups"]
         .as_array()
         .expect("groups")
@@ -22,31 +39,74 @@ fn alert_rules() -> Vec<Value> {
         .collect()
 }
 
-/// The eight alerts, each with a severity, a summary, a description and a
-/// runbook; no recording rules, no duplicates.
+/// The anchors of docs/runbooks.md's sections (GitHub's: lower case).
+fn runbook_anchors() -> BTreeSet<String> {
+    read(&repo().join("docs/runbooks.md"))
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect()
+}
+
+/// The alerts, each with a severity, a summary without labels (the same
+/// for every alert a notification groups), a description and a
+/// runbook_url to its own section of docs/runbooks.md; event alerts with
+/// keep_firing_for; every expression with the mixin's selector; recording
+/// rules named level:metric:operations.
 fn assert_rule_shapes() -> usize {
-    let rules = alert_rules();
+    let rules = all_rules();
     let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
     assert_eq!(
         names.iter().copied().collect::<BTreeSet<_>>(),
         ALERTS.into_iter().collect::<BTreeSet<_>>()
     );
-    assert_eq!(names.len(), rules.len(), "recording rules or duplicates");
+    assert_eq!(names.len(), ALERTS.len(), "duplicate alerts");
+    let anchors = runbook_anchors();
     for r in &rules {
-        let name = &r["alert"];
+        let expr = r["expr"].as_str().expect("expr");
+        if let Some(record) = r["record"].as_str() {
+            assert_eq!(
+                record.split(':').count(),
+                3,
+                "{record}: level:metric:operations"
+            );
+            assert!(
+                expr.contains(SELECTOR) || expr.contains(':'),
+                "{record}: no selector"
+            );
+            continue;
+        }
+        let name = r["alert"].as_str().expect("alert");
         assert!(
             ["critical", "warning", "info"]
                 .contains(&r["labels"]["severity"].as_str().unwrap_or("")),
             "{name}: severity"
         );
-        for a in ["summary", "description", "runbook"] {
-            assert!(
-                r["annotations"][a].as_str().is_some_and(|s| s.len() > 20),
-                "{name}: annotation {a}"
-            );
-        }
+        assert!(
+            expr.contains(SELECTOR),
+            "{name}: expression without the selector"
+        );
+        let summary = r["annotations"]["summary"].as_str().unwrap_or("");
+        assert!(
+            summary.len() > 20 && !summary.contains("{{"),
+            "{name}: summary {summary:?}"
+        );
+        let description = r["annotations"]["description"].as_str().unwrap_or("");
+        assert!(description.len() > 40, "{name}: description");
+        let url = r["annotations"]["runbook_url"].as_str().unwrap_or("");
+        let anchor = url.rsplit_once('#').map(|(_, a)| a).unwrap_or("");
+        assert!(
+            url.contains("docs/runbooks.md#")
+                && anchor == name.to_lowercase()
+                && anchors.contains(anchor),
+            "{name}: runbook_url {url:?} (sections: {anchors:?})"
+        );
+        assert_eq!(
+            r.get("keep_firing_for").is_some(),
+            EVENT_ALERTS.contains(&name),
+            "{name}: keep_firing_for"
+        );
     }
-
     rules.len()
 }
 
@@ -106,9 +166,10 @@ fn assert_first_timeout_branch_is_needed(rules_path: &Path, test_path: &Path) {
     for g in doc["groups"].as_array_mut().unwrap() {
         for r in g["rules"].as_array_mut().unwrap() {
             if r["alert"] == "KeepaliveConnectionTimeouts" {
-                r["expr"] =
-                    r#"increase(keepalive_connection_timeouts_total{cause="keepalive"}[5m]) > 0"#
-                        .into();
+                r["expr"] = format!(
+                    r#"increase(keepalive_connection_timeouts_total{{{SELECTOR}, cause="keepalive"}}[5m]) > 0"#
+                )
+                .into();
             }
         }
     }

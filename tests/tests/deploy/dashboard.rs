@@ -44,7 +44,9 @@ pub(crate) fn substitute(expr: &str, vars: &[String]) -> String {
     let mut e = expr
         .replace("$__rate_interval", "30s")
         .replace("$__interval", "5s")
-        .replace("$__range", "1m");
+        // The whole life of the test's Prometheus: "since" panels count from
+        // the first sample.
+        .replace("$__range", "1h");
     for v in vars {
         e = e
             .replace(&format!("${{{v}}}"), ".*")
@@ -146,7 +148,7 @@ fn assert_queries(d: &Value, names: Vec<String>) -> (usize, Vec<String>) {
     for (title, _, expr) in &qs {
         substitute(expr, &var_names);
         assert!(
-            expr.contains("keepalive_") || expr.contains("up{"),
+            expr.contains("keepalive_") || expr.contains("up{") || expr.contains("process_"),
             "{title}: {expr}"
         );
     }
@@ -172,7 +174,11 @@ fn assert_queries(d: &Value, names: Vec<String>) -> (usize, Vec<String>) {
         "keepalive_agent_hook_up",
         "keepalive_agent_tc_interfaces",
         "sum by (class, port) (rate(keepalive_connection_resets_total",
-        "sum by (instance, namespace, pod, netns, port) (keepalive_idle_blackholes_total",
+        "sum by (instance, namespace, pod, netns, port) ((increase(keepalive_idle_blackholes_total",
+        "rate(process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "keepalive_agent_scan_duration_seconds",
+        "keepalive_agent_web_config_last_reload_successful",
         "topk(10, sum by (namespace, pod) (increase(keepalive_connection_timeouts_total",
         "topk(10, sum by (namespace, pod) (keepalive_sockets_at_risk",
         "max by (path) (keepalive_path_idle_survived_seconds",
@@ -185,6 +191,45 @@ fn assert_queries(d: &Value, names: Vec<String>) -> (usize, Vec<String>) {
 }
 
 /// Provisioning files point at a folder and a Prometheus data source.
+/// The monitoring mixins' conventions: rates in `pps`, no raw counter
+/// shown as "since" (a restart resets it: increase over the range
+/// instead), links to the runbooks from the dashboard and the panels
+/// alerts are about.
+fn assert_mixin_conventions(d: &Value) {
+    let mut linked = 0;
+    for p in panels(d) {
+        let title = p["title"].as_str().unwrap_or_default();
+        let unit = p["fieldConfig"]["defaults"]["unit"]
+            .as_str()
+            .unwrap_or_default();
+        assert_ne!(unit, "reqps", "{title}: rates are pps");
+        assert!(!title.contains("since agent start"), "{title}");
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            let counter_shown_raw =
+                expr.contains("_total{") && !expr.contains("rate(") && !expr.contains("increase(");
+            assert!(!counter_shown_raw, "{title}: a raw counter: {expr}");
+        }
+        linked += p["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| {
+                l["url"]
+                    .as_str()
+                    .is_some_and(|u| u.contains("runbooks.md#"))
+            })
+            .count();
+    }
+    assert!(linked >= 8, "{linked} panels link to a runbook");
+    assert!(
+        d["links"].as_array().into_iter().flatten().any(|l| l["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("docs/runbooks.md"))),
+        "no dashboard link to the runbooks"
+    );
+}
+
 fn assert_provisioning_files() {
     let provider = &yaml(&deploy("grafana/provisioning/dashboards/keepalive.yaml"))[0];
     assert_eq!(provider["providers"][0]["type"], "file");
@@ -199,6 +244,7 @@ fn dashboard_is_provisioning_ready() {
     let names = assert_variables(&d);
     assert_panels_on_the_grid(&d);
     let (queries, var_names) = assert_queries(&d, names);
+    assert_mixin_conventions(&d);
     assert_provisioning_files();
     eprintln!(
         "dashboard: {} panels, {queries} queries, variables {var_names:?}",

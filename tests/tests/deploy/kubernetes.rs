@@ -142,10 +142,14 @@ fn assert_container(c: &Value) {
         DAEMONSET_CAPS.iter().map(|s| s.to_string()).collect()
     );
     let env = container_env(c);
+    // Metrics on the node's address over TLS with auth; the per-socket
+    // endpoints on loopback only.
     assert_eq!(
         env.get("KEEPALIVE_LISTEN").map(String::as_str),
-        Some("0.0.0.0:9977")
+        Some("$(HOST_IP):9977")
     );
+    assert_exposure(c);
+    assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
     let port = c["ports"]
         .as_array()
         .unwrap()
@@ -160,6 +164,7 @@ fn assert_container(c: &Value) {
     ] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe}");
+        assert_eq!(c[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
     }
     for (k, v) in [
         ("requests", "cpu"),
@@ -177,26 +182,21 @@ fn assert_host_paths(pod: &Value, c: &Value) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().unwrap(),
-                v["hostPath"]["path"]
-                    .as_str()
-                    .expect("only hostPath volumes"),
-            )
-        })
+        .filter_map(|v| Some((v["name"].as_str()?, v["hostPath"]["path"].as_str()?)))
         .collect();
     assert_eq!(
         volumes.values().copied().collect::<BTreeSet<_>>(),
         BTreeSet::from([
             "/sys/kernel/btf",
-            "/boot",
             "/run/netns",
             "/run/containerd/containerd.sock"
         ]),
-        "no /proc from the host: hostPID shows the host's processes; the runtime's socket alone"
+        "no /proc from the host: hostPID shows the host's processes; the runtime's socket alone; no /boot (HZ is measured)"
     );
     for m in c["volumeMounts"].as_array().unwrap() {
+        if !volumes.contains_key(m["name"].as_str().unwrap()) {
+            continue;
+        }
         assert_eq!(m["readOnly"], true, "{m}");
         assert_eq!(
             m["mountPath"].as_str(),
@@ -267,6 +267,8 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         .as_object()
         .unwrap();
     assert_pod(&objects, pod);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
@@ -278,6 +280,112 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         "kubernetes: {} API objects valid against {K8S_VERSIONS:?}, PodMonitor shape checked",
         api_files.len()
     );
+}
+
+/// Nothing per-socket reachable unauthenticated from the network: either
+/// everything is on loopback, or the network listener has a web config
+/// (its Secret mounted where the file is named) and the per-socket
+/// endpoints have a loopback listener of their own. Probes reach what
+/// they can: HTTPS on the network listener, else `keepalive-agent health`
+/// inside the container.
+fn assert_exposure(c: &Value) {
+    let env = container_env(c);
+    let listen = env.get("KEEPALIVE_LISTEN").expect("KEEPALIVE_LISTEN");
+    let loopback = listen.starts_with("127.") || listen.starts_with("[::1]");
+    if !loopback {
+        let local = env
+            .get("KEEPALIVE_LOCAL_LISTEN")
+            .expect("a loopback listener for /sockets");
+        assert!(local.starts_with("127."), "KEEPALIVE_LOCAL_LISTEN {local}");
+        let config = env
+            .get("KEEPALIVE_WEB_CONFIG_FILE")
+            .expect("a web config on {listen}");
+        let dir = Path::new(config).parent().unwrap().to_str().unwrap();
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == dir),
+            "{config}: nothing mounted at {dir}"
+        );
+    }
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let p = &c[probe];
+        match (p.get("httpGet"), p.get("exec")) {
+            (Some(get), None) => {
+                assert!(!loopback, "{probe}: the kubelet cannot reach {listen}");
+                assert_eq!(get["scheme"], "HTTPS", "{probe}");
+            }
+            (None, Some(exec)) => {
+                let cmd = strings(&exec["command"]);
+                assert_eq!(
+                    cmd[..2],
+                    ["/usr/local/bin/keepalive-agent", "health"],
+                    "{probe}"
+                );
+            }
+            other => panic!("{probe}: {other:?}"),
+        }
+    }
+}
+
+/// The overlays (and the base) as `kubectl kustomize` renders them: valid
+/// against the schemas, and nothing per-socket reachable from the network.
+#[test]
+fn kustomize_overlays_render_valid_and_keep_sockets_off_the_network() {
+    require_validator();
+    require_tool("kubectl", "apt-get install kubectl (cargo xtask setup)");
+    let tmp = prometheus::temp_dir("keepalive-kustomize");
+    for dir in [
+        "kubernetes",
+        "overlays/metrics-tls",
+        "overlays/metrics-mtls",
+        "overlays/loopback-only",
+    ] {
+        let (ok, out) = run(
+            "kubectl",
+            &["kustomize", deploy(dir).to_str().unwrap()],
+            None,
+        );
+        assert!(ok, "kubectl kustomize {dir}:\n{out}");
+        let rendered = tmp.join(dir.replace('/', "-") + ".yaml");
+        std::fs::write(&rendered, &out).unwrap();
+        let docs = yaml(&rendered);
+        let mut api_files = Vec::new();
+        for (i, d) in docs.iter().enumerate() {
+            if d["apiVersion"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("monitoring.coreos.com/")
+            {
+                let endpoint = &d["spec"]["podMetricsEndpoints"][0];
+                assert_eq!(endpoint["scheme"], "https", "{dir}: PodMonitor");
+                assert!(
+                    endpoint["basicAuth"]["password"]["name"].is_string(),
+                    "{dir}"
+                );
+                continue;
+            }
+            let f = tmp.join(format!("{}-{i}.json", dir.replace('/', "-")));
+            std::fs::write(&f, d.to_string()).unwrap();
+            api_files.push(f);
+        }
+        for version in K8S_VERSIONS {
+            let (ok, out) = validate(&api_files, version);
+            assert!(
+                ok && !out.contains("ERROR"),
+                "{dir}: kubernetes-validate -k {version}:\n{out}"
+            );
+        }
+        let ds = docs
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .expect("a DaemonSet");
+        assert_exposure(&ds["spec"]["template"]["spec"]["containers"][0]);
+        eprintln!("kustomize {dir}: {} objects valid", docs.len());
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 pub(crate) fn container_env(c: &Value) -> BTreeMap<String, String> {

@@ -114,3 +114,4 @@ mod kubernetes;
 mod privileges;
 mod prometheus_e2e;
 mod systemd;
+mod web;

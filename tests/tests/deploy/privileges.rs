@@ -267,8 +267,8 @@ fn start_healthy(
     let port = prometheus::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut env = base_env.clone();
-    // Loopback here, where the DaemonSet says 0.0.0.0: the test opens no
-    // port to the network.
+    // A port of its own on loopback (the DaemonSet's own listeners are
+    // replaced where its env is read).
     env.insert("KEEPALIVE_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert("KEEPALIVE_INVENTORY_SECONDS".into(), "1".into());
     // Its namespace is an `ip netns` one: series told apart by inode.
@@ -412,7 +412,15 @@ fn deployed_privileges_are_enough_for_the_agent_and_each_is_needed() {
         .iter()
         .map(|n| cap_number(n))
         .collect();
-    let ds_env = container_env(c);
+    let mut ds_env = container_env(c);
+    // One plain loopback listener here, where the DaemonSet puts TLS on
+    // the node's address (the web suite's subject) and the per-socket
+    // endpoints on 127.0.0.1:9977: the test opens no port to the network
+    // and needs no Secret.
+    ds_env.insert("KEEPALIVE_LISTEN".into(), "127.0.0.1:0".into());
+    for secured in ["KEEPALIVE_LOCAL_LISTEN", "KEEPALIVE_WEB_CONFIG_FILE"] {
+        ds_env.remove(secured);
+    }
     let ds_args_owned = strings(&c["args"]);
     let ds_args: Vec<&str> = ds_args_owned.iter().map(String::as_str).collect();
     // The unit's command line and capabilities, as a transient user.

@@ -9,6 +9,7 @@ use super::*;
 use crate::{
     alerts::ALERTS,
     dashboard::{dashboard, queries, query_variables, substitute},
+    web,
 };
 
 /// The agent, Prometheus scraping it, and the namespaces of the traffic.
@@ -63,24 +64,31 @@ fn start() -> World {
     // have data.
     let containerd = Containerd::start();
     let socket = containerd.socket.to_string_lossy().into_owned();
-    let agent = Agent::start(&[
-        "--idle-timeout",
-        "aws-nlb",
-        "--inventory-seconds",
-        "1",
-        "--runtime-socket",
-        &socket,
-        "--node-name",
-        NODE,
-    ]);
-    let listen = agent.addr();
+    // Scraped as the DaemonSet example is: TLS with a client certificate
+    // and basic auth on --listen, the per-socket endpoints on loopback.
+    let secured = web::secured(
+        "RequireAndVerifyClientCert",
+        &[
+            "--idle-timeout",
+            "aws-nlb",
+            "--inventory-seconds",
+            "1",
+            "--runtime-socket",
+            &socket,
+            "--node-name",
+            NODE,
+        ],
+    );
+    let listen = secured.agent.addr();
     let rules = deploy("prometheus/keepalive-rules.yml");
     let prom = Prometheus::start(&format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          rule_files:\n  - {}\n\
-         scrape_configs:\n  - job_name: keepalive-agent\n    static_configs:\n      - targets: [\"{listen}\"]\n        labels:\n          node: {NODE}\n",
-        rules.display()
+         scrape_configs:\n{}",
+        rules.display(),
+        secured.scrape_config("keepalive-agent", &format!("node: {NODE}"))
     ));
+    let agent = secured.agent;
     prom.wait_for(Duration::from_secs(15), |p| {
         (!p.query(r#"up{job="keepalive-agent"} == 1"#).is_empty()).then_some(())
     })
@@ -278,9 +286,15 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
     );
     assert_eq!(fired["labels"]["severity"], "warning");
     assert!(
-        fired["annotations"]["runbook"]
+        fired["annotations"]["description"]
             .as_str()
-            .is_some_and(|r| r.contains("net.ipv4.tcp_keepalive_time") && r.contains(listen)),
+            .is_some_and(|r| r.contains("ETIMEDOUT") && r.contains(listen)),
+        "{fired:#}"
+    );
+    assert!(
+        fired["annotations"]["runbook_url"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("runbooks.md#keepaliveconnectiontimeouts")),
         "{fired:#}"
     );
     // Its `for` is 15 minutes: pending proves the expression matched the
@@ -301,9 +315,9 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
         let a = alert(prom, name, ns, true)
             .unwrap_or_else(|| panic!("{name} for {ns}: {:#?}", prom.alerts()));
         assert!(
-            a["annotations"]["runbook"]
+            a["annotations"]["runbook_url"]
                 .as_str()
-                .is_some_and(|r| r.contains("net.ipv4.tcp_keepalive_time") && r.contains("paths")),
+                .is_some_and(|r| r.ends_with(&format!("#{}", name.to_lowercase()))),
             "{a:#}"
         );
     }
@@ -329,9 +343,12 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
     );
     for quiet in [
         "KeepaliveAgentDown",
+        "KeepaliveAgentAbsent",
         "KeepaliveAgentHookDown",
         "KeepaliveAgentLosingEvents",
         "KeepaliveAgentTableFull",
+        "KeepaliveAgentKernelReadErrors",
+        "KeepaliveAgentWebConfigReloadFailed",
     ] {
         assert!(
             !alerts.iter().any(|a| a["labels"]["alertname"] == quiet),
@@ -339,7 +356,20 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
         );
     }
     let rules_loaded = prom.rules();
-    assert_eq!(rules_loaded.len(), ALERTS.len());
+    let alerting = rules_loaded
+        .iter()
+        .filter(|r| r["type"] == "alerting")
+        .count();
+    assert_eq!(alerting, ALERTS.len());
+    // The recording rules record: the dashboard's per-workload rates.
+    for record in rules_loaded.iter().filter(|r| r["type"] == "recording") {
+        let name = record["name"].as_str().unwrap_or_default();
+        // rate() needs two samples of a series the last events created.
+        prom.wait_for(Duration::from_secs(15), |p| {
+            (!p.query(name).is_empty()).then_some(())
+        })
+        .unwrap_or_else(|| panic!("recording rule {name} has no data"));
+    }
     for r in &rules_loaded {
         assert_eq!(
             r["health"], "ok",
@@ -410,7 +440,7 @@ fn assert_panels(results: &Results, t: &Traffic) {
     assert_eq!(
         sample(
             results,
-            "Connections killed since agent start",
+            "Connections killed in the time range",
             "A",
             &killed
         ),
@@ -424,7 +454,7 @@ fn assert_panels(results: &Results, t: &Traffic) {
         "the keepalive-off client"
     );
     let reset = [("netns", t.ns_reset.as_str()), ("class", "idle_reset")];
-    let since = "Resets and blackholes since agent start";
+    let since = "Resets and blackholes in the time range";
     assert_eq!(sample(results, since, "A", &reset), Some(1.0));
     let dropped = [("netns", t.ns_drop.as_str())];
     assert_eq!(sample(results, since, "B", &dropped), Some(1.0));

@@ -91,3 +91,86 @@ fn systemd_unit_verifies_and_keeps_what_the_agent_needs() {
     );
     eprintln!("systemd: verify clean, exposure {exposure}");
 }
+
+/// The install path's completions and man pages come from the binary
+/// itself: each shell's script names the flags, bash loads its own, the
+/// pages render with the run command's flags.
+#[test]
+fn completions_and_man_pages_are_made_by_the_binary_as_the_install_path_says() {
+    let readme = read(&deploy("systemd/README.md"));
+    let binary = agent::binary();
+    let tmp = prometheus::temp_dir("keepalive-docs");
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(
+            readme.contains(&format!("keepalive-agent completions {shell}")),
+            "the install path does not install the {shell} completions"
+        );
+        let out = Command::new(&binary)
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        assert!(out.status.success(), "completions {shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("web.config.file") && script.contains("local-listen"),
+            "{shell}: {script:.300}"
+        );
+        std::fs::write(tmp.join(shell), script.as_bytes()).unwrap();
+    }
+    let bash = tmp.join("bash");
+    let (ok, out) = run(
+        "bash",
+        &[
+            "-c",
+            &format!("source {} && complete -p keepalive-agent", bash.display()),
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("keepalive-agent"),
+        "bash completion: {out}"
+    );
+
+    assert!(
+        readme.contains("keepalive-agent man --dir"),
+        "the install path installs no man pages"
+    );
+    let pages = tmp.join("man");
+    std::fs::create_dir_all(&pages).unwrap();
+    let (ok, out) = run(
+        binary.to_str().unwrap(),
+        &["man", "--dir", pages.to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "man --dir: {out}");
+    for page in [
+        "keepalive-agent.1",
+        "keepalive-agent-run.1",
+        "keepalive-agent-sockets.1",
+    ] {
+        assert!(pages.join(page).is_file(), "{page} not written");
+    }
+    let (ok, text) = run(
+        "groff",
+        &[
+            "-man",
+            "-Tutf8",
+            pages.join("keepalive-agent-run.1").to_str().unwrap(),
+        ],
+        None,
+    );
+    // groff's bold is "c\x08c": the letters alone.
+    let mut plain = String::new();
+    for c in text.chars() {
+        if c == '\u{8}' {
+            plain.pop();
+        } else {
+            plain.push(c);
+        }
+    }
+    assert!(
+        ok && plain.contains("--web.config.file") && plain.contains("--local-listen"),
+        "keepalive-agent-run(1): {plain:.800}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -2,13 +2,18 @@
 //! kernel counters mirrored, its table, its scans of the node, its HTTP
 //! server and its output streams.
 
+use std::{sync::atomic::AtomicU64, time::Duration};
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 
-use super::{HookLabels, labels::VersionLabel, registered};
+use super::{HookLabels, labels::VersionLabel, registered, registered_in};
+use crate::api::web::ReloadCounters;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The agent's periodic scans of the node.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -37,6 +42,40 @@ pub struct ScanLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScanErrorLabels {
+    pub scan: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// What a failed namespace read most likely means, from the I/O error
+/// under it: the namespace went away between listing and reading (`gone`,
+/// normal churn), the agent lacks a privilege (`permission`), it ran out
+/// of descriptors (`descriptors`), or something else.
+pub fn error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return match io.raw_os_error() {
+                Some(libc::ENOENT | libc::ESRCH) => "gone",
+                Some(libc::EACCES | libc::EPERM) => "permission",
+                Some(libc::EMFILE | libc::ENFILE) => "descriptors",
+                _ => "other",
+            };
+        }
+        cause = c.source();
+    }
+    "other"
+}
+
+/// The kinds [`error_kind`] says.
+const ERROR_KINDS: [&str; 4] = ["gone", "permission", "descriptors", "other"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -62,6 +101,14 @@ pub struct AgentHealth {
     pub(super) tracked: Gauge,
     scan_errors: Family<ScanLabels, Counter>,
     scan_ok: Family<ScanLabels, Gauge>,
+    scan_duration: Family<ScanLabels, FloatGauge>,
+    scan_last_success: Family<ScanLabels, FloatGauge>,
+    scan_namespaces: Family<ScanLabels, Gauge>,
+    scan_namespace_errors: Family<ScanErrorLabels, Counter>,
+    pub http_tls_handshake_errors: Counter,
+    pub http_unauthorized: Counter,
+    /// `--web.config.file` reloads.
+    pub web_reload: ReloadCounters,
     /// HTTP requests or connections turned away, by reason.
     pub http_refused: Family<ReasonLabels, Counter>,
     pub http_accept_errors: Counter,
@@ -84,7 +131,17 @@ impl AgentHealth {
             };
             let _ = health.scan_errors.get_or_create(&l);
         }
-        for reason in ["connections", "sockets"] {
+        for scan in [Scan::Inventory, Scan::Sysctl] {
+            for kind in ERROR_KINDS {
+                let _ = health
+                    .scan_namespace_errors
+                    .get_or_create(&ScanErrorLabels {
+                        scan: scan.as_str(),
+                        kind,
+                    });
+            }
+        }
+        for reason in ["connections", "sockets", "metrics"] {
             let _ = health.http_refused.get_or_create(&ReasonLabels { reason });
         }
         for stream in ["stdout", "stderr"] {
@@ -101,14 +158,33 @@ impl AgentHealth {
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: env!("CARGO_PKG_VERSION"),
+                revision: env!("KEEPALIVE_GIT_REVISION"),
+                rustversion: env!("KEEPALIVE_RUSTC_VERSION"),
                 node: node.into(),
             })
             .set(1);
         r.register(
             "keepalive_agent_build_info",
-            "Agent version, and the node it runs on",
+            "Agent version, the git revision and rustc it was built from, and the node it runs on",
             build_info,
+        );
+        let web_reload = ReloadCounters::default();
+        r.register(
+            "keepalive_agent_web_config_reloads",
+            "Reloads of --web.config.file after a change, by result (success, failure: the configuration in use was kept)",
+            web_reload.reloads.clone(),
+        );
+        r.register(
+            "keepalive_agent_web_config_last_reload_successful",
+            "0 when the last change of --web.config.file (or a certificate it names) could not be loaded",
+            web_reload.last_successful.clone(),
+        );
+        r.register_with_unit(
+            "keepalive_agent_web_config_last_reload_success_timestamp",
+            "When the web configuration in use was loaded (Unix time)",
+            Unit::Seconds,
+            web_reload.last_success_time.clone(),
         );
         AgentHealth {
             hook_up: registered(
@@ -186,6 +262,39 @@ impl AgentHealth {
                 "keepalive_agent_scan_success",
                 "1 when the last scan of its kind succeeded, by scan (tc, inventory, sysctl)",
             ),
+            scan_duration: registered_in(
+                r,
+                "keepalive_agent_scan_duration",
+                "How long the last scan of its kind took, by scan (tc, inventory, sysctl)",
+                Unit::Seconds,
+            ),
+            scan_last_success: registered_in(
+                r,
+                "keepalive_agent_scan_last_success_timestamp",
+                "When the last successful scan of its kind ended (Unix time), by scan",
+                Unit::Seconds,
+            ),
+            scan_namespaces: registered(
+                r,
+                "keepalive_agent_scan_namespaces",
+                "Network namespaces the last scan of its kind read, by scan (inventory, sysctl)",
+            ),
+            scan_namespace_errors: registered(
+                r,
+                "keepalive_agent_scan_namespace_errors",
+                "Namespaces a scan could not read, by scan and kind (gone: closed between listing and reading, normal churn; permission; descriptors; other)",
+            ),
+            http_tls_handshake_errors: registered(
+                r,
+                "keepalive_agent_http_tls_handshake_errors",
+                "TLS handshakes on --listen that failed or timed out (plain HTTP to the TLS port, no or an untrusted client certificate)",
+            ),
+            http_unauthorized: registered(
+                r,
+                "keepalive_agent_http_unauthorized",
+                "HTTP requests refused with 401: no or wrong basic auth credentials",
+            ),
+            web_reload,
             http_refused: registered(
                 r,
                 "keepalive_agent_http_refused",
@@ -210,14 +319,41 @@ impl AgentHealth {
         }
     }
 
-    /// How a scan of `scan`'s kind went.
-    pub fn scanned(&self, scan: Scan, ok: bool) {
+    /// How a scan of `scan`'s kind went, and how long it took.
+    pub fn scanned(&self, scan: Scan, ok: bool, took: Duration) {
         let l = ScanLabels {
             scan: scan.as_str(),
         };
         self.scan_ok.get_or_create(&l).set(i64::from(ok));
-        if !ok {
+        self.scan_duration.get_or_create(&l).set(took.as_secs_f64());
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.scan_last_success.get_or_create(&l).set(now);
+        } else {
             self.scan_errors.get_or_create(&l).inc();
+        }
+    }
+
+    /// The namespaces a scan read, and the errors of those it could not.
+    pub fn namespaces_read<'e>(
+        &self,
+        scan: Scan,
+        read: usize,
+        errors: impl IntoIterator<Item = &'e (dyn std::error::Error + 'static)>,
+    ) {
+        let scan = scan.as_str();
+        self.scan_namespaces
+            .get_or_create(&ScanLabels { scan })
+            .set(read as i64);
+        for e in errors {
+            self.scan_namespace_errors
+                .get_or_create(&ScanErrorLabels {
+                    scan,
+                    kind: error_kind(e),
+                })
+                .inc();
         }
     }
 }

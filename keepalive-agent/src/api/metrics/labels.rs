@@ -168,7 +168,11 @@ pub struct HookLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
-    pub version: String,
+    pub version: &'static str,
+    /// `git describe --always --dirty` of the source, or "unknown".
+    pub revision: &'static str,
+    /// `rustc --version` of the compiler that built it.
+    pub rustversion: &'static str,
     /// `--node-name` (the DaemonSet sets it from spec.nodeName).
     pub node: String,
 }

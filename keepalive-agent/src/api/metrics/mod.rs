@@ -7,6 +7,7 @@
 
 pub mod agent;
 mod labels;
+mod process;
 mod render;
 mod runtime;
 mod series;
@@ -107,6 +108,7 @@ impl Default for MetricsConfig {
 impl Metrics {
     pub fn new(config: MetricsConfig) -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(process::ProcessCollector));
         let r = &mut registry;
         let rtt = Family::<RttLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
