@@ -1,6 +1,8 @@
-//! The command line: its arguments ([`args`]) and the commands that ask a
-//! running agent over HTTP ([`client`], [`advise`]), printing tables
-//! ([`table`]) and readable records ([`text`], also the agent's own stdout).
+//! The command line: its arguments ([`args`], their value parsers
+//! [`values`]) and the commands that ask a running agent over HTTP
+//! ([`client`], [`advise`]), printing tables ([`table`]) and readable
+//! records ([`text`], also the agent's own stdout); shell completions, man
+//! pages and password hashes ([`docs`]).
 //! Depends on `model` (rules, advice) and `keepalive-api`.
 
 pub mod advise;
@@ -9,3 +11,4 @@ pub mod client;
 pub mod docs;
 pub mod table;
 pub mod text;
+pub mod values;

@@ -24,6 +24,11 @@ pub fn monotonic_ns() -> u64 {
     now_ns(libc::CLOCK_MONOTONIC) as u64
 }
 
+/// Unix time now, in seconds (CLOCK_REALTIME).
+pub fn unix_now_s() -> f64 {
+    now_ns(libc::CLOCK_REALTIME) as f64 / 1e9
+}
+
 impl Clock {
     pub fn new(hz: u32) -> Self {
         Clock {

@@ -1,7 +1,7 @@
 //! The `run` command, as named phases: [`prepare`] (privileges, kernel
 //! offsets) on the only thread, then on the runtime [`attach`] (load and
 //! attach every hook), [`build_state`] (the socket table, first inventory
-//! and sysctls), [`serve`] (the HTTP API), [`follow`] (the ring buffer's
+//! and sysctls), [`serve`](serve::serve) (the HTTP API), [`follow`] (the ring buffer's
 //! reader and the periodic work, until SIGINT/SIGTERM/SIGHUP) and [`shutdown`]
 //! (drain, print the kernel's counters, detach). Dropping the loaded
 //! object detaches every hook.
@@ -10,19 +10,21 @@ mod attach;
 mod identity;
 mod periodic;
 mod ring;
+mod serve;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, atomic::AtomicUsize},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use attach::{Attached, Ring, attach};
-use keepalive_api::{Line, Ready, Record, Scheme, Stopped};
+use keepalive_api::{Line, Ready, Record, Stopped};
 use keepalive_common::KernelConfig;
 use log::{info, warn};
 use ring::{Printing, Sink, read_ring};
+use serve::{Listeners, serve};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::broadcast,
@@ -32,13 +34,10 @@ use crate::{
     api::{
         metrics::{Metrics, MetricsConfig},
         naming::Naming,
-        routes::{self, Exposure},
-        server,
         state::{AgentState, Shared},
-        web::{Guard, WebSecurity},
     },
     bpf::counters::CounterReader,
-    cli::args::{RunArgs, UsageError},
+    cli::args::RunArgs,
     host::{caps, outlet, process, sysctl::SysctlWatch},
     kernel::{btf::Btf, offsets},
     model::{clock::Clock, paths::PathBook},
@@ -58,38 +57,6 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?
         .block_on(run(args, listeners, nofile, config, started))
-}
-
-/// The HTTP API's sockets and the main one's security, made before the
-/// kernel is touched: a busy address or a bad web configuration is a
-/// usage error (exit 2).
-struct Listeners {
-    main: std::net::TcpListener,
-    web: WebSecurity,
-    /// The loopback listener of the per-socket endpoints.
-    local: Option<std::net::TcpListener>,
-}
-
-impl Listeners {
-    fn bind(args: &RunArgs) -> Result<Self, UsageError> {
-        let bind = |flag: &str, addr: std::net::SocketAddr| {
-            std::net::TcpListener::bind(addr).map_err(|e| UsageError(format!("{flag} {addr}: {e}")))
-        };
-        let web = match &args.web_config_file {
-            Some(path) => {
-                WebSecurity::load(path).map_err(|e| UsageError(format!("--web.config.file {e}")))?
-            }
-            None => WebSecurity::plain(),
-        };
-        Ok(Listeners {
-            main: bind("--listen", args.listen)?,
-            web,
-            local: args
-                .local_listen
-                .map(|addr| bind("--local-listen", addr))
-                .transpose()?,
-        })
-    }
 }
 
 /// Privileges and kernel offsets, while this is the only thread.
@@ -224,110 +191,6 @@ fn build_state(
     let mut watch = SysctlWatch::new();
     periodic::sysctls(&mut watch, &state, None);
     Ok((state, watch))
-}
-
-/// Where the API is served.
-struct Served {
-    listen: std::net::SocketAddr,
-    scheme: Scheme,
-    local: Option<std::net::SocketAddr>,
-}
-
-/// The HTTP API on the listeners bound at start, each on its own task,
-/// and the web configuration's watch.
-fn serve(
-    args: &RunArgs,
-    listeners: Listeners,
-    nofile: u64,
-    state: &Shared,
-    events: &broadcast::Sender<Arc<Record>>,
-) -> anyhow::Result<Served> {
-    let api = routes::Api {
-        state: state.clone(),
-        events: events.clone(),
-        clients: Arc::new(AtomicUsize::new(0)),
-        max_clients: args.max_event_clients as usize,
-        listings: Arc::new(tokio::sync::Semaphore::new(
-            crate::api::listing::CONCURRENT_LISTINGS,
-        )),
-        scrapes: Arc::new(tokio::sync::Semaphore::new(
-            args.max_metrics_requests as usize,
-        )),
-    };
-    // One descriptor budget for both listeners.
-    let max_connections = process::connection_cap(args.max_connections, nofile);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
-    let (counters, unauthorized, reloads) = {
-        let s = lock(state)?;
-        let a = &s.metrics.agent;
-        let counters = server::ServerCounters {
-            stalled: a.clients_dropped.clone(),
-            refused: a.http_refused.clone(),
-            accept_errors: a.http_accept_errors.clone(),
-            handshake_errors: a.http_tls_handshake_errors.clone(),
-        };
-        (counters, a.http_unauthorized.clone(), a.web_reload.clone())
-    };
-    let tokio_listener = |l: std::net::TcpListener| -> anyhow::Result<_> {
-        l.set_nonblocking(true).context("the HTTP API's socket")?;
-        let l = tokio::net::TcpListener::from_std(l).context("the HTTP API's socket")?;
-        let addr = l.local_addr().context("reading the HTTP API's address")?;
-        Ok((l, addr))
-    };
-    let (main, listen) = tokio_listener(listeners.main)?;
-    let mut local_addr = None;
-    let exposure = match listeners.local {
-        Some(local) => {
-            let (local, addr) = tokio_listener(local)?;
-            info!("per-socket endpoints (/sockets, /events, /paths) on http://{addr} only");
-            let guard = Guard {
-                web: WebSecurity::plain(),
-                refused: unauthorized.clone(),
-            };
-            tokio::spawn(server::serve(
-                local,
-                routes::router(api.clone(), Exposure::All, guard),
-                slots.clone(),
-                counters.clone(),
-                WebSecurity::plain(),
-            ));
-            local_addr = Some(addr);
-            Exposure::MetricsOnly { local: addr }
-        }
-        None => Exposure::All,
-    };
-    let web = listeners.web;
-    let security = web.current();
-    info!(
-        "HTTP API on {}://{listen}{} (at most {max_connections} connections; {nofile} descriptors)",
-        security.scheme(),
-        if security.auth.is_some() {
-            ", basic auth"
-        } else {
-            ""
-        },
-    );
-    let guard = Guard {
-        web: web.clone(),
-        refused: unauthorized,
-    };
-    tokio::spawn(server::serve(
-        main,
-        routes::router(api, exposure, guard),
-        slots,
-        counters,
-        web.clone(),
-    ));
-    tokio::spawn(web.watch(reloads));
-    Ok(Served {
-        listen,
-        scheme: if security.tls.is_some() {
-            Scheme::Https
-        } else {
-            Scheme::Http
-        },
-        local: local_addr,
-    })
 }
 
 /// Follows the ring buffer and does the periodic work until a signal.

@@ -327,10 +327,9 @@ impl AgentHealth {
         self.scan_ok.get_or_create(&l).set(i64::from(ok));
         self.scan_duration.get_or_create(&l).set(took.as_secs_f64());
         if ok {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            self.scan_last_success.get_or_create(&l).set(now);
+            self.scan_last_success
+                .get_or_create(&l)
+                .set(crate::model::clock::unix_now_s());
         } else {
             self.scan_errors.get_or_create(&l).inc();
         }

@@ -31,6 +31,17 @@ pub enum WebConfigError {
     },
 }
 
+impl WebConfigError {
+    /// `field` of the file at `path` cannot be used, for `reason`.
+    pub fn field(path: &Path, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        WebConfigError::Field {
+            path: path.to_owned(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// The toolkit's `client_auth_type` values (Go's `tls.ClientAuthType`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub enum ClientAuth {
@@ -166,11 +177,7 @@ impl WebConfigFile {
     }
 
     fn check(&self, path: &Path) -> Result<(), WebConfigError> {
-        let field = |field: &str, reason: &str| WebConfigError::Field {
-            path: path.to_owned(),
-            field: field.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let field = |field: &str, reason: &str| WebConfigError::field(path, field, reason);
         for (user, hash) in &self.basic_auth_users {
             if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(field(

@@ -14,7 +14,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::http::{HeaderName, HeaderValue};
@@ -25,6 +25,7 @@ pub use guard::{Guard, guard};
 
 use self::{auth::BasicAuth, config::WebConfigFile};
 use super::metrics::agent::ResultLabels;
+use crate::model::clock::unix_now_s;
 
 /// How often the files are looked at for a change.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -56,17 +57,10 @@ impl Security {
         let mut headers = Vec::new();
         for (name, value) in file.http_server_config.iter().flat_map(|h| &h.headers) {
             let field = || format!("http_server_config.headers.{name}");
-            let name = HeaderName::try_from(name.as_str()).map_err(|e| WebConfigError::Field {
-                path: path.to_owned(),
-                field: field(),
-                reason: e.to_string(),
-            })?;
-            let value =
-                HeaderValue::try_from(value.as_str()).map_err(|e| WebConfigError::Field {
-                    path: path.to_owned(),
-                    field: field(),
-                    reason: e.to_string(),
-                })?;
+            let name = HeaderName::try_from(name.as_str())
+                .map_err(|e| WebConfigError::field(path, field(), e.to_string()))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|e| WebConfigError::field(path, field(), e.to_string()))?;
             headers.push((name, value));
         }
         Ok(Security {
@@ -127,7 +121,7 @@ impl WebSecurity {
             return;
         };
         counters.last_successful.set(1);
-        counters.last_success_time.set(unix_now());
+        counters.last_success_time.set(unix_now_s());
         for result in ["success", "failure"] {
             let _ = counters.reloads.get_or_create(&ResultLabels { result });
         }
@@ -166,7 +160,7 @@ impl WebSecurity {
                         .get_or_create(&ResultLabels { result: "success" })
                         .inc();
                     counters.last_successful.set(1);
-                    counters.last_success_time.set(unix_now());
+                    counters.last_success_time.set(unix_now_s());
                 }
                 Ok(Err(e)) => {
                     log::warn!("web config not reloaded, the one in use kept: {e}");
@@ -196,10 +190,4 @@ fn fingerprint(files: &[PathBuf]) -> Fingerprint {
                 .map(|m| (m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
         })
         .collect()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

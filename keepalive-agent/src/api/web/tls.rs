@@ -33,10 +33,8 @@ pub struct BuiltTls {
 /// Builds the listener's TLS configuration; `path` is the web
 /// configuration file (for relative paths and errors).
 pub fn build(path: &Path, tls: &TlsServerConfig) -> Result<BuiltTls, WebConfigError> {
-    let field = |field: &str, reason: String| WebConfigError::Field {
-        path: path.to_owned(),
-        field: format!("tls_server_config.{field}"),
-        reason,
+    let field = |field: &str, reason: String| {
+        WebConfigError::field(path, format!("tls_server_config.{field}"), reason)
     };
     let mut files = Vec::new();
     let mut pem =
