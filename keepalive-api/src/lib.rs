@@ -17,8 +17,8 @@ mod vocab;
 pub use lifecycle::{HookStatus, KernelCounters, Line, LineError, Ready, Scheme, Stopped};
 pub use path::{Gap, PathRow};
 pub use record::{Keepalive, Record};
-pub use socket::{Owner, Risk, SocketRow};
+pub use socket::{Owner, ProgramInfo, Risk, SocketRow};
 pub use vocab::{
-    Cause, Hook, HookMode, RecordKind, ResetClass, RiskBasis, RiskReason, Source, TcpState,
-    Trigger, UnknownName,
+    Cause, Evidence, Hook, HookMode, Program, RecordKind, ResetClass, RiskBasis, RiskReason,
+    Source, TcpState, Trigger, UnknownName,
 };

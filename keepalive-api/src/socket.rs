@@ -6,8 +6,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     record::Keepalive,
-    vocab::{RiskBasis, RiskReason, TcpState},
+    vocab::{Evidence, Program, RiskBasis, RiskReason, TcpState},
 };
+
+/// The program behind a socket's owner, recognised once per process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    pub program: Program,
+    pub evidence: Evidence,
+    /// The runtime's version where the binary says it (Go: `go1.22.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl ProgramInfo {
+    pub const UNKNOWN: ProgramInfo = ProgramInfo {
+        program: Program::Unknown,
+        evidence: Evidence::None,
+        version: None,
+    };
+}
 
 /// The process that owns a socket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +55,9 @@ pub struct Owner {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The program, once the agent's inventory recognised it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<ProgramInfo>,
 }
 
 /// A socket that can sit idle past its path's idle timeout.

@@ -255,6 +255,60 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// The program or runtime behind a socket, as far as its keepalive
+    /// knobs go: each has its own place to switch keepalive on and to set
+    /// its timing (the agent's knowledge table says where).
+    pub enum Program ("program") {
+        /// The PostgreSQL server (`tcp_keepalives_*` in postgresql.conf).
+        Postgres = "postgres",
+        /// A client linked with libpq (`psql`, psycopg, …): connection parameters.
+        Libpq = "libpq",
+        /// `redis-server` (`tcp-keepalive` in redis.conf).
+        Redis = "redis",
+        /// nginx (`so_keepalive=` on `listen`, `proxy_socket_keepalive`).
+        Nginx = "nginx",
+        /// A Go program (`net.Dialer` / `net.ListenConfig`).
+        Go = "go",
+        /// A JVM (JDK socket options, JDBC URL parameters, pool settings).
+        Java = "java",
+        /// Elasticsearch or OpenSearch (`transport.tcp.keep_*`).
+        Elasticsearch = "elasticsearch",
+        /// Node.js (`socket.setKeepAlive`).
+        Node = "node",
+        /// CPython (`socket.setsockopt`).
+        Python = "python",
+        /// The OpenSSH client (`TCPKeepAlive`, `ServerAliveInterval`).
+        Ssh = "ssh",
+        /// The OpenSSH server (`TCPKeepAlive`, `ClientAliveInterval`).
+        Sshd = "sshd",
+        /// `mysqld` / `mariadbd`.
+        MysqlServer = "mysql_server",
+        /// The `mysql` / `mariadb` command-line client (libmysqlclient).
+        MysqlClient = "mysql_client",
+        /// Not recognised, or its process could not be read.
+        Unknown = "unknown",
+    }
+}
+
+vocabulary! {
+    /// What a program was recognised by.
+    pub enum Evidence ("program evidence") {
+        /// The executable's file name (`/proc/PID/exe`).
+        Exe = "exe",
+        /// The task's name (`/proc/PID/comm`).
+        Comm = "comm",
+        /// The command line (`/proc/PID/cmdline`), e.g. a JVM's main class.
+        Cmdline = "cmdline",
+        /// A library in its mappings (`libpq.so`, `libjvm.so`).
+        Library = "library",
+        /// A Go binary's `.go.buildinfo` section.
+        GoBuildInfo = "go_buildinfo",
+        /// Nothing matched, or the process could not be read.
+        None = "none",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! always tear down ([`world`]), a middlebox that forgets idle flows
 //! ([`middlebox`]); the kernel's own counters as the oracle
 //! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); a
-//! containerd of the test's own running kubelet-labelled containers ([`containerd`]); one HTTP client ([`http`]), one way to wait
+//! containerd of the test's own running kubelet-labelled containers ([`containerd`]); real servers and clients in a namespace ([`daemon`]); one HTTP client ([`http`]), one way to wait
 //! ([`wait`]), clients any user can run ([`nobody`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
 //! Prometheus ([`prometheus`]), sockets as applications make them
 //! ([`sock`]) and shared traffic ([`scenario`]).
@@ -17,6 +17,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod containerd;
+pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod middlebox;

@@ -34,6 +34,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("groff", "groff-base"),
     // The Kubernetes overlays are rendered with `kubectl kustomize`.
     ("kubectl", "kubectl"),
+    // The advice suite runs real servers and clients in namespaces; their
+    // packages' own services are kept from starting (policy-rc.d).
+    ("redis-server", "redis-server"),
+    ("nginx", "nginx"),
+    ("postgres", "postgresql"),
+    ("go", "golang-go"),
     // The VM kernel matrix: virtme-ng boots kernels with QEMU and builds
     // its initramfs from busybox and the kernel's modules with depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),
@@ -192,11 +198,47 @@ fn llvm_prefix() -> anyhow::Result<PathBuf> {
     Ok(prefix)
 }
 
+/// On PATH, in sbin, or in a versioned PostgreSQL bin directory (Debian
+/// keeps the server's binaries in `/usr/lib/postgresql/VERSION/bin`).
 fn on_path(binary: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let postgres = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"));
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .chain(postgres)
         .any(|d| d.join(binary).is_file())
+}
+
+/// Debian's way to keep packages' services from starting at install:
+/// `/usr/sbin/policy-rc.d` exiting 101, present only while apt runs.
+struct NoServiceStarts {
+    created: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn new() -> anyhow::Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { created: false });
+        }
+        fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n").context("writing policy-rc.d")?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
+        Ok(NoServiceStarts { created: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -221,6 +263,7 @@ fn debian_packages() -> anyhow::Result<()> {
         );
     }
     crate::step(&format!("apt-get install {}", missing.join(" ")), || {
+        let _no_starts = NoServiceStarts::new()?;
         cmd::run("apt-get", &["update", "-q"])?;
         let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
         args.extend(&missing);

@@ -17,6 +17,7 @@ use super::metrics::{Name, Workload};
 use crate::{
     host::{
         cgroup,
+        program::Programs,
         runtime::{PodIdentity, directory::Directory},
     },
     model::clock::monotonic_ns,
@@ -26,6 +27,8 @@ pub struct Naming {
     pub directory: Directory,
     /// The cgroup identity of a process in each network namespace, by inode.
     pub netns_owners: HashMap<u32, cgroup::Identity>,
+    /// The owners' programs, recognised at each inventory.
+    pub programs: Programs,
     /// Final workload labels by container id (once the runtime named it) or
     /// systemd service: every probe is labelled, and should not allocate.
     labels: HashMap<String, Workload>,
@@ -44,6 +47,7 @@ impl Naming {
         Naming {
             directory,
             netns_owners: HashMap::new(),
+            programs: Programs::default(),
             labels: HashMap::new(),
         }
     }
@@ -79,8 +83,9 @@ impl Naming {
         )
     }
 
-    /// Fills the Kubernetes names of a socket's owner.
+    /// Fills the Kubernetes names and the program of a socket's owner.
     pub fn name_owner(&mut self, o: &mut Owner) {
+        o.program = self.programs.get(o.pid).cloned();
         if let Some(identity) = self.identity(o.container_id.as_deref()) {
             o.pod.clone_from(&identity.pod);
             o.namespace.clone_from(&identity.namespace);

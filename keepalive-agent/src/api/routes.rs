@@ -1,6 +1,6 @@
 //! The agent's HTTP API: `/metrics` (OpenMetrics), `/sockets` (JSON
 //! snapshot), `/events` (NDJSON stream), `/paths` (learned path idle
-//! timeouts, JSON), `/healthz`. Bad paths are 404, bad
+//! timeouts, JSON), `/advice` (each workload's fix, JSON), `/healthz`. Bad paths are 404, bad
 //! filters 400 with the reason; `/events` clients are capped, and one that
 //! reads too slowly to keep up is disconnected and counted, never buffered
 //! without bound. `/metrics`, `/sockets` and `/paths` are gzipped for a
@@ -88,6 +88,7 @@ pub fn router(api: Api, exposure: Exposure, guarded: Guard) -> Router {
             .route("/sockets", get(sockets).layer(gzip()))
             .route("/events", get(events))
             .route("/paths", get(paths).layer(gzip()))
+            .route("/advice", get(advice).layer(gzip()))
             .fallback(|| async {
                 (
                     StatusCode::NOT_FOUND,
@@ -98,7 +99,7 @@ pub fn router(api: Api, exposure: Exposure, guarded: Guard) -> Router {
             (
                 StatusCode::NOT_FOUND,
                 format!(
-                    "not found: this listener serves /metrics, /healthz and /livez; /sockets, /events and /paths are on http://{local} only\n"
+                    "not found: this listener serves /metrics, /healthz and /livez; /sockets, /events, /paths and /advice are on http://{local} only\n"
                 ),
             )
         }),
@@ -173,6 +174,41 @@ async fn paths(State(api): State<Api>, Query(q): Params) -> Response {
     let mut body = serde_json::to_vec(&rows).unwrap_or_default();
     body.push(b'\n');
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The workloads' advice, made off the async threads; it shares the
+/// listings' slots (it walks the whole table as they do).
+async fn advice(State(api): State<Api>, Query(q): Params) -> Response {
+    let rules = match super::advice::rules(&q) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let Ok(_slot) = api.listings.clone().try_acquire_owned() else {
+        if let Ok(s) = api.state.lock() {
+            let reason = ReasonLabels { reason: "advice" };
+            s.metrics.agent.http_refused.get_or_create(&reason).inc();
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /sockets or /advice requests at once, retry\n",
+        )
+            .into_response();
+    };
+    let state = api.state.clone();
+    let built =
+        tokio::task::spawn_blocking(move || super::advice::build(&state, rules.as_deref())).await;
+    match built {
+        Ok(reply) => {
+            let mut body = serde_json::to_vec(&reply).unwrap_or_default();
+            body.push(b'\n');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("advice failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Decrements the client count when a stream ends, however it ends.

@@ -1,16 +1,22 @@
 //! `advise`: the sysctls for each path idle timeout, configured or learned
-//! by the agent (`/paths`), and the sockets that would still be at risk
-//! after them.
+//! by the agent (`/paths`), the sockets that would still be at risk after
+//! them, and each workload's fix in its program's terms (`/advice`).
 
 use keepalive_api::{PathRow, SocketRow};
 use serde::Serialize;
 
 use super::{
-    args::AdviseArgs,
-    client::{path_rows, socket_rows},
-    table,
+    args::{AdviceFormat, AdviseArgs},
+    client::{get, path_rows, socket_rows},
+    table, workloads,
 };
-use crate::model::risk::{self, Advice, Destination, Rule, profiles::PROFILES};
+use crate::{
+    api::advice::AdviceReply,
+    model::{
+        risk::{self, Advice, Destination, Rule, profiles::PROFILES},
+        workload::WorkloadAdvice,
+    },
+};
 
 /// One rule's advice, as `advise --json` writes it.
 #[derive(Serialize)]
@@ -43,6 +49,25 @@ struct Report<'a> {
     learned: Option<Vec<PathAdvice<'a>>>,
     /// None when the agent could not be asked.
     sockets_at_risk: Option<Vec<SocketRow>>,
+    /// Each workload and its fix; None when the agent could not be asked.
+    workloads: Option<Vec<WorkloadAdvice>>,
+}
+
+/// The agent's `/advice`, judged against `rules` (its own when empty).
+fn workload_advice(agent: &str, rules: &[Rule]) -> anyhow::Result<Vec<WorkloadAdvice>> {
+    use anyhow::Context as _;
+    let query: Vec<(&str, String)> = if rules.is_empty() {
+        Vec::new()
+    } else {
+        let joined: Vec<String> = rules.iter().map(Rule::to_string).collect();
+        vec![("idle_timeout", joined.join(","))]
+    };
+    let body = get(agent, "/advice", &query)?
+        .into_body()
+        .read_to_string()
+        .context("reading /advice")?;
+    let reply: AdviceReply = serde_json::from_str(&body).context("parsing /advice")?;
+    Ok(reply.workloads)
 }
 
 pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
@@ -64,7 +89,22 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
             .cloned()
             .collect()
     });
-    if args.json {
+    let advised = sockets
+        .as_ref()
+        .ok()
+        .map(|_| workload_advice(&args.agent.agent, rules));
+    let format = args.output();
+    if format == AdviceFormat::Markdown {
+        let rule_lines: Vec<String> = rules.iter().map(markdown_rule).collect();
+        let advised = advised.map_or_else(
+            || Err(sockets.err().map_or_else(String::new, |e| format!("{e:#}"))),
+            |w| w.map_err(|e| format!("{e:#}")),
+        );
+        print!("{}", workloads::markdown(&rule_lines, advised));
+        return Ok(());
+    }
+    if format == AdviceFormat::Json {
+        let workloads = advised.transpose()?;
         let report = Report {
             rules: rules
                 .iter()
@@ -79,6 +119,7 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
                 .collect(),
             learned,
             sockets_at_risk: at_risk,
+            workloads,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -103,6 +144,11 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
             }
         }
         _ => {}
+    }
+    match advised {
+        Some(Ok(w)) => print!("{}", workloads::text(&w)),
+        Some(Err(e)) => println!("\n# no workload advice: {e:#}"),
+        None => {}
     }
     Ok(())
 }
@@ -183,6 +229,22 @@ fn print_path(p: &PathAdvice<'_>) {
     println!("net.ipv4.tcp_keepalive_intvl = {}", a.intvl_s);
     println!("net.ipv4.tcp_keepalive_probes = {}", a.probes);
     println!("# in the namespaces of this path's clients; the sockets also need SO_KEEPALIVE.");
+}
+
+/// A rule's sysctl advice as a Markdown list item.
+fn markdown_rule(rule: &Rule) -> String {
+    let p = rule.profile;
+    if p.l7 {
+        return format!(
+            "- `{rule}` ({} s, layer 7): application-level pings or HTTP keep-alive below {} s; TCP keepalive does not count",
+            p.idle_timeout_s, p.idle_timeout_s
+        );
+    }
+    let a = risk::advise(p.idle_timeout_s);
+    format!(
+        "- `{rule}` ({} s): `net.ipv4.tcp_keepalive_time = {}`, `net.ipv4.tcp_keepalive_intvl = {}`, `net.ipv4.tcp_keepalive_probes = {}` (a dead peer found after {} s)",
+        p.idle_timeout_s, a.time_s, a.intvl_s, a.probes, a.detection_s
+    )
 }
 
 fn dest_text(rule: &Rule) -> String {

@@ -32,7 +32,9 @@ pub enum Command {
     /// List the node's TCP sockets with their keepalive settings (like `ss -tnoe`).
     Sockets(SocketsArgs),
     /// Recommend net.ipv4.tcp_keepalive_* for each path idle timeout, given
-    /// or learned by the agent, and list the sockets still at risk.
+    /// or learned by the agent; list the sockets still at risk; and for
+    /// each workload the setting to change in its own program's terms
+    /// (redis.conf, nginx's listen, libpq, Go's net.Dialer, …).
     Advise(AdviseArgs),
     /// Follow the agent's event stream.
     Events(EventsArgs),
@@ -259,9 +261,30 @@ pub struct AdviseArgs {
     /// Without it, the paths whose idle timeout the agent learned.
     #[arg(long = "idle-timeout", value_delimiter = ',', help = IDLE_TIMEOUT_HELP)]
     pub idle_timeouts: Vec<Rule>,
-    /// JSON instead of text.
-    #[arg(long)]
+    /// Readable text, JSON, or Markdown to paste into a ticket.
+    #[arg(long, value_enum, default_value_t = AdviceFormat::Text)]
+    pub format: AdviceFormat,
+    /// The same as --format json.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+/// How `advise` writes its report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdviceFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+impl AdviseArgs {
+    pub fn output(&self) -> AdviceFormat {
+        if self.json {
+            AdviceFormat::Json
+        } else {
+            self.format
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,10 @@
 //! The command line: its arguments ([`args`], their value parsers
 //! [`values`]) and the commands that ask a running agent over HTTP
-//! ([`client`], [`advise`]), printing tables ([`table`]) and readable
-//! records ([`text`], also the agent's own stdout); shell completions, man
+//! ([`client`], [`advise`]), printing tables ([`table`]), readable
+//! records ([`text`], also the agent's own stdout) and the workloads'
+//! advice ([`workloads`]); shell completions, man
 //! pages and password hashes ([`docs`]).
-//! Depends on `model` (rules, advice) and `keepalive-api`.
+//! Depends on `model` (rules, advice), `api::advice` (its reply) and `keepalive-api`.
 
 pub mod advise;
 pub mod args;
@@ -12,3 +13,4 @@ pub mod docs;
 pub mod table;
 pub mod text;
 pub mod values;
+pub mod workloads;

@@ -1,6 +1,6 @@
 //! The node outside BPF: network namespaces and entering them ([`netns`]),
-//! which process owns a socket ([`owners`]) and who its cgroup
-//! names ([`cgroup`]), each namespace's keepalive
+//! which process owns a socket ([`owners`]), which program that is
+//! ([`program`]) and who its cgroup names ([`cgroup`]), each namespace's keepalive
 //! sysctls ([`sysctl`]) and conntrack ([`conntrack`]), the agent's own
 //! capabilities ([`caps`]), process limits and memory ([`process`]) and
 //! its output streams ([`outlet`]), and who a container is, asked of the
@@ -14,5 +14,6 @@ pub mod netns;
 pub mod outlet;
 pub mod owners;
 pub mod process;
+pub mod program;
 pub mod runtime;
 pub mod sysctl;

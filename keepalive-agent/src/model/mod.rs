@@ -9,6 +9,8 @@
 //! - [`risk`]: path idle timeouts, which sockets they endanger, the advice.
 //! - [`reset`]: whether an RST or a stall followed an idle gap.
 //! - [`paths`]: each destination group's idle timeout, learned.
+//! - [`knowledge`]: where each program sets its keepalive (`programs.yaml`).
+//! - [`workload`]: sockets grouped by workload, and the fix in its program's terms.
 //!
 //! The vocabulary itself (record kinds, TCP states, causes, hook modes)
 //! lives in `keepalive-api`, shared with every reader of the agent's JSON.
@@ -17,6 +19,8 @@ pub mod addr;
 pub mod clock;
 pub mod death;
 pub mod keepalive;
+pub mod knowledge;
 pub mod paths;
 pub mod reset;
 pub mod risk;
+pub mod workload;

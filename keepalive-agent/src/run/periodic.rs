@@ -18,7 +18,7 @@ use crate::{
     bpf::iter,
     host::{
         netns::{self, NetnsError},
-        owners, process, sysctl,
+        owners, process, program, sysctl,
     },
     kernel::hz,
     model::clock::{Clock, monotonic_ns},
@@ -136,6 +136,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         // are asked about.
         s.naming.refresh(s.table.owners());
     }
+    recognize_programs(state);
     // The scan's buffers were as large as the node's socket count.
     process::release_freed_memory();
     log::debug!(
@@ -143,6 +144,22 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The programs of new owners (and of reused pids), recognised outside
+/// the lock: reading a binary's headers takes longer than an ACK may wait.
+fn recognize_programs(state: &Shared) {
+    let (owners, known) = match state.lock() {
+        Ok(s) => (
+            s.table.owners().map(|o| o.pid).collect::<HashSet<u32>>(),
+            s.naming.programs.start_times(),
+        ),
+        Err(_) => return,
+    };
+    let found = program::recognize_changed(&owners, &known);
+    if let Ok(mut s) = state.lock() {
+        s.naming.programs.update(found, &owners);
+    }
 }
 
 /// Two inventories of our own namespace 250 ms apart: each record carries
@@ -279,7 +296,7 @@ fn refresh_sysctls(
     let Some(sink) = sink else { return Ok(()) };
     for c in changes {
         info!(
-            "netns {}: net.ipv4.{} changed {} -> {}",
+            "netns {}: {} changed {} -> {}",
             c.netns, c.name, c.old, c.new
         );
         let mut record = Record::new(RecordKind::SysctlChanged, sink.clock.now(), 0);

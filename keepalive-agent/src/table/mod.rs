@@ -375,6 +375,15 @@ impl SocketTable {
         cookies
     }
 
+    /// The listeners' (namespace, port) pairs, for the advice.
+    pub fn listening(&self) -> crate::model::workload::Listening {
+        self.live
+            .values()
+            .filter(|e| e.state == TcpState::Listen)
+            .filter_map(|e| Some((e.netns, e.local?.port())))
+            .collect()
+    }
+
     /// The row of a live socket.
     pub fn row_of(&self, cookie: u64, judge: Judge<'_>) -> Option<SocketRow> {
         self.live

@@ -141,7 +141,7 @@ impl AgentHealth {
                     });
             }
         }
-        for reason in ["connections", "sockets", "metrics"] {
+        for reason in ["connections", "sockets", "metrics", "advice"] {
             let _ = health.http_refused.get_or_create(&ReasonLabels { reason });
         }
         for stream in ["stdout", "stderr"] {
@@ -298,7 +298,7 @@ impl AgentHealth {
             http_refused: registered(
                 r,
                 "keepalive_agent_http_refused",
-                "HTTP connections or requests turned away with 503, by reason (connections: past --max-connections; sockets: past the concurrent /sockets cap)",
+                "HTTP connections or requests turned away with 503, by reason (connections: past --max-connections; sockets, advice: past the concurrent /sockets and /advice cap; metrics: past --max-metrics-requests)",
             ),
             http_accept_errors: registered(
                 r,

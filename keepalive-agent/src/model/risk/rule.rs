@@ -110,6 +110,21 @@ impl FromStr for Rule {
     }
 }
 
+/// As `--idle-timeout` takes it back: `aws-nlb`, `300@:443`.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if PROFILES.iter().any(|p| p.name == self.profile.name) {
+            f.write_str(self.profile.name)?;
+        } else {
+            write!(f, "{}", self.profile.idle_timeout_s)?;
+        }
+        match &self.destination {
+            Some(d) => write!(f, "@{d}"),
+            None => Ok(()),
+        }
+    }
+}
+
 fn parse_destination(s: &str) -> Result<Destination, RiskError> {
     let bad = || RiskError::BadDestination(s.into());
     // (address[/len], port) as text.

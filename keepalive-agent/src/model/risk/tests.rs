@@ -137,5 +137,10 @@ fn the_first_middlebox_to_forget_is_the_one_judged() {
     let d = rules[0].destination.as_ref().unwrap();
     assert_eq!(d.to_string(), "10.0.0.0/8");
     let r: Rule = "60@[2001:db8::]/32:443".parse().unwrap();
+    assert_eq!(r.to_string(), "60@[2001:db8::]/32:443");
     assert_eq!(r.destination.unwrap().to_string(), "[2001:db8::]/32:443");
+    // So does a rule, for /advice?idle_timeout=.
+    for text in ["aws-nlb", "azure-lb@10.0.0.0/8", "300@:5432"] {
+        assert_eq!(text.parse::<Rule>().unwrap().to_string(), text);
+    }
 }

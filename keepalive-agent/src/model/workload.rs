@@ -1,0 +1,668 @@
+//! Sockets grouped by workload (a pod's container, else a systemd
+//! service, else a process name) and program, and for each group the fix
+//! in that program's own terms (see [`super::knowledge`]): its switch when
+//! keepalive is off, its timing knob (or removing it, so the sysctls apply)
+//! when a hard-coded idle time is too long for the path, the sysctl lines
+//! for the node or the pod when the sysctls' idle time is, and application
+//! pings for a layer-7 proxy. Values come from the path's timeout
+//! ([`super::risk::advise`]: idle ≤ half of it, interval 10–30 s, count
+//! 6–9). Pure: the caller feeds judged rows.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use keepalive_api::{
+    Evidence, Keepalive, Program, RiskBasis, RiskReason, SocketRow, Source, TcpState,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    knowledge::{self, Entry, Recommends, Side, Values},
+    risk::advise,
+};
+
+/// Destinations and settings listed per workload; the rest are counted.
+const LISTED: usize = 8;
+
+/// Who a group of sockets belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Workload {
+    /// A Kubernetes pod's container (the pod uid until the runtime named it).
+    Pod {
+        namespace: Option<String>,
+        pod: String,
+        container: Option<String>,
+    },
+    /// A systemd service outside containers.
+    Service { service: String },
+    /// Any other process, by its name.
+    Process { comm: String },
+    /// No process holds it (yet): accepted since the last inventory, or
+    /// its owner exited.
+    Unowned,
+}
+
+impl Workload {
+    fn of(row: &SocketRow) -> Workload {
+        let owner = row.owner.as_ref();
+        if let Some(pod) = row.pod.clone().or_else(|| row.pod_uid.clone()) {
+            return Workload::Pod {
+                namespace: row.namespace.clone(),
+                pod,
+                container: row.container.clone(),
+            };
+        }
+        if let Some(service) = owner.and_then(|o| o.service.clone()) {
+            return Workload::Service { service };
+        }
+        match owner {
+            Some(o) => Workload::Process {
+                comm: o.comm.clone(),
+            },
+            None => Workload::Unowned,
+        }
+    }
+
+    /// `shop/web-0 (app)`, `postgresql@15-main.service`, `redis-server`.
+    pub fn label(&self) -> String {
+        match self {
+            Workload::Pod {
+                namespace,
+                pod,
+                container,
+            } => {
+                let ns = namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default();
+                let c = container
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
+                format!("pod {ns}{pod}{c}")
+            }
+            Workload::Service { service } => format!("service {service}"),
+            Workload::Process { comm } => format!("process {comm}"),
+            Workload::Unowned => "no owning process".into(),
+        }
+    }
+}
+
+/// What kind of change a fix is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixKind {
+    /// Keepalive is off: the program's switch, then the sysctls apply.
+    SwitchOn,
+    /// The idle time is set on the socket and too long: change or remove it.
+    SocketTiming,
+    /// The idle time is the sysctl's and too long: the sysctl lines.
+    SysctlTiming,
+    /// A layer-7 proxy: payload, not probes.
+    ApplicationPing,
+}
+
+/// Where the sysctl lines go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SysctlScope {
+    /// The node's own network namespace: `/etc/sysctl.d`.
+    Node,
+    /// A pod's network namespace: its `securityContext.sysctls`.
+    Pod,
+    /// Another namespace (`ip netns`, a container outside Kubernetes),
+    /// entered through a process in it.
+    Netns { inode: u32, pid: Option<u32> },
+}
+
+/// The timeout a fix is computed from: the shortest its sockets face.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Faced {
+    pub profile: String,
+    pub idle_timeout_s: u32,
+    pub basis: RiskBasis,
+}
+
+/// One change for one workload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fix {
+    pub kind: FixKind,
+    pub reason: RiskReason,
+    /// The connections this fixes.
+    pub connections: usize,
+    pub timeout: Faced,
+    /// The advised values in the program's terms.
+    pub values: Values,
+    /// What to write, in the program's terms.
+    pub change: Vec<String>,
+    /// Why the sockets are as they are, where the program has a known trap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The other way: removing the socket's own timing so the sysctls apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternative: Option<String>,
+    pub recommends: Recommends,
+    /// The sysctl lines the program then follows (empty when it sets its
+    /// own timing).
+    pub sysctls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sysctl_scope: Option<SysctlScope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Effective keepalive settings and how many connections have them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub keepalive: Option<Keepalive>,
+    pub connections: usize,
+}
+
+/// One workload's sockets of one program, and what to change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadAdvice {
+    pub workload: Workload,
+    pub program: Program,
+    pub evidence: Evidence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub side: Side,
+    /// The knowledge table's name for it (`nginx (connections it accepts)`).
+    pub title: String,
+    /// What the program does when nobody configured it.
+    pub default: String,
+    pub docs: Vec<String>,
+    pub pids: Vec<u32>,
+    pub connections: usize,
+    pub at_risk: usize,
+    pub destinations: Vec<String>,
+    /// Connections to further destinations, not listed.
+    pub more_destinations: usize,
+    pub settings: Vec<Settings>,
+    pub fixes: Vec<Fix>,
+}
+
+/// Which (network namespace, port) pairs have a listener: a connection
+/// on one of those local ports was accepted, any other was made.
+pub type Listening = HashSet<(Option<u32>, u16)>;
+
+/// Groups judged rows into workloads as they come (the rows are not kept:
+/// memory grows with the workloads, not the sockets), then
+/// [`Advisor::finish`].
+pub struct Advisor {
+    /// The node's own network namespace: sysctl lines there go to
+    /// `/etc/sysctl.d`.
+    node_netns: Option<u32>,
+    listening: Listening,
+    groups: BTreeMap<GroupKey, Group>,
+}
+
+type GroupKey = (Workload, Program, Side);
+
+#[derive(Default)]
+struct Group {
+    evidence: Option<Evidence>,
+    version: Option<String>,
+    pids: BTreeSet<u32>,
+    connections: usize,
+    destinations: BTreeSet<String>,
+    /// Connections to destinations past the first [`LISTED`] (counted per
+    /// connection: the distinct ones are not kept).
+    more_destinations: usize,
+    settings: Vec<Settings>,
+    /// Sockets at risk by the kind of fix they need.
+    fixes: BTreeMap<FixKind, Pending>,
+}
+
+struct Pending {
+    reason: RiskReason,
+    connections: usize,
+    timeout: Faced,
+    netns: Option<u32>,
+    pid: Option<u32>,
+}
+
+impl Advisor {
+    pub fn new(node_netns: Option<u32>, listening: Listening) -> Self {
+        Advisor {
+            node_netns,
+            listening,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    fn side(&self, row: &SocketRow) -> Side {
+        match row.local {
+            Some(l) if self.listening.contains(&(row.netns, l.port())) => Side::Inbound,
+            _ => Side::Outbound,
+        }
+    }
+
+    /// A row of any state: only established connections with a peer count.
+    pub fn add(&mut self, row: &SocketRow) {
+        if row.state != TcpState::Established || row.remote.is_none() {
+            return;
+        }
+        let program = row.owner.as_ref().and_then(|o| o.program.as_ref());
+        let program_name = program.map_or(Program::Unknown, |p| p.program);
+        // A program with one knob for both sides is one group.
+        let side = knowledge::entry(program_name, self.side(row)).side;
+        let key = (Workload::of(row), program_name, side);
+        let g = self.groups.entry(key).or_default();
+        g.evidence = g.evidence.or(program.map(|p| p.evidence));
+        if g.version.is_none() {
+            g.version = program.and_then(|p| p.version.clone());
+        }
+        g.pids.extend(row.owner.as_ref().map(|o| o.pid));
+        g.connections += 1;
+        if g.destinations.len() < LISTED {
+            g.destinations.extend(row.remote.map(|r| r.to_string()));
+        } else if row
+            .remote
+            .is_some_and(|r| !g.destinations.contains(&r.to_string()))
+        {
+            g.more_destinations += 1;
+        }
+        count_settings(&mut g.settings, row.keepalive.as_ref());
+        if let Some(kind) = fix_kind(row) {
+            pend(g, kind, row);
+        }
+    }
+
+    /// The workloads, those with the most sockets at risk first.
+    pub fn finish(mut self) -> Vec<WorkloadAdvice> {
+        let groups = std::mem::take(&mut self.groups);
+        let mut out: Vec<WorkloadAdvice> = groups
+            .into_iter()
+            .map(|(key, g)| self.advice(key, g))
+            .collect();
+        out.sort_by_key(|w| std::cmp::Reverse(w.at_risk));
+        out
+    }
+
+    fn advice(&self, (workload, program, side): GroupKey, g: Group) -> WorkloadAdvice {
+        let entry = knowledge::entry(program, side);
+        let is_pod = matches!(workload, Workload::Pod { .. });
+        let fixes: Vec<Fix> = g
+            .fixes
+            .into_iter()
+            .map(|(kind, p)| {
+                let scope = self.scope(is_pod, p.netns, p.pid);
+                fix(entry, g.version.as_deref(), kind, p, scope)
+            })
+            .collect();
+        WorkloadAdvice {
+            workload,
+            program,
+            evidence: g.evidence.unwrap_or(Evidence::None),
+            version: g.version,
+            side: entry.side,
+            title: entry.title.clone(),
+            default: entry.default.clone(),
+            docs: entry.docs.clone(),
+            pids: g.pids.into_iter().collect(),
+            connections: g.connections,
+            at_risk: fixes.iter().map(|f| f.connections).sum(),
+            destinations: g.destinations.into_iter().collect(),
+            more_destinations: g.more_destinations,
+            settings: g.settings,
+            fixes,
+        }
+    }
+
+    fn scope(&self, is_pod: bool, netns: Option<u32>, pid: Option<u32>) -> SysctlScope {
+        match netns {
+            _ if is_pod => SysctlScope::Pod,
+            Some(n) if Some(n) != self.node_netns => SysctlScope::Netns { inode: n, pid },
+            _ => SysctlScope::Node,
+        }
+    }
+}
+
+fn count_settings(settings: &mut Vec<Settings>, keepalive: Option<&Keepalive>) {
+    if let Some(s) = settings
+        .iter_mut()
+        .find(|s| s.keepalive.as_ref() == keepalive)
+    {
+        s.connections += 1;
+    } else if settings.len() < LISTED {
+        settings.push(Settings {
+            keepalive: keepalive.cloned(),
+            connections: 1,
+        });
+    }
+}
+
+/// The kind of change an at-risk socket needs; None when it is not at risk.
+fn fix_kind(row: &SocketRow) -> Option<FixKind> {
+    let risk = row.risk.as_ref()?;
+    Some(match risk.reason {
+        RiskReason::KeepaliveOff => FixKind::SwitchOn,
+        RiskReason::L7NeedsApplicationKeepalive => FixKind::ApplicationPing,
+        RiskReason::IdleExceedsTimeout => match row.keepalive.as_ref().map(|k| k.idle_source) {
+            Some(Source::Socket) => FixKind::SocketTiming,
+            _ => FixKind::SysctlTiming,
+        },
+    })
+}
+
+/// Counts `row` under `kind`, keeping the shortest timeout faced.
+fn pend(g: &mut Group, kind: FixKind, row: &SocketRow) {
+    let Some(risk) = row.risk.as_ref() else {
+        return;
+    };
+    let faced = Faced {
+        profile: risk.profile.clone(),
+        idle_timeout_s: risk.idle_timeout_s,
+        basis: risk.basis,
+    };
+    let pid = row.owner.as_ref().map(|o| o.pid);
+    let p = g.fixes.entry(kind).or_insert(Pending {
+        reason: risk.reason,
+        connections: 0,
+        timeout: faced.clone(),
+        netns: row.netns,
+        pid,
+    });
+    p.connections += 1;
+    if faced.idle_timeout_s < p.timeout.idle_timeout_s {
+        p.timeout = faced;
+    }
+}
+
+fn fix(entry: &Entry, version: Option<&str>, kind: FixKind, p: Pending, scope: SysctlScope) -> Fix {
+    let advice = advise(p.timeout.idle_timeout_s);
+    let values = entry.values(advice);
+    let sysctl_values = Values {
+        idle_s: advice.time_s,
+        intvl_s: advice.intvl_s,
+        count: advice.probes,
+    };
+    let fill = |t: &str| knowledge::fill(t, values);
+    let lines = |t: Option<&str>| t.map(|t| fill(t).lines().map(str::to_owned).collect());
+    let sysctls = sysctl_lines(sysctl_values);
+    let (change, why, alternative, sysctls): (Vec<String>, _, _, Vec<String>) = match kind {
+        // A program whose switch always sets the timing (Redis) is
+        // switched on by its timing knob; the sysctls then never apply.
+        FixKind::SwitchOn => match entry.enable_for(version) {
+            Some(enable) => {
+                let follows = !entry.enable_sets_timing(version);
+                let sysctls = if follows { sysctls } else { Vec::new() };
+                (vec![fill(enable)], entry.off.clone(), None, sysctls)
+            }
+            None => (
+                lines(entry.set_timing_for(version)).unwrap_or_default(),
+                entry.off.clone(),
+                None,
+                Vec::new(),
+            ),
+        },
+        FixKind::SocketTiming => match entry.set_timing_for(version) {
+            Some(set) => (
+                lines(Some(set)).unwrap_or_default(),
+                None,
+                entry.leave_timing.as_deref().map(fill),
+                if entry.leave_timing.is_some() {
+                    sysctls
+                } else {
+                    Vec::new()
+                },
+            ),
+            None => (Vec::new(), None, None, sysctls),
+        },
+        FixKind::SysctlTiming => (Vec::new(), None, None, sysctls),
+        FixKind::ApplicationPing => (
+            vec![entry.l7.as_deref().map_or_else(
+                || {
+                    format!(
+                        "application-level pings, or HTTP keep-alive / pool idle timeouts, below {} s: a layer-7 proxy ignores TCP keepalive (no payload)",
+                        p.timeout.idle_timeout_s
+                    )
+                },
+                fill,
+            )],
+            None,
+            None,
+            Vec::new(),
+        ),
+    };
+    Fix {
+        kind,
+        reason: p.reason,
+        connections: p.connections,
+        timeout: p.timeout,
+        values: if kind == FixKind::SysctlTiming {
+            sysctl_values
+        } else {
+            values
+        },
+        change,
+        why,
+        alternative,
+        recommends: entry.recommends,
+        sysctl_scope: (!sysctls.is_empty()).then_some(scope),
+        sysctls,
+        note: entry.note.clone(),
+    }
+}
+
+fn sysctl_lines(v: Values) -> Vec<String> {
+    vec![
+        format!("net.ipv4.tcp_keepalive_time = {}", v.idle_s),
+        format!("net.ipv4.tcp_keepalive_intvl = {}", v.intvl_s),
+        format!("net.ipv4.tcp_keepalive_probes = {}", v.count),
+    ]
+}
+
+/// How to apply sysctl lines in `scope`, as lines to paste.
+pub fn apply_sysctls(scope: &SysctlScope, sysctls: &[String]) -> Vec<String> {
+    let pairs = sysctls.iter().filter_map(|l| l.split_once(" = "));
+    match scope {
+        SysctlScope::Node => {
+            let mut out = vec!["# /etc/sysctl.d/90-keepalive.conf, then sysctl --system".into()];
+            out.extend(sysctls.iter().cloned());
+            out
+        }
+        SysctlScope::Pod => {
+            let mut out = vec![
+                "# the pod's spec (safe sysctls since Kubernetes 1.29; earlier, allow them with the kubelet's --allowed-unsafe-sysctls):".into(),
+                "securityContext:".into(),
+                "  sysctls:".into(),
+            ];
+            for (name, value) in pairs {
+                out.push(format!("  - name: {name}"));
+                out.push(format!("    value: \"{value}\""));
+            }
+            out
+        }
+        SysctlScope::Netns { inode, pid } => {
+            let enter = pid.map_or_else(
+                || format!("# in network namespace {inode}:"),
+                |pid| {
+                    format!(
+                        "# network namespace {inode}: nsenter --net=/proc/{pid}/ns/net sysctl -w …"
+                    )
+                },
+            );
+            let mut out = vec![enter];
+            out.extend(pairs.map(|(name, value)| {
+                pid.map_or_else(
+                    || format!("sysctl -w {name}={value}"),
+                    |pid| format!("nsenter --net=/proc/{pid}/ns/net sysctl -w {name}={value}"),
+                )
+            }));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keepalive_api::{Owner, ProgramInfo, Risk};
+
+    use super::*;
+
+    fn row(program: Program, local: &str, remote: &str, keepalive: Option<Keepalive>) -> SocketRow {
+        let risk = match &keepalive {
+            None => Some(RiskReason::KeepaliveOff),
+            Some(k) if k.idle_s >= 350.0 => Some(RiskReason::IdleExceedsTimeout),
+            Some(_) => None,
+        };
+        SocketRow {
+            cookie: 1,
+            netns: Some(9),
+            state: TcpState::Established,
+            local: Some(local.parse().unwrap()),
+            remote: Some(remote.parse().unwrap()),
+            owner: Some(Owner {
+                pid: 42,
+                comm: program.to_string(),
+                program: Some(ProgramInfo {
+                    program,
+                    evidence: Evidence::Comm,
+                    version: None,
+                }),
+                ..Owner::default()
+            }),
+            pod: None,
+            namespace: None,
+            container: None,
+            pod_uid: None,
+            uid: 0,
+            inode: 1,
+            keepalive,
+            idle_s: None,
+            probes_out: 0,
+            probes: 0,
+            acks: 0,
+            last_rtt_us: None,
+            dead_after_s: None,
+            risk: risk.map(|reason| Risk {
+                profile: "aws-nlb".into(),
+                idle_timeout_s: 350,
+                reason,
+                basis: RiskBasis::Configured,
+            }),
+        }
+    }
+
+    fn keepalive(idle_s: f64, source: Source) -> Keepalive {
+        Keepalive {
+            enabled: true,
+            idle_s,
+            idle_source: source,
+            interval_s: 60.0,
+            interval_source: source,
+            count: 5,
+            count_source: source,
+            detection_s: idle_s + 300.0,
+        }
+    }
+
+    #[test]
+    fn each_program_gets_its_own_knob() {
+        let listener = row(Program::Nginx, "192.0.2.1:80", "0.0.0.0:0", None);
+        let listening = [(listener.netns, 80)].into_iter().collect();
+        let mut a = Advisor::new(Some(1), listening);
+        a.add(&row(
+            Program::Nginx,
+            "192.0.2.1:80",
+            "192.0.2.9:5000",
+            Some(keepalive(400.0, Source::Socket)),
+        ));
+        a.add(&row(
+            Program::Nginx,
+            "192.0.2.1:40000",
+            "192.0.2.7:8080",
+            None,
+        ));
+        a.add(&row(
+            Program::Python,
+            "192.0.2.1:40001",
+            "192.0.2.7:9",
+            None,
+        ));
+        a.add(&row(
+            Program::Postgres,
+            "192.0.2.1:40002",
+            "192.0.2.7:9",
+            Some(keepalive(7200.0, Source::Sysctl)),
+        ));
+        let out = a.finish();
+        let find = |p: Program, side: Side| {
+            out.iter()
+                .find(|w| w.program == p && w.side == side)
+                .unwrap_or_else(|| panic!("{p} {side:?}: {out:#?}"))
+        };
+        let listen = &find(Program::Nginx, Side::Inbound).fixes[0];
+        assert_eq!(listen.kind, FixKind::SocketTiming);
+        assert_eq!(
+            listen.change,
+            ["listen … so_keepalive=175s:29s:9;   # idle:interval:count on the listen directive"]
+        );
+        assert!(
+            listen
+                .alternative
+                .as_deref()
+                .unwrap()
+                .contains("so_keepalive=on")
+        );
+        let upstream = &find(Program::Nginx, Side::Outbound).fixes[0];
+        assert_eq!(upstream.kind, FixKind::SwitchOn);
+        assert!(upstream.change[0].starts_with("proxy_socket_keepalive on;"));
+        assert_eq!(upstream.sysctls[0], "net.ipv4.tcp_keepalive_time = 175");
+        assert_eq!(
+            upstream.sysctl_scope,
+            Some(SysctlScope::Netns {
+                inode: 9,
+                pid: Some(42)
+            })
+        );
+        let python = &find(Program::Python, Side::Any).fixes[0];
+        assert!(python.change[0].contains("SO_KEEPALIVE, 1"));
+        let pg = &find(Program::Postgres, Side::Any).fixes[0];
+        assert_eq!(pg.kind, FixKind::SysctlTiming);
+        assert!(pg.change.is_empty());
+        assert_eq!(pg.values.idle_s, 175);
+        assert!(
+            apply_sysctls(&SysctlScope::Pod, &pg.sysctls)
+                .contains(&"  - name: net.ipv4.tcp_keepalive_time".to_string())
+        );
+    }
+
+    #[test]
+    fn pods_get_their_security_context_and_l7_paths_get_pings() {
+        let mut r = row(Program::Go, "10.1.0.5:40000", "10.2.0.9:443", None);
+        r.pod = Some("web-0".into());
+        r.namespace = Some("shop".into());
+        r.container = Some("app".into());
+        let mut ssh = row(
+            Program::Ssh,
+            "10.1.0.5:40001",
+            "10.2.0.9:22",
+            Some(keepalive(7200.0, Source::Sysctl)),
+        );
+        if let Some(risk) = ssh.risk.as_mut() {
+            risk.reason = RiskReason::L7NeedsApplicationKeepalive;
+            risk.idle_timeout_s = 60;
+        }
+        let mut a = Advisor::new(Some(1), Listening::new());
+        a.add(&r);
+        a.add(&ssh);
+        let out = a.finish();
+        let web = out.iter().find(|w| w.program == Program::Go).unwrap();
+        assert_eq!(web.workload.label(), "pod shop/web-0 (app)");
+        let fix = &web.fixes[0];
+        assert_eq!(fix.sysctl_scope, Some(SysctlScope::Pod));
+        let yaml = apply_sysctls(&SysctlScope::Pod, &fix.sysctls).join("\n");
+        assert!(yaml.contains("securityContext:\n  sysctls:\n  - name: net.ipv4.tcp_keepalive_time\n    value: \"175\""), "{yaml}");
+        let ssh = out.iter().find(|w| w.program == Program::Ssh).unwrap();
+        let fix = &ssh.fixes[0];
+        assert_eq!(fix.kind, FixKind::ApplicationPing);
+        assert!(
+            fix.change[0].starts_with("ServerAliveInterval 30"),
+            "{fix:?}"
+        );
+        assert!(fix.sysctls.is_empty());
+    }
+}
