@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use keepalive_common::{
     COUNTER_SLOTS, ClosedCounts, FlowKey, ProbeInFlight, SocketCounters, counter,
@@ -25,6 +25,65 @@ pub static SOCKETS: HashMap<u64, SocketCounters> = HashMap::with_max_entries(655
 /// closes, and an insert into a full map counts as `IN_FLIGHT_FULL`.
 #[map]
 pub static IN_FLIGHT: HashMap<FlowKey, ProbeInFlight> = HashMap::with_max_entries(65536, 0);
+
+/// How many probes in `IN_FLIGHT` hash to each slot of their ports
+/// ([`port_slot`]): ingress looks the 40-byte flow key up only for an ACK
+/// whose slot is not 0, an inlined array read instead of a hash lookup on
+/// every ACK of the node. Raised when an entry is created, lowered when
+/// the kernel removes one (ACK, close); an entry the agent expires leaves
+/// its slot raised, which costs lookups, never an ACK.
+#[map]
+pub static PROBED_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+pub const PORT_SLOTS: u32 = 1 << 16;
+
+/// The slot of a flow, from the probing side's ports.
+#[inline(always)]
+pub fn port_slot(local_port: u16, remote_port: u16) -> u32 {
+    (local_port ^ remote_port.rotate_left(8)) as u32 & (PORT_SLOTS - 1)
+}
+
+/// Whether a probe may be in flight on a flow with these ports.
+#[inline(always)]
+pub fn maybe_in_flight(slot: u32) -> bool {
+    // SAFETY: the value is read at once (a plain u32; a torn read cannot
+    // happen on an aligned 4-byte load).
+    PROBED_PORTS
+        .get(slot)
+        .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } != 0)
+}
+
+/// Records a probe in flight; its slot is raised only when the entry is
+/// new (a flow's next probe replaces its last).
+#[inline(always)]
+pub fn insert_in_flight(key: &FlowKey, flight: &ProbeInFlight) {
+    const BPF_NOEXIST: u64 = 1;
+    const BPF_EXIST: u64 = 2;
+    if IN_FLIGHT.insert(key, flight, BPF_EXIST).is_ok() {
+        return;
+    }
+    if IN_FLIGHT.insert(key, flight, BPF_NOEXIST).is_ok() {
+        if let Some(n) = PROBED_PORTS.get_ptr_mut(port_slot(key.sport, key.dport)) {
+            add32(n, 1);
+        }
+        return;
+    }
+    // Neither there nor insertable: the map is full (or a concurrent
+    // insert won, which then counted its own).
+    if IN_FLIGHT.get_ptr(key).is_none() {
+        count(counter!(in_flight_full), 1);
+    }
+}
+
+/// Removes a probe in flight, lowering its slot if it was there.
+#[inline(always)]
+pub fn remove_in_flight(key: &FlowKey) {
+    if IN_FLIGHT.remove(key).is_ok()
+        && let Some(n) = PROBED_PORTS.get_ptr_mut(port_slot(key.sport, key.dport))
+    {
+        add32(n, u32::MAX);
+    }
+}
 
 /// Final counts of sockets whose close event was lost (ring buffer full),
 /// by cookie: written only then, read and emptied by the agent's
@@ -130,6 +189,17 @@ pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> 
         }
         (*c).last_probe_ns = now_ns;
         ((*c).probes as u32, (*c).acks as u32)
+    }
+}
+
+/// Atomic add on a u32 (`u32::MAX` subtracts one).
+#[inline(always)]
+fn add32(field: *mut u32, n: u32) {
+    // SAFETY: callers pass a pointer into a live map value.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            field, n,
+        );
     }
 }
 

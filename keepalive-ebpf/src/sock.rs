@@ -14,7 +14,7 @@ use keepalive_common::{
 use crate::{
     emit::{emit, emit_state},
     kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
-    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, scratch},
+    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, remove_in_flight, scratch},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -85,7 +85,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.tuple.state = new;
         if new == TCP_CLOSE {
             // A probe still waiting for its ACK will never get one.
-            let _ = IN_FLIGHT.remove(FlowKey::of(&ev.tuple));
+            remove_in_flight(&FlowKey::of(&ev.tuple));
         }
     });
     if !sent && new == TCP_CLOSE && probes_total + acks_total != 0 {

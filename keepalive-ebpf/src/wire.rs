@@ -4,13 +4,14 @@
 //! keepalive timer) tells a keepalive probe from a zero-window probe, which
 //! looks the same on the wire but comes from another timer. Ingress matches
 //! the peer's ACK (ack = probe seq + 1) to the probe in flight and measures
-//! the round trip. Observers only: every packet continues unchanged.
+//! the round trip, looking the flow up only when a probe may be in flight
+//! on its ports (`PROBED_PORTS`). Observers only: every packet continues
+//! unchanged. Cost is what a fleet pays on every packet: segments leave at
+//! the first field that rules them out, addresses are read last.
 
 use aya_ebpf::{
     bindings::bpf_sock,
-    helpers::{
-        bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_tcp_sock,
-    },
+    helpers::{bpf_get_socket_cookie, bpf_jiffies64, bpf_ktime_get_ns, bpf_tcp_sock},
     programs::TcContext,
 };
 use keepalive_common::{
@@ -20,7 +21,10 @@ use keepalive_common::{
 use crate::{
     emit::{emit, emit_ack},
     kernel::{self, AF_INET, AF_INET6, config, read},
-    maps::{IN_FLIGHT, add, count, count_socket_probes, scratch},
+    maps::{
+        IN_FLIGHT, add, count, count_socket_probes, insert_in_flight, maybe_in_flight, port_slot,
+        remove_in_flight, scratch,
+    },
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -31,10 +35,12 @@ const TCP_ACK: u8 = 0x10;
 /// FIN, SYN, RST, PSH, ACK, URG; ECE/CWR do not change what a segment is.
 const TCP_FLAGS_MASK: u8 = 0x3f;
 
+/// A TCP segment's header fields; its addresses are read from the packet
+/// only when wanted ([`Segment::addresses`]): most segments leave before.
 struct Segment {
     family: u16,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    /// The IP header, bounds-checked for its addresses.
+    ip: usize,
     sport: u16,
     dport: u16,
     seq: u32,
@@ -44,28 +50,46 @@ struct Segment {
 }
 
 impl Segment {
+    /// (source, destination), as the packet has them.
+    #[inline(always)]
+    fn addresses(&self) -> ([u8; 16], [u8; 16]) {
+        let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
+        if self.family == AF_INET {
+            saddr[..4].copy_from_slice(&field::<[u8; 4]>(self.ip, 12));
+            daddr[..4].copy_from_slice(&field::<[u8; 4]>(self.ip, 16));
+        } else {
+            saddr = field::<[u8; 16]>(self.ip, 8);
+            daddr = field::<[u8; 16]>(self.ip, 24);
+        }
+        (saddr, daddr)
+    }
+
     /// The flow as this (the sending) side sees it.
     #[inline(always)]
     fn flow(&self) -> FlowKey {
+        let (saddr, daddr) = self.addresses();
         FlowKey {
             family: self.family,
             sport: self.sport,
             dport: self.dport,
             _pad: 0,
-            saddr: self.saddr,
-            daddr: self.daddr,
+            saddr,
+            daddr,
         }
     }
 
-    /// The addresses into a wire event (no namespace or state: the agent
-    /// knows those from the socket's other events).
+    /// The flow as the other (the probing) side sees it.
     #[inline(always)]
-    fn fill_tuple(&self, ev: &mut Event) {
-        ev.tuple.family = self.family;
-        ev.tuple.sport = self.sport;
-        ev.tuple.dport = self.dport;
-        ev.tuple.saddr = self.saddr;
-        ev.tuple.daddr = self.daddr;
+    fn reverse_flow(&self) -> FlowKey {
+        let (saddr, daddr) = self.addresses();
+        FlowKey {
+            family: self.family,
+            sport: self.dport,
+            dport: self.sport,
+            _pad: 0,
+            saddr: daddr,
+            daddr: saddr,
+        }
     }
 }
 
@@ -126,18 +150,7 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
         Some(eth) if u16::from_be(field::<u16>(eth, 12)) == proto => ETH_HLEN,
         _ => 0,
     };
-    let mut seg = Segment {
-        family: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport: 0,
-        dport: 0,
-        seq: 0,
-        ack: 0,
-        flags: 0,
-        payload: 0,
-    };
-    let (l4, ip_payload) = if proto == ETH_P_IP {
+    let (family, ip, l4, ip_payload) = if proto == ETH_P_IP {
         let ip = header(ctx, l3, IPV4_HLEN)?;
         let vihl = field::<u8>(ip, 0);
         if vihl >> 4 != 4 || field::<u8>(ip, 9) != IPPROTO_TCP {
@@ -149,32 +162,30 @@ fn parse(ctx: &TcContext) -> Option<Segment> {
         }
         let ihl = ((vihl & 0x0f) as usize) * 4;
         let total = u16::from_be(field::<u16>(ip, 2)) as u32;
-        seg.family = AF_INET;
-        seg.saddr[..4].copy_from_slice(&field::<[u8; 4]>(ip, 12));
-        seg.daddr[..4].copy_from_slice(&field::<[u8; 4]>(ip, 16));
-        (l3 + ihl, total.wrapping_sub(ihl as u32))
+        (AF_INET, ip, l3 + ihl, total.wrapping_sub(ihl as u32))
     } else if proto == ETH_P_IPV6 {
         let ip = header(ctx, l3, IPV6_HLEN)?;
         // Extension headers are not followed: keepalive probes carry none.
         if field::<u8>(ip, 6) != IPPROTO_TCP {
             return None;
         }
-        seg.family = AF_INET6;
-        seg.saddr = field::<[u8; 16]>(ip, 8);
-        seg.daddr = field::<[u8; 16]>(ip, 24);
-        (l3 + IPV6_HLEN, u16::from_be(field::<u16>(ip, 4)) as u32)
+        let payload = u16::from_be(field::<u16>(ip, 4)) as u32;
+        (AF_INET6, ip, l3 + IPV6_HLEN, payload)
     } else {
         return None;
     };
     let tcp = header(ctx, l4, TCP_HLEN)?;
-    seg.sport = u16::from_be(field::<u16>(tcp, 0));
-    seg.dport = u16::from_be(field::<u16>(tcp, 2));
-    seg.seq = u32::from_be(field::<u32>(tcp, 4));
-    seg.ack = u32::from_be(field::<u32>(tcp, 8));
     let doff = ((field::<u8>(tcp, 12) >> 4) as u32) * 4;
-    seg.flags = field::<u8>(tcp, 13) & TCP_FLAGS_MASK;
-    seg.payload = ip_payload.wrapping_sub(doff);
-    Some(seg)
+    Some(Segment {
+        family,
+        ip,
+        sport: u16::from_be(field::<u16>(tcp, 0)),
+        dport: u16::from_be(field::<u16>(tcp, 2)),
+        seq: u32::from_be(field::<u32>(tcp, 4)),
+        ack: u32::from_be(field::<u32>(tcp, 8)),
+        flags: field::<u8>(tcp, 13) & TCP_FLAGS_MASK,
+        payload: ip_payload.wrapping_sub(doff),
+    })
 }
 
 pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
@@ -193,13 +204,10 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
     if sk.is_null() {
         return Ok(());
     }
+    // One helper, not two: bpf_tcp_sock is NULL for anything but a full
+    // TCP socket (`bpf_tcp_sock` in net/core/filter.c checks sk_fullsock).
     // SAFETY: `sk` is the skb's socket, checked non-null.
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return Ok(());
-    }
-    // SAFETY: `full` is a full socket, checked non-null.
-    let tp = unsafe { bpf_tcp_sock(full) };
+    let tp = unsafe { bpf_tcp_sock(sk) };
     if tp.is_null() {
         return Ok(());
     }
@@ -227,14 +235,14 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             scratch.wire_ifindex = ifindex;
         }
     }
-    let sk = address_of(full);
+    let sk = address_of(tp.cast());
     let wire_only = !in_timer && !timer_running && sk != 0 && in_keepalive_callback(sk);
     if !in_timer && !wire_only {
         count(counter!(wire_zero_window_probes), 1);
         emit(EventKind::WireProbe, cookie, |ev| {
             ev.seq = seg.seq;
             ev.ifindex = ifindex;
-            seg.fill_tuple(ev);
+            fill_tuple(&seg, ev);
         });
         return Ok(());
     }
@@ -271,10 +279,20 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         seq: seg.seq,
         _pad: 0,
     };
-    if IN_FLIGHT.insert(seg.flow(), flight, 0).is_err() {
-        count(counter!(in_flight_full), 1);
-    }
+    insert_in_flight(&seg.flow(), &flight);
     Ok(())
+}
+
+/// The addresses into a wire event (no namespace or state: the agent knows
+/// those from the socket's other events).
+#[inline(always)]
+fn fill_tuple(seg: &Segment, ev: &mut Event) {
+    let (saddr, daddr) = seg.addresses();
+    ev.tuple.family = seg.family;
+    ev.tuple.sport = seg.sport;
+    ev.tuple.dport = seg.dport;
+    ev.tuple.saddr = saddr;
+    ev.tuple.daddr = daddr;
 }
 
 /// The kernel address of a socket, as a number: the verifier forbids
@@ -308,18 +326,10 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
     let Some(seg) = parse(ctx) else {
         return Ok(());
     };
-    if seg.flags & TCP_ACK == 0 {
+    if seg.flags & TCP_ACK == 0 || !maybe_in_flight(port_slot(seg.dport, seg.sport)) {
         return Ok(());
     }
-    // The flow as the probing side sees it.
-    let key = FlowKey {
-        family: seg.family,
-        sport: seg.dport,
-        dport: seg.sport,
-        _pad: 0,
-        saddr: seg.daddr,
-        daddr: seg.saddr,
-    };
+    let key = seg.reverse_flow();
     // SAFETY: the value is copied out at once.
     let Some(flight) = (unsafe { IN_FLIGHT.get(key) }) else {
         return Ok(());
@@ -331,7 +341,7 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
     // SAFETY: no arguments; reads CLOCK_MONOTONIC.
     let rtt = unsafe { bpf_ktime_get_ns() }.wrapping_sub(flight.sent_ns);
     let seq = flight.seq;
-    let _ = IN_FLIGHT.remove(key);
+    remove_in_flight(&key);
     count(counter!(acks), 1);
     let mut acks_total = 0u32;
     if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {

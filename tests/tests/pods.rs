@@ -234,9 +234,14 @@ fn pods_are_named_in_sockets_events_and_metrics() {
     // The hostNetwork pod's socket is the pod's, the host's is nobody's,
     // though both live in the host's namespace.
     let hp_rows = rows_of(&agent, &format!("port={hp_port}"));
+    // The pod's client to its own listener: an earlier connection of ours
+    // to the agent may have left the same ephemeral port in TIME-WAIT.
     let hp_client: Vec<SocketRow> = hp_rows
         .into_iter()
-        .filter(|r| r.local.map(|a| a.port()) == Some(hp_port))
+        .filter(|r| {
+            r.local.map(|a| a.port()) == Some(hp_port)
+                && r.remote.map(|a| a.port()) == Some(host_port)
+        })
         .collect();
     assert_named(&hp_client, &host_pod, Some("exporter"));
     assert_eq!(
