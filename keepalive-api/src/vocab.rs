@@ -264,8 +264,12 @@ vocabulary! {
         Postgres = "postgres",
         /// A client linked with libpq (`psql`, psycopg, …): connection parameters.
         Libpq = "libpq",
-        /// `redis-server` (`tcp-keepalive` in redis.conf).
+        /// `redis-server` or `valkey-server` (`tcp-keepalive` in redis.conf).
         Redis = "redis",
+        /// PgBouncer (`tcp_keepalive`, `tcp_keepidle` in pgbouncer.ini).
+        Pgbouncer = "pgbouncer",
+        /// HAProxy (`option clitcpka` / `srvtcpka`, `clitcpka-idle`, …).
+        Haproxy = "haproxy",
         /// nginx (`so_keepalive=` on `listen`, `proxy_socket_keepalive`).
         Nginx = "nginx",
         /// A Go program (`net.Dialer` / `net.ListenConfig`).

@@ -60,6 +60,9 @@ pub fn scan(
             .into_file()
             .map_err(|error| IterError::Start { netns, error })?;
         let mut buf = vec![0u8; CHUNK_RECORDS * SOCKET_RECORD_SIZE];
+        // One records buffer for every chunk: a fresh one each time is an
+        // mmap of its own (past malloc's threshold) and its page faults.
+        let mut records = Vec::with_capacity(CHUNK_RECORDS);
         let (mut filled, mut total) = (0, 0);
         loop {
             let n = file.read(&mut buf[filled..]).map_err(read)?;
@@ -69,7 +72,7 @@ pub fn scan(
             filled += n;
             // A read may end inside a record: the rest waits for the next.
             let whole = filled - filled % SOCKET_RECORD_SIZE;
-            let records = parse(&buf[..whole]);
+            parse(&buf[..whole], &mut records);
             total += records.len();
             each(&records);
             buf.copy_within(whole..filled, 0);
@@ -78,10 +81,12 @@ pub fn scan(
     })?
 }
 
-fn parse(bytes: &[u8]) -> Vec<SocketRecord> {
-    bytes
-        .chunks_exact(SOCKET_RECORD_SIZE)
-        // SAFETY: SocketRecord is plain old data of exactly this size.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SocketRecord>()) })
-        .collect()
+fn parse(bytes: &[u8], records: &mut Vec<SocketRecord>) {
+    records.clear();
+    records.extend(
+        bytes
+            .chunks_exact(SOCKET_RECORD_SIZE)
+            // SAFETY: SocketRecord is plain old data of exactly this size.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<SocketRecord>()) }),
+    );
 }

@@ -27,7 +27,7 @@ pub const REQUIRED: &[Cap] = &[
     Cap(
         19,
         "CAP_SYS_PTRACE",
-        "open /proc/<pid>/ns/net and /proc/<pid>/fd of other processes",
+        "open /proc/<pid>/ns/net, /proc/<pid>/fd, exe and maps of other processes (owners, their programs)",
     ),
     // /proc/<pid>/fd is mode 0500 owned by the process' user: listing it
     // for another user's process is a DAC check, not a ptrace one.

@@ -158,9 +158,12 @@ fn by_name(name: &str) -> Option<Program> {
         "postgres" | "postmaster" => Program::Postgres,
         // Debian's redis-server is a link to redis-check-rdb, which tells
         // itself apart by argv[0]; its comm stays redis-server.
-        "redis-server" => Program::Redis,
+        "redis-server" | "valkey-server" => Program::Redis,
+        "pgbouncer" => Program::Pgbouncer,
+        "haproxy" => Program::Haproxy,
         "nginx" => Program::Nginx,
-        "sshd" => Program::Sshd,
+        // OpenSSH ≥ 9.8 serves each connection from sshd-session.
+        "sshd" | "sshd-session" => Program::Sshd,
         "ssh" => Program::Ssh,
         "mysqld" | "mariadbd" => Program::MysqlServer,
         "mysql" | "mariadb" => Program::MysqlClient,
@@ -191,7 +194,8 @@ fn library(proc: &Path) -> Option<Program> {
     let maps = BufReader::new(File::open(proc.join("maps")).ok()?);
     maps.lines().map_while(Result::ok).find_map(|line| {
         let file = line.rsplit('/').next()?;
-        if file.starts_with("libpq.so") {
+        // Wheels bundle their own copies: libpq-9a8b7c6d.so.5.16.
+        if file.starts_with("libpq") && file.contains(".so") {
             Some(Program::Libpq)
         } else if file.starts_with("libjvm.so") {
             Some(Program::Java)
@@ -257,6 +261,7 @@ mod tests {
         assert_eq!(by_name("redis-server"), Some(Program::Redis));
         assert_eq!(by_name("python3.11"), Some(Program::Python));
         assert_eq!(by_name("psql"), Some(Program::Libpq));
+        assert_eq!(by_name("sshd-session"), Some(Program::Sshd));
         assert_eq!(by_name("curl"), None);
         assert_eq!(uvarint(&[0x96, 0x01]), Some((150, 2)));
         // The test binary is Rust: nothing telling, never an error.

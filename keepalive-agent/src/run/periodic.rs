@@ -129,7 +129,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     let found = owners::resolve(&wanted);
     let owners_found = found.len();
     if let Ok(mut s) = state.lock() {
-        s.table.set_owners_by_inode(found);
+        s.table.set_owners_by_inode(found, &wanted);
         let s = &mut *s;
         s.naming.netns_owners = netns_owners;
         // Containers no socket or namespace refers to are gone; new ones

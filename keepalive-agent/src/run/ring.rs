@@ -103,8 +103,10 @@ impl Sink {
             let _ = text::write(&mut line, &record, self.print.json);
             outlet::stdout().send(line);
         }
-        // No subscriber is not an error.
-        let _ = self.events.send(Arc::new(record));
+        // Nobody listening: no copy to share (most of the time on a node).
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Arc::new(record));
+        }
     }
 }
 

@@ -69,6 +69,10 @@ fn survived_gap(e: &mut Entry, was: TcpState, rec: &SocketRecord) -> Option<f64>
     e.idle_s
 }
 
+/// Every this many inventories, sockets no `/proc` walk found an owner
+/// for are looked for again (a minute at the default 10 s).
+const UNFINDABLE_RETRY: u64 = 6;
+
 /// How many closed sockets stay findable.
 const RECENTLY_CLOSED: usize = 4096;
 
@@ -84,6 +88,11 @@ pub struct SocketTable {
     listening: HashSet<(u32, u16)>,
     capacity: usize,
     generation: u64,
+    /// Inodes a `/proc` walk looked for and no process held (a kernel
+    /// socket, a process in no pid namespace we see): not looked for again
+    /// at every inventory, which would walk every descriptor of the node
+    /// for one socket.
+    unfindable: HashSet<u64>,
     /// Sockets not recorded because the table was full.
     pub refused: u64,
     /// The shortest silence from the peer that counts as an idle gap
@@ -102,6 +111,7 @@ impl SocketTable {
             closed: CookieMap::default(),
             closed_order: VecDeque::new(),
             listening: HashSet::new(),
+            unfindable: HashSet::new(),
             capacity,
             generation: 0,
             refused: 0,
@@ -331,16 +341,25 @@ impl SocketTable {
     }
 
     /// Inodes of live sockets without a known owner (for `/proc` lookup).
+    /// The inodes of sockets whose owner is not known, for a `/proc` walk:
+    /// those an earlier walk did not find only every
+    /// [`UNFINDABLE_RETRY`]th inventory (an fd passed on, a process that
+    /// appeared late).
     pub fn ownerless_inodes(&self) -> HashSet<u64> {
+        let retry = self.generation.is_multiple_of(UNFINDABLE_RETRY);
         self.live
             .values()
             .filter(|e| e.owner.is_none() && e.inode != 0)
+            .filter(|e| retry || !self.unfindable.contains(&e.inode))
             .map(|e| e.inode)
             .collect()
     }
 
-    /// Sets owners found by inode.
-    pub fn set_owners_by_inode(&mut self, owners: HashMap<u64, Owner>) {
+    /// Sets owners found by inode; the `searched` inodes not found are
+    /// remembered as unfindable.
+    pub fn set_owners_by_inode(&mut self, owners: HashMap<u64, Owner>, searched: &HashSet<u64>) {
+        self.unfindable
+            .extend(searched.iter().filter(|i| !owners.contains_key(i)));
         let shared: HashMap<u64, Arc<Owner>> = owners
             .into_iter()
             .map(|(inode, o)| (inode, self.intern(o)))
@@ -352,6 +371,14 @@ impl SocketTable {
                 e.owner = Some(o.clone());
             }
         }
+        // Only inodes of live ownerless sockets stay remembered.
+        let ownerless: HashSet<u64> = self
+            .live
+            .values()
+            .filter(|e| e.owner.is_none())
+            .map(|e| e.inode)
+            .collect();
+        self.unfindable.retain(|i| ownerless.contains(i));
     }
 
     /// The owners live sockets refer to.

@@ -151,3 +151,37 @@ fn a_scan_sees_an_idle_gap_survived() {
     assert_eq!(seen[0].service_port, 5432);
     assert_eq!(seen[0].remote.to_string(), "198.51.100.2:5432");
 }
+
+/// A socket no process holds is looked for once, then only every
+/// UNFINDABLE_RETRY inventories, until it is found.
+#[test]
+fn unfindable_owners_are_not_looked_for_at_every_inventory() {
+    let clock = Clock::new(100);
+    let mut t = SocketTable::new(4);
+    let mut rec = SocketRecord {
+        cookie: 9,
+        flags: flag::FULL_SOCK,
+        inode: 77,
+        ..SocketRecord::default()
+    };
+    rec.tuple.family = 2;
+    rec.tuple.state = 10;
+    t.begin_inventory();
+    t.apply_inventory(&[rec], &clock);
+    let wanted = t.ownerless_inodes();
+    assert_eq!(wanted, HashSet::from([77]));
+    t.set_owners_by_inode(HashMap::new(), &wanted);
+    let mut asked = Vec::new();
+    while !t.generation.is_multiple_of(UNFINDABLE_RETRY) {
+        t.begin_inventory();
+        asked.push(t.ownerless_inodes().len());
+    }
+    assert_eq!(
+        asked.iter().sum::<usize>(),
+        1,
+        "asked again once: {asked:?}"
+    );
+    t.set_owners_by_inode(HashMap::from([(77, owner(3))]), &HashSet::from([77]));
+    assert_eq!(t.get(9).unwrap().owner.as_ref().unwrap().pid, 3);
+    assert!(t.unfindable.is_empty());
+}

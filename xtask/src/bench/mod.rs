@@ -234,6 +234,63 @@ fn startup() -> anyhow::Result<Value> {
     Ok(v)
 }
 
+/// The ±1 % target against the rounds' own noise: each load's cost (median
+/// attached against median detached) beside the spread of its rounds
+/// ((max − min) / median, the larger of the two settings'); a cost smaller
+/// than the spread is not a measurement.
+fn print_round_spread(tc: &Value) {
+    let rounds = |key: &str| -> Vec<f64> {
+        tc[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        let mid = tc::median(v);
+        100.0 * (hi - lo) / mid
+    };
+    let loads = [
+        (
+            "bulk throughput",
+            "cost_percent",
+            "rounds_detached_gbit_s",
+            "rounds_attached_gbit_s",
+        ),
+        (
+            "ping-pong round trips",
+            "ping_pong_cost_percent",
+            "rounds_ping_pong_detached_per_s",
+            "rounds_ping_pong_attached_per_s",
+        ),
+    ];
+    let figures: Vec<(&str, f64, f64, usize)> = loads
+        .iter()
+        .map(|(name, cost, off, on)| {
+            let (off, on) = (rounds(off), rounds(on));
+            let noise = spread(&off).max(spread(&on));
+            (
+                *name,
+                tc[*cost].as_f64().unwrap_or(f64::NAN),
+                noise,
+                off.len(),
+            )
+        })
+        .collect();
+    let ok = figures.iter().all(|(_, cost, _, _)| cost.abs() <= 1.0);
+    println!(
+        "target: throughput and round trips within 1 % of detached: {}",
+        verdict(ok)
+    );
+    for (name, cost, noise, n) in figures {
+        println!(
+            "        {name:<22}: {cost:+.1} % slower attached (median of {n} alternating rounds each; the rounds spread {noise:.1} %)"
+        );
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
@@ -332,6 +389,7 @@ fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
         f(&ping["egress_ns_per_packet"]),
         f(&ping["ingress_ns_per_packet"]),
     );
+    print_round_spread(tc);
     // Net of the hook and the stats themselves: ours minus do-nothing
     // classifiers attached the same way, in the same run.
     let net = |load: &str, dir: &str| {
@@ -354,6 +412,16 @@ fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
             "        {load:<9} {dir:<7}: baseline {base:.0} ns, ours {ours:.0} ns, net {diff:+.0} ns"
         );
     }
+    // CPU-seconds of the agent over the window ÷ the probes in it.
+    let us_per_probe = last["agent_cpu_percent"].as_f64().unwrap_or(f64::NAN)
+        / 100.0
+        / last["probes_per_s"].as_f64().unwrap_or(f64::NAN)
+        * 1e6;
+    println!(
+        "target: agent CPU <= 1 us per probe: {} ({us_per_probe:.1} us at {:.0} probes/s)",
+        verdict(us_per_probe <= 1.0),
+        last["probes_per_s"].as_f64().unwrap_or(f64::NAN)
+    );
     let rss = last["agent_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let peak = last["agent_peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
     let metrics = last["metrics_ms_median"].as_f64().unwrap_or(f64::NAN);

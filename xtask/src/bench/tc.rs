@@ -236,7 +236,7 @@ pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
     }))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
