@@ -63,6 +63,9 @@ enum Command {
     BenchHold {
         #[arg(long)]
         conns: usize,
+        /// Keepalive on with the namespace's sysctls (7200 s: no probe due).
+        #[arg(long)]
+        sysctl_timing: bool,
     },
     /// Build, then run the unit tests and the real-kernel integration tests
     /// (as root) on this machine's kernel and on the VM kernel matrix;
@@ -116,7 +119,10 @@ fn main() -> anyhow::Result<()> {
                 None => bench::run(quick, steps, json, compare),
             }
         }
-        Command::BenchHold { conns } => bench::hold(conns),
+        Command::BenchHold {
+            conns,
+            sysctl_timing,
+        } => bench::hold(conns, sysctl_timing),
         Command::Test { kernels, args } => {
             // Refuse a misspelt kernel before minutes of building.
             let vms = kernels

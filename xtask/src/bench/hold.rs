@@ -17,12 +17,23 @@ use anyhow::{Context as _, bail};
 /// Connections per holder: two descriptors each, under a 20000 limit.
 const PER_HOLDER: usize = 8_000;
 
+/// The connections' keepalive timing.
+#[derive(Clone, Copy)]
+pub enum Timing {
+    /// 1 s idle and interval: a probe a second each.
+    Fast,
+    /// SO_KEEPALIVE alone: the namespace's sysctls (7200 s by default), no
+    /// probe due in a benchmark's window.
+    Sysctl,
+}
+
 /// Running holders; closing their stdin (on drop) closes every connection.
 pub struct Holders(Vec<Child>);
 
 impl Holders {
-    /// `n` connections in the namespace `netns`, ready when this returns.
-    pub fn spawn(netns: &str, n: usize) -> anyhow::Result<Holders> {
+    /// `n` connections in the namespace `netns`, ready when this returns;
+    /// `timing` says whose keepalive timing they have.
+    pub fn spawn(netns: &str, n: usize, timing: Timing) -> anyhow::Result<Holders> {
         let exe = std::env::current_exe().context("locating the xtask binary")?;
         let mut holders = Holders(Vec::new());
         let mut left = n;
@@ -33,6 +44,10 @@ impl Holders {
                 .args(["netns", "exec", netns])
                 .arg(&exe)
                 .args(["bench-hold", "--conns", &conns.to_string()])
+                .args(match timing {
+                    Timing::Fast => &[][..],
+                    Timing::Sysctl => &["--sysctl-timing"][..],
+                })
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -70,9 +85,14 @@ impl Drop for Holders {
 
 /// The `bench-hold` command: opens `conns` connections, says `ready`, and
 /// holds them until its stdin closes.
-pub fn hold(conns: usize) -> anyhow::Result<()> {
+pub fn hold(conns: usize, sysctl_timing: bool) -> anyhow::Result<()> {
     raise_nofile()?;
-    let socks = connections(conns)?;
+    let timing = if sysctl_timing {
+        Timing::Sysctl
+    } else {
+        Timing::Fast
+    };
+    let socks = connections(conns, timing)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
@@ -101,20 +121,23 @@ fn raise_nofile() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` keepalive connections (1 s idle, 1 s interval, 100 probes) over
-/// loopback, with their accepted ends.
-fn connections(n: usize) -> anyhow::Result<Vec<TcpStream>> {
+/// `n` keepalive connections (1 s idle, 1 s interval, 100 probes; or the
+/// sysctls' timing) over loopback, with their accepted ends.
+fn connections(n: usize, timing: Timing) -> anyhow::Result<Vec<TcpStream>> {
     let mut all = Vec::with_capacity(2 * n);
     let l = TcpListener::bind("127.0.0.1:0")?;
     let to = l.local_addr()?;
     for _ in 0..n {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-        s.set_tcp_keepalive(
-            &socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(1))
-                .with_interval(Duration::from_secs(1))
-                .with_retries(100),
-        )?;
+        match timing {
+            Timing::Fast => s.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(1))
+                    .with_interval(Duration::from_secs(1))
+                    .with_retries(100),
+            )?,
+            Timing::Sysctl => s.set_keepalive(true)?,
+        }
         s.connect(&to.into())
             .with_context(|| format!("connection {} of {n}", all.len() / 2 + 1))?;
         all.push(TcpStream::from(s));

@@ -165,7 +165,7 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     let before = ns.run(tcp_keepalive_counter)?;
     let drops_before = keepalive_tests::netstat::softnet_dropped();
     let made = Instant::now();
-    let socks = hold::Holders::spawn(&ns.0, n)?;
+    let socks = hold::Holders::spawn(&ns.0, n, hold::Timing::Fast)?;
     let setup_s = made.elapsed().as_secs_f64();
     // Opening the connections is a burst of state changes of its own (four
     // events per connection); the probes come from the window after it.
@@ -221,6 +221,35 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
         "sockets_bytes": sockets_bytes,
         "netns": ns.inode(),
         "agent_counters": c,
+    }))
+}
+
+/// An idle node: `n` established keepalive connections with the default
+/// sysctls (no probe due in the window), the agent at its defaults; its
+/// CPU over `window` and its RSS.
+fn idle_node(n: usize, window: Duration) -> anyhow::Result<Value> {
+    let ns = Netns::new("kabenchidle")?;
+    let agent = Agent::start(&["--max-sockets", &(4 * n + 1024).to_string()])?;
+    let socks = hold::Holders::spawn(&ns.0, n, hold::Timing::Sysctl)?;
+    // The first inventory after the burst of connections is not idle work.
+    std::thread::sleep(Duration::from_secs(12));
+    let before = ns.run(tcp_keepalive_counter)?;
+    let (cpu0, _, _) = agent.usage();
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, rss, peak_rss) = agent.usage();
+    let probes = ns.run(tcp_keepalive_counter)? - before;
+    drop(socks);
+    agent.stop()?;
+    Ok(json!({
+        "connections": n,
+        "sockets": 2 * n,
+        "window_s": elapsed,
+        "kernel_probes": probes,
+        "agent_cpu_percent": 100.0 * (cpu1 - cpu0) / elapsed,
+        "agent_rss_mib": rss,
+        "agent_peak_rss_mib": peak_rss,
     }))
 }
 
@@ -289,6 +318,20 @@ fn print_round_spread(tc: &Value) {
             "        {name:<22}: {cost:+.1} % slower attached (median of {n} alternating rounds each; the rounds spread {noise:.1} %)"
         );
     }
+}
+
+fn print_idle(idle: &Value) {
+    let f = |k: &str| idle[k].as_f64().unwrap_or(f64::NAN);
+    let cpu = f("agent_cpu_percent");
+    println!(
+        "target: idle node ({} sockets, default sysctls, {:.0} s): agent CPU <= 0.2 % of a core: {} ({cpu:.2} %; RSS {:.1} MiB, peak {:.1} MiB; {} probes in the window)",
+        idle["sockets"],
+        f("window_s"),
+        verdict(cpu <= 0.2),
+        f("agent_rss_mib"),
+        f("agent_peak_rss_mib"),
+        idle["kernel_probes"],
+    );
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -462,12 +505,16 @@ pub fn run(
         Duration::from_secs(if quick { 2 } else { 4 }),
         if quick { 3 } else { 5 },
     )?;
+    let idle_window = Duration::from_secs(if quick { 20 } else { 60 });
+    eprintln!("bench: idle node, 10000 connections with the default sysctls for {idle_window:?}…");
+    let idle = idle_node(10_000, idle_window)?;
     eprintln!("bench: start-up…");
     let start = startup()?;
-    let result = json!({ "exactness": exact, "tc": tc, "startup": start });
+    let result = json!({ "exactness": exact, "tc": tc, "idle": idle, "startup": start });
 
     print_exactness(&exact);
     print_verdicts(&exact, &tc, &start);
+    print_idle(&idle);
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = path.parent() {

@@ -45,7 +45,7 @@ pub fn soak(minutes: u64) -> anyhow::Result<()> {
     let ns = Netns::new("kasoak")?;
     let agent = Agent::start(&["--max-sockets", "20000", "--inventory-seconds", "5"])?;
     let before = ns.run(tcp_keepalive_counter)?;
-    let holders = hold::Holders::spawn(&ns.0, CONNECTIONS)?;
+    let holders = hold::Holders::spawn(&ns.0, CONNECTIONS, hold::Timing::Fast)?;
     // Settled: connections made, first inventory taken.
     std::thread::sleep(Duration::from_secs(10));
     let start = footprint(&agent);
