@@ -51,7 +51,7 @@ pub fn build(state: &Shared, rules: Option<&[Rule]>) -> AdviceReply {
         .ok()
         .map(|m| m.ino() as u32);
     let (cookies, listening) = match state.lock() {
-        Ok(s) => (s.table.live_cookies(), s.table.listening()),
+        Ok(s) => (s.table.live_cookies(), s.table.listening().clone()),
         Err(_) => return AdviceReply { workloads: vec![] },
     };
     let mut advisor = Advisor::new(node_netns, listening);

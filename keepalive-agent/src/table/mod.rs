@@ -403,12 +403,8 @@ impl SocketTable {
     }
 
     /// The listeners' (namespace, port) pairs, for the advice.
-    pub fn listening(&self) -> crate::model::workload::Listening {
-        self.live
-            .values()
-            .filter(|e| e.state == TcpState::Listen)
-            .filter_map(|e| Some((e.netns, e.local?.port())))
-            .collect()
+    pub fn listening(&self) -> &HashSet<(u32, u16)> {
+        &self.listening
     }
 
     /// The row of a live socket.

@@ -8,17 +8,17 @@
 //! ([`super::risk::advise`]: idle ≤ half of it, interval 10–30 s, count
 //! 6–9). Pure: the caller feeds judged rows.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::SocketAddr,
+};
 
 use keepalive_api::{
     Evidence, Keepalive, Program, RiskBasis, RiskReason, SocketRow, Source, TcpState,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{
-    knowledge::{self, Entry, Recommends, Side, Values},
-    risk::advise,
-};
+use super::knowledge::{self, Recommends, Side, Values};
 
 /// Destinations and settings listed per workload; the rest are counted.
 const LISTED: usize = 8;
@@ -184,7 +184,7 @@ pub struct WorkloadAdvice {
 
 /// Which (network namespace, port) pairs have a listener: a connection
 /// on one of those local ports was accepted, any other was made.
-pub type Listening = HashSet<(Option<u32>, u16)>;
+pub type Listening = HashSet<(u32, u16)>;
 
 /// Groups judged rows into workloads as they come (the rows are not kept:
 /// memory grows with the workloads, not the sockets), then
@@ -205,7 +205,7 @@ struct Group {
     version: Option<String>,
     pids: BTreeSet<u32>,
     connections: usize,
-    destinations: BTreeSet<String>,
+    destinations: BTreeSet<SocketAddr>,
     /// Connections to destinations past the first [`LISTED`] (counted per
     /// connection: the distinct ones are not kept).
     more_destinations: usize,
@@ -232,9 +232,14 @@ impl Advisor {
     }
 
     fn side(&self, row: &SocketRow) -> Side {
-        match row.local {
-            Some(l) if self.listening.contains(&(row.netns, l.port())) => Side::Inbound,
-            _ => Side::Outbound,
+        let accepted = row
+            .netns
+            .zip(row.local)
+            .is_some_and(|(netns, l)| self.listening.contains(&(netns, l.port())));
+        if accepted {
+            Side::Inbound
+        } else {
+            Side::Outbound
         }
     }
 
@@ -255,13 +260,12 @@ impl Advisor {
         }
         g.pids.extend(row.owner.as_ref().map(|o| o.pid));
         g.connections += 1;
-        if g.destinations.len() < LISTED {
-            g.destinations.extend(row.remote.map(|r| r.to_string()));
-        } else if row
-            .remote
-            .is_some_and(|r| !g.destinations.contains(&r.to_string()))
-        {
-            g.more_destinations += 1;
+        if let Some(remote) = row.remote {
+            if g.destinations.len() < LISTED {
+                g.destinations.insert(remote);
+            } else if !g.destinations.contains(&remote) {
+                g.more_destinations += 1;
+            }
         }
         count_settings(&mut g.settings, row.keepalive.as_ref());
         if let Some(kind) = fix_kind(row) {
@@ -288,7 +292,7 @@ impl Advisor {
             .into_iter()
             .map(|(kind, p)| {
                 let scope = self.scope(is_pod, p.netns, p.pid);
-                fix(entry, g.version.as_deref(), kind, p, scope)
+                fix::fix(entry, g.version.as_deref(), kind, p, scope)
             })
             .collect();
         WorkloadAdvice {
@@ -303,7 +307,7 @@ impl Advisor {
             pids: g.pids.into_iter().collect(),
             connections: g.connections,
             at_risk: fixes.iter().map(|f| f.connections).sum(),
-            destinations: g.destinations.into_iter().collect(),
+            destinations: g.destinations.iter().map(SocketAddr::to_string).collect(),
             more_destinations: g.more_destinations,
             settings: g.settings,
             fixes,
@@ -370,299 +374,8 @@ fn pend(g: &mut Group, kind: FixKind, row: &SocketRow) {
     }
 }
 
-fn fix(entry: &Entry, version: Option<&str>, kind: FixKind, p: Pending, scope: SysctlScope) -> Fix {
-    let advice = advise(p.timeout.idle_timeout_s);
-    let values = entry.values(advice);
-    let sysctl_values = Values {
-        idle_s: advice.time_s,
-        intvl_s: advice.intvl_s,
-        count: advice.probes,
-    };
-    let fill = |t: &str| knowledge::fill(t, values);
-    let lines = |t: Option<&str>| t.map(|t| fill(t).lines().map(str::to_owned).collect());
-    let sysctls = sysctl_lines(sysctl_values);
-    let (change, why, alternative, sysctls): (Vec<String>, _, _, Vec<String>) = match kind {
-        // A program whose switch always sets the timing (Redis) is
-        // switched on by its timing knob; the sysctls then never apply.
-        FixKind::SwitchOn => match entry.enable_for(version) {
-            Some(enable) => {
-                let follows = !entry.enable_sets_timing(version);
-                let sysctls = if follows { sysctls } else { Vec::new() };
-                (vec![fill(enable)], entry.off.clone(), None, sysctls)
-            }
-            None => (
-                lines(entry.set_timing_for(version)).unwrap_or_default(),
-                entry.off.clone(),
-                None,
-                Vec::new(),
-            ),
-        },
-        FixKind::SocketTiming => match entry.set_timing_for(version) {
-            Some(set) => (
-                lines(Some(set)).unwrap_or_default(),
-                None,
-                entry.leave_timing.as_deref().map(fill),
-                if entry.leave_timing.is_some() {
-                    sysctls
-                } else {
-                    Vec::new()
-                },
-            ),
-            None => (Vec::new(), None, None, sysctls),
-        },
-        FixKind::SysctlTiming => (Vec::new(), None, None, sysctls),
-        FixKind::ApplicationPing => (
-            vec![entry.l7.as_deref().map_or_else(
-                || {
-                    format!(
-                        "application-level pings, or HTTP keep-alive / pool idle timeouts, below {} s: a layer-7 proxy ignores TCP keepalive (no payload)",
-                        p.timeout.idle_timeout_s
-                    )
-                },
-                fill,
-            )],
-            None,
-            None,
-            Vec::new(),
-        ),
-    };
-    Fix {
-        kind,
-        reason: p.reason,
-        connections: p.connections,
-        timeout: p.timeout,
-        values: if kind == FixKind::SysctlTiming {
-            sysctl_values
-        } else {
-            values
-        },
-        change,
-        why,
-        alternative,
-        recommends: entry.recommends,
-        sysctl_scope: (!sysctls.is_empty()).then_some(scope),
-        sysctls,
-        note: entry.note.clone(),
-    }
-}
-
-fn sysctl_lines(v: Values) -> Vec<String> {
-    vec![
-        format!("net.ipv4.tcp_keepalive_time = {}", v.idle_s),
-        format!("net.ipv4.tcp_keepalive_intvl = {}", v.intvl_s),
-        format!("net.ipv4.tcp_keepalive_probes = {}", v.count),
-    ]
-}
-
-/// How to apply sysctl lines in `scope`, as lines to paste.
-pub fn apply_sysctls(scope: &SysctlScope, sysctls: &[String]) -> Vec<String> {
-    let pairs = sysctls.iter().filter_map(|l| l.split_once(" = "));
-    match scope {
-        SysctlScope::Node => {
-            let mut out = vec!["# /etc/sysctl.d/90-keepalive.conf, then sysctl --system".into()];
-            out.extend(sysctls.iter().cloned());
-            out
-        }
-        SysctlScope::Pod => {
-            let mut out = vec![
-                "# the pod's spec (safe sysctls since Kubernetes 1.29; earlier, allow them with the kubelet's --allowed-unsafe-sysctls):".into(),
-                "securityContext:".into(),
-                "  sysctls:".into(),
-            ];
-            for (name, value) in pairs {
-                out.push(format!("  - name: {name}"));
-                out.push(format!("    value: \"{value}\""));
-            }
-            out
-        }
-        SysctlScope::Netns { inode, pid } => {
-            let enter = pid.map_or_else(
-                || format!("# in network namespace {inode}:"),
-                |pid| {
-                    format!(
-                        "# network namespace {inode}: nsenter --net=/proc/{pid}/ns/net sysctl -w …"
-                    )
-                },
-            );
-            let mut out = vec![enter];
-            out.extend(pairs.map(|(name, value)| {
-                pid.map_or_else(
-                    || format!("sysctl -w {name}={value}"),
-                    |pid| format!("nsenter --net=/proc/{pid}/ns/net sysctl -w {name}={value}"),
-                )
-            }));
-            out
-        }
-    }
-}
-
+mod fix;
 #[cfg(test)]
-mod tests {
-    use keepalive_api::{Owner, ProgramInfo, Risk};
+mod tests;
 
-    use super::*;
-
-    fn row(program: Program, local: &str, remote: &str, keepalive: Option<Keepalive>) -> SocketRow {
-        let risk = match &keepalive {
-            None => Some(RiskReason::KeepaliveOff),
-            Some(k) if k.idle_s >= 350.0 => Some(RiskReason::IdleExceedsTimeout),
-            Some(_) => None,
-        };
-        SocketRow {
-            cookie: 1,
-            netns: Some(9),
-            state: TcpState::Established,
-            local: Some(local.parse().unwrap()),
-            remote: Some(remote.parse().unwrap()),
-            owner: Some(Owner {
-                pid: 42,
-                comm: program.to_string(),
-                program: Some(ProgramInfo {
-                    program,
-                    evidence: Evidence::Comm,
-                    version: None,
-                }),
-                ..Owner::default()
-            }),
-            pod: None,
-            namespace: None,
-            container: None,
-            pod_uid: None,
-            uid: 0,
-            inode: 1,
-            keepalive,
-            idle_s: None,
-            probes_out: 0,
-            probes: 0,
-            acks: 0,
-            last_rtt_us: None,
-            dead_after_s: None,
-            risk: risk.map(|reason| Risk {
-                profile: "aws-nlb".into(),
-                idle_timeout_s: 350,
-                reason,
-                basis: RiskBasis::Configured,
-            }),
-        }
-    }
-
-    fn keepalive(idle_s: f64, source: Source) -> Keepalive {
-        Keepalive {
-            enabled: true,
-            idle_s,
-            idle_source: source,
-            interval_s: 60.0,
-            interval_source: source,
-            count: 5,
-            count_source: source,
-            detection_s: idle_s + 300.0,
-        }
-    }
-
-    #[test]
-    fn each_program_gets_its_own_knob() {
-        let listener = row(Program::Nginx, "192.0.2.1:80", "0.0.0.0:0", None);
-        let listening = [(listener.netns, 80)].into_iter().collect();
-        let mut a = Advisor::new(Some(1), listening);
-        a.add(&row(
-            Program::Nginx,
-            "192.0.2.1:80",
-            "192.0.2.9:5000",
-            Some(keepalive(400.0, Source::Socket)),
-        ));
-        a.add(&row(
-            Program::Nginx,
-            "192.0.2.1:40000",
-            "192.0.2.7:8080",
-            None,
-        ));
-        a.add(&row(
-            Program::Python,
-            "192.0.2.1:40001",
-            "192.0.2.7:9",
-            None,
-        ));
-        a.add(&row(
-            Program::Postgres,
-            "192.0.2.1:40002",
-            "192.0.2.7:9",
-            Some(keepalive(7200.0, Source::Sysctl)),
-        ));
-        let out = a.finish();
-        let find = |p: Program, side: Side| {
-            out.iter()
-                .find(|w| w.program == p && w.side == side)
-                .unwrap_or_else(|| panic!("{p} {side:?}: {out:#?}"))
-        };
-        let listen = &find(Program::Nginx, Side::Inbound).fixes[0];
-        assert_eq!(listen.kind, FixKind::SocketTiming);
-        assert_eq!(
-            listen.change,
-            ["listen … so_keepalive=175s:29s:9;   # idle:interval:count on the listen directive"]
-        );
-        assert!(
-            listen
-                .alternative
-                .as_deref()
-                .unwrap()
-                .contains("so_keepalive=on")
-        );
-        let upstream = &find(Program::Nginx, Side::Outbound).fixes[0];
-        assert_eq!(upstream.kind, FixKind::SwitchOn);
-        assert!(upstream.change[0].starts_with("proxy_socket_keepalive on;"));
-        assert_eq!(upstream.sysctls[0], "net.ipv4.tcp_keepalive_time = 175");
-        assert_eq!(
-            upstream.sysctl_scope,
-            Some(SysctlScope::Netns {
-                inode: 9,
-                pid: Some(42)
-            })
-        );
-        let python = &find(Program::Python, Side::Any).fixes[0];
-        assert!(python.change[0].contains("SO_KEEPALIVE, 1"));
-        let pg = &find(Program::Postgres, Side::Any).fixes[0];
-        assert_eq!(pg.kind, FixKind::SysctlTiming);
-        assert!(pg.change.is_empty());
-        assert_eq!(pg.values.idle_s, 175);
-        assert!(
-            apply_sysctls(&SysctlScope::Pod, &pg.sysctls)
-                .contains(&"  - name: net.ipv4.tcp_keepalive_time".to_string())
-        );
-    }
-
-    #[test]
-    fn pods_get_their_security_context_and_l7_paths_get_pings() {
-        let mut r = row(Program::Go, "10.1.0.5:40000", "10.2.0.9:443", None);
-        r.pod = Some("web-0".into());
-        r.namespace = Some("shop".into());
-        r.container = Some("app".into());
-        let mut ssh = row(
-            Program::Ssh,
-            "10.1.0.5:40001",
-            "10.2.0.9:22",
-            Some(keepalive(7200.0, Source::Sysctl)),
-        );
-        if let Some(risk) = ssh.risk.as_mut() {
-            risk.reason = RiskReason::L7NeedsApplicationKeepalive;
-            risk.idle_timeout_s = 60;
-        }
-        let mut a = Advisor::new(Some(1), Listening::new());
-        a.add(&r);
-        a.add(&ssh);
-        let out = a.finish();
-        let web = out.iter().find(|w| w.program == Program::Go).unwrap();
-        assert_eq!(web.workload.label(), "pod shop/web-0 (app)");
-        let fix = &web.fixes[0];
-        assert_eq!(fix.sysctl_scope, Some(SysctlScope::Pod));
-        let yaml = apply_sysctls(&SysctlScope::Pod, &fix.sysctls).join("\n");
-        assert!(yaml.contains("securityContext:\n  sysctls:\n  - name: net.ipv4.tcp_keepalive_time\n    value: \"175\""), "{yaml}");
-        let ssh = out.iter().find(|w| w.program == Program::Ssh).unwrap();
-        let fix = &ssh.fixes[0];
-        assert_eq!(fix.kind, FixKind::ApplicationPing);
-        assert!(
-            fix.change[0].starts_with("ServerAliveInterval 30"),
-            "{fix:?}"
-        );
-        assert!(fix.sysctls.is_empty());
-    }
-}
+pub use fix::apply_sysctls;
