@@ -156,6 +156,10 @@ pub mod flag {
     pub const WIRE_SEEN: u8 = 32;
     /// [`SocketRecord`](super::SocketRecord): carries the socket's kernel counters.
     pub const COUNTERS: u8 = 64;
+    /// A `ProbeSent` that counts probes of earlier runs the kernel ran
+    /// without the timer hooks, found from `icsk_probes_out` (see
+    /// `KernelCounters::probes_recovered`).
+    pub const RECOVERED: u8 = 128;
 }
 
 /// Keepalive settings as the kernel holds them. Socket values of 0 mean
@@ -352,6 +356,10 @@ pub struct SocketCounters {
     pub acks: u64,
     pub last_probe_ns: u64,
     pub last_rtt_ns: u64,
+    /// `icsk_probes_out` as the hooks last saw it (timer exit, TC egress,
+    /// ACK): a later look that finds it higher counts the probes of runs
+    /// the kernel ran without our timer hooks.
+    pub probes_out_seen: u64,
 }
 
 /// Key of the probes in flight, as the local side sees the flow.
@@ -437,10 +445,11 @@ pub struct KernelCounters {
     /// Sockets whose exit-time read was skipped because the socket closed
     /// inside the timer run.
     pub closed_in_timer: u64,
-    /// Keepalive probes counted from the wire alone: the timer hook did not
-    /// run for that timer (seen under heavy timer load), but TC saw the
-    /// probe leave while the socket's keepalive callback ran. Included in
-    /// `probes`.
+    /// Keepalive probes counted from the wire alone: the kernel ran the
+    /// timer callback without invoking our `timer_expire_entry` program
+    /// (2–3 % of tracepoint hits under heavy timer load on 6.18, with no
+    /// recursion miss recorded), but TC saw the probe leave while the
+    /// socket's keepalive callback ran. Included in `probes`.
     pub probes_wire_only: u64,
     /// Timer hook runs that could not get the per-CPU scratch (a per-CPU
     /// array of one entry: never expected, counted so it cannot pass unseen).
@@ -458,6 +467,12 @@ pub struct KernelCounters {
     /// with nothing answered.
     #[cfg_attr(feature = "serde", serde(default))]
     pub retransmit_stalls: u64,
+    /// Keepalive probes of timer runs the kernel ran without the timer
+    /// hooks (neither saw the run) that did not reach TC either: counted
+    /// when a later hooked run, or the close, finds `icsk_probes_out`
+    /// higher than the hooks last saw it. Included in `probes`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub probes_recovered: u64,
 }
 
 /// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.

@@ -24,7 +24,9 @@ pub(crate) use config;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const ETIMEDOUT: u32 = 110;
 
 #[inline(always)]

@@ -157,14 +157,18 @@ pub fn count(index: u32, n: u64) {
 
 /// The per-socket counters of `cookie`, created when absent.
 #[inline(always)]
-pub fn socket_counters(cookie: u64) -> Option<*mut SocketCounters> {
+pub fn socket_counters(cookie: u64, probes_out: u8) -> Option<*mut SocketCounters> {
     if cookie == 0 {
         return None;
     }
     if let Some(ptr) = SOCKETS.get_ptr_mut(cookie) {
         return Some(ptr);
     }
-    let fresh = SocketCounters::default();
+    // Probes sent before the hooks first saw the socket are not ours to count.
+    let fresh = SocketCounters {
+        probes_out_seen: probes_out.into(),
+        ..SocketCounters::default()
+    };
     // BPF_NOEXIST: a concurrent creator wins, we then use its entry.
     if SOCKETS.insert(cookie, fresh, 1).is_err() && SOCKETS.get_ptr_mut(cookie).is_none() {
         count(counter!(socket_map_full), 1);
@@ -174,11 +178,18 @@ pub fn socket_counters(cookie: u64) -> Option<*mut SocketCounters> {
 }
 
 /// Counts `probes` keepalive probes (`wire` of them seen by TC) for the
-/// socket `cookie`, creating its counters if needed; returns its totals of
+/// socket `cookie`, creating its counters if needed (`probes_out`: the
+/// socket's `icsk_probes_out` once they are sent); returns its totals of
 /// probes and ACKs for the event that reports them.
 #[inline(always)]
-pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> (u32, u32) {
-    let Some(c) = socket_counters(cookie) else {
+pub fn count_socket_probes(
+    cookie: u64,
+    probes: u64,
+    wire: u64,
+    now_ns: u64,
+    probes_out: u8,
+) -> (u32, u32) {
+    let Some(c) = socket_counters(cookie, probes_out) else {
         return (0, 0);
     };
     // SAFETY: `c` points at a live map value; `add` updates atomically.
@@ -188,7 +199,33 @@ pub fn count_socket_probes(cookie: u64, probes: u64, wire: u64, now_ns: u64) -> 
             add(&raw mut (*c).wire_probes, wire);
         }
         (*c).last_probe_ns = now_ns;
+        (*c).probes_out_seen = probes_out.into();
         ((*c).probes as u32, (*c).acks as u32)
+    }
+}
+
+/// Counts the probes of keepalive runs the kernel ran without our timer
+/// hooks and that TC did not see either (no route, neighbour failed,
+/// dropped by a filter): `tcp_keepalive_timer` raises `icsk_probes_out`
+/// by one per probe and only an ACK (`tcp_ack`) resets it, so a look from
+/// a keepalive run that finds `probes_out` above what the hooks last saw
+/// finds exactly those (an ACK to a probe nobody saw would hide it: the
+/// peer then answered, so TC saw it leave). Zero-window probes raise it
+/// too (`tcp_send_probe0`): the retransmit timer's hooks mark those seen,
+/// and no look is taken at close, where an orphan's FIN probing leaves it
+/// high. Records `probes_out` as seen; returns the count.
+#[inline(always)]
+pub fn recover_unseen_probes(c: *mut SocketCounters, probes_out: u8) -> u64 {
+    // SAFETY: `c` points at a live map value.
+    unsafe {
+        let n = u64::from(probes_out).saturating_sub((*c).probes_out_seen);
+        (*c).probes_out_seen = probes_out.into();
+        if n != 0 {
+            add(&raw mut (*c).probes, n);
+            count(counter!(probes), n);
+            count(counter!(probes_recovered), n);
+        }
+        n
     }
 }
 

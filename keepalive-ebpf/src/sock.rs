@@ -13,8 +13,8 @@ use keepalive_common::{
 
 use crate::{
     emit::{emit, emit_state},
-    kernel::{self, ETIMEDOUT, TCP_CLOSE, config, read},
-    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, remove_in_flight, scratch},
+    kernel::{self, ETIMEDOUT, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, config, read},
+    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, recover_unseen_probes, remove_in_flight, scratch},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -53,6 +53,16 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         return Ok(());
     }
     let new = new as u8;
+    if matches!(old as u8, TCP_ESTABLISHED | TCP_CLOSE_WAIT)
+        && let Some(c) = SOCKETS.get_ptr_mut(cookie)
+        && kernel::keepalive_on(sk).unwrap_or(false)
+    {
+        // Leaving the states keepalive probes in: what icsk_probes_out holds
+        // now is keepalive's alone (a FIN that cannot leave is probed by the
+        // zero-window timer, which raises it too): the last probes of runs
+        // the kernel ran without our timer hooks are counted here.
+        recover_unseen_probes(c, kernel::probes_out(sk).unwrap_or(0));
+    }
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
     if new == TCP_CLOSE {

@@ -6,7 +6,9 @@
 //! from fentry/fexit on the callbacks.
 
 use aya_ebpf::helpers::bpf_jiffies64;
-use keepalive_common::{EventKind, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter, flag};
+use keepalive_common::{
+    EventKind, SocketCounters, TIMER_KEEPALIVE, TIMER_NONE, TIMER_WRITE, counter, flag,
+};
 
 /// `icsk_retransmits` at which a stall is reported: the second RTO
 /// retransmission with nothing answered (`tcp_retransmit_timer` counts
@@ -16,7 +18,9 @@ const STALL_RETRANSMITS: u32 = 2;
 use crate::{
     emit::emit,
     kernel::{self, config, read},
-    maps::{SOCKETS, add, count, count_socket_probes, scratch, socket_counters},
+    maps::{
+        SOCKETS, add, count, count_socket_probes, recover_unseen_probes, scratch, socket_counters,
+    },
 };
 
 pub fn on_entry(timer: u64) -> Result<(), i64> {
@@ -59,7 +63,7 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     if cookie == 0 {
         count(counter!(no_cookie), 1);
     }
-    if let Some(c) = socket_counters(cookie) {
+    if let Some(c) = socket_counters(cookie, scratch.probes_out_before) {
         // SAFETY: `c` points at a live map value.
         add(unsafe { &raw mut (*c).timer_fires }, 1);
     }
@@ -73,14 +77,15 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         return Ok(());
     };
     if scratch.kind == TIMER_NONE || scratch.timer != timer {
-        return Ok(());
+        return on_unhooked_exit(timer);
     }
     let (kind, keepalive_on, closed) = (scratch.kind, scratch.keepalive_on, scratch.closed);
     scratch.kind = TIMER_NONE;
     scratch.timer = 0;
     if closed != 0 {
         // tcp_done ran inside the callback; the final sock_put may have freed
-        // the socket, so it is not read again. Its counters go now.
+        // the socket, so it is not read again (the state change counted
+        // what it had not seen). Its counters go now.
         count(counter!(closed_in_timer), 1);
         let _ = SOCKETS.remove(scratch.cookie);
         return Ok(());
@@ -88,7 +93,12 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     let sk = scratch.sk;
     let cookie = scratch.cookie;
     if kind == TIMER_WRITE {
-        return on_write_exit(sk, cookie, scratch.retransmits_before);
+        return on_write_exit(
+            sk,
+            cookie,
+            scratch.retransmits_before,
+            scratch.probes_out_before,
+        );
     }
     if kind != TIMER_KEEPALIVE || keepalive_on == 0 {
         return Ok(());
@@ -99,6 +109,10 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     }
     let after = kernel::probes_out(sk)?;
     let before = scratch.probes_out_before;
+    // Runs since the hooks last saw this socket that the kernel ran
+    // without them; then this run's own probe, from the delta.
+    let counters = SOCKETS.get_ptr_mut(cookie);
+    let recovered = counters.map_or(0, |c| recover_unseen_probes(c, before));
     let sent = if after > before {
         (after - before) as u64
     } else if scratch.wire_ifindex != 0 {
@@ -111,14 +125,19 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     // SAFETY: no arguments; reads the kernel's jiffies.
     let now = unsafe { bpf_jiffies64() } as u32;
     if sent == 0 {
-        let probes_total = SOCKETS
-            .get_ptr_mut(cookie)
+        let probes_total = counters
             // SAFETY: `c` points at a live map value.
-            .map(|c| unsafe { (*c).probes } as u32)
+            .map(|c| unsafe {
+                (*c).probes_out_seen = after.into();
+                (*c).probes as u32
+            })
             .unwrap_or(0);
         emit(EventKind::TimerFired, cookie, |ev| {
             ev.timer = TIMER_KEEPALIVE;
             ev.flags = flag::KEEPALIVE_ON;
+            if recovered != 0 {
+                ev.flags |= flag::RECOVERED;
+            }
             ev.probes_out = after.into();
             ev.probes_total = probes_total;
             let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
@@ -131,7 +150,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     count(counter!(probes), sent);
     // SAFETY: no arguments; reads CLOCK_MONOTONIC.
     let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns);
+    let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns, after);
     let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;
@@ -139,6 +158,9 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         if wire_ifindex != 0 {
             ev.flags |= flag::WIRE_SEEN;
             ev.ifindex = wire_ifindex;
+        }
+        if recovered != 0 {
+            ev.flags |= flag::RECOVERED;
         }
         ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
         ev.probes_out = after.into();
@@ -151,14 +173,72 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     Ok(())
 }
 
+/// A timer exit whose entry the kernel did not run our program for (the
+/// tracepoint fired; measured on 6.18: 2–3 % of `timer_expire_entry`
+/// hits under heavy timer load reach no BPF program and count no
+/// recursion miss, entry and exit independently). For a keepalive run,
+/// the socket's `icsk_probes_out` says what the hooks missed, probes that
+/// never reached TC included. The callback's last `sock_put` may have
+/// freed the socket: only a socket the hooks track (its cookie still in
+/// `SOCKETS`, removed at close) is read.
+fn on_unhooked_exit(timer: u64) -> Result<(), i64> {
+    if read::<u64>(timer, config!(timer_function))? != config!(keepalive_timer_fn) {
+        return Ok(());
+    }
+    let sk = timer - config!(sock_keepalive_timer) as u64;
+    let cookie = kernel::cookie(sk)?;
+    let Some(c) = SOCKETS.get_ptr_mut(cookie) else {
+        return Ok(());
+    };
+    if cookie == 0 || !kernel::keepalive_on(sk)? {
+        return Ok(());
+    }
+    let after = kernel::probes_out(sk)?;
+    if recover_unseen_probes(c, after) == 0 {
+        return Ok(());
+    }
+    report_recovered(sk, cookie, c, after);
+    Ok(())
+}
+
+/// A `ProbeSent` for probes `recover_unseen_probes` counted: the agent
+/// credits the socket's totals it carries.
+#[inline(always)]
+pub fn report_recovered(sk: u64, cookie: u64, c: *mut SocketCounters, probes_out: u8) {
+    // SAFETY: `c` points at a live map value.
+    let (probes_total, acks_total) = unsafe { ((*c).probes as u32, (*c).acks as u32) };
+    // SAFETY: no arguments; reads the kernel's jiffies.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    emit(EventKind::ProbeSent, cookie, |ev| {
+        ev.timer = TIMER_KEEPALIVE;
+        ev.flags = flag::KEEPALIVE_ON | flag::RECOVERED;
+        ev.probes_out = probes_out.into();
+        ev.probes_total = probes_total;
+        ev.acks_total = acks_total;
+        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+        let _ = kernel::settings(sk, &mut ev.settings);
+    });
+}
+
 /// The retransmit timer ran: when it retransmitted (again) with at least
 /// `STALL_RETRANSMITS` unanswered, report the stall; the agent decides
 /// whether it followed an idle gap. Each further retransmission reports
 /// again (one event per RTO, rare); the agent keeps one per stall. A run
 /// deferred to `tcp_release_cb` (socket owned by the user) is not seen.
-fn on_write_exit(sk: u64, cookie: u64, before: u8) -> Result<(), i64> {
+fn on_write_exit(sk: u64, cookie: u64, before: u8, probes_out_before: u8) -> Result<(), i64> {
     if cookie != 0 && kernel::cookie(sk)? != cookie {
         return Ok(());
+    }
+    // Zero-window probes (`tcp_probe_timer`, this timer) raise
+    // icsk_probes_out too: what this run added is taken as seen, so it is
+    // never recovered as keepalive probes; what keepalive runs unseen by
+    // the hooks added before it is recovered first.
+    if let Some(c) = SOCKETS.get_ptr_mut(cookie) {
+        recover_unseen_probes(c, probes_out_before);
+        let probes_out = kernel::probes_out(sk)?;
+        // SAFETY: `c` points at a live map value.
+        unsafe { (*c).probes_out_seen = probes_out.into() };
     }
     let after = kernel::retransmits(sk)?;
     if after < STALL_RETRANSMITS || after <= u32::from(before) {

@@ -252,7 +252,9 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         // here, as the timer's exit would have.
         count(counter!(probes), 1);
         count(counter!(probes_wire_only), 1);
-        let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now);
+        // The callback counts the probe once this send returns.
+        let probes_out = kernel::probes_out(sk).unwrap_or(0).saturating_add(1);
+        let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now, probes_out);
         // SAFETY: no arguments; reads the kernel's jiffies.
         let now_jiffies = unsafe { bpf_jiffies64() } as u32;
         emit(EventKind::ProbeSent, cookie, |ev| {
@@ -262,8 +264,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             ev.seq = seg.seq;
             ev.probes_total = probes_total;
             ev.acks_total = acks_total;
-            // The callback counts the probe once this send returns.
-            ev.probes_out = kernel::probes_out(sk).unwrap_or(0) as u32 + 1;
+            ev.probes_out = probes_out.into();
             ev.idle_jiffies = kernel::idle_jiffies(sk, now_jiffies).unwrap_or(0);
             let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
             let _ = kernel::settings(sk, &mut ev.settings);
@@ -349,6 +350,8 @@ pub fn on_ingress(ctx: &TcContext) -> Result<(), i64> {
         add(unsafe { &raw mut (*c).acks }, 1);
         // SAFETY: as above.
         unsafe {
+            // tcp_ack is about to reset icsk_probes_out.
+            (*c).probes_out_seen = 0;
             (*c).last_rtt_ns = rtt;
             acks_total = (*c).acks as u32;
         }

@@ -17,6 +17,7 @@ use keepalive_tests::agent::Launch;
 use serde_json::{Value, json};
 
 mod hold;
+mod nowire;
 mod soak;
 mod tc;
 
@@ -500,6 +501,10 @@ pub fn run(
         eprintln!("bench: {n} idle keepalive connections for {window:?}…");
         exact.push(exactness_and_scale(n, window)?);
     }
+    // At >= 20k probes/s (the rate) in --quick too.
+    let nowire_n = 25_000;
+    eprintln!("bench: {nowire_n} connections whose probes cannot reach the wire, for {window:?}…");
+    let no_wire = nowire::step(nowire_n, window)?;
     eprintln!("bench: TC classifiers attached vs detached…");
     let tc = tc::overhead(
         Duration::from_secs(if quick { 2 } else { 4 }),
@@ -510,10 +515,12 @@ pub fn run(
     let idle = idle_node(10_000, idle_window)?;
     eprintln!("bench: start-up…");
     let start = startup()?;
-    let result = json!({ "exactness": exact, "tc": tc, "idle": idle, "startup": start });
+    let result =
+        json!({ "exactness": exact, "no_wire": no_wire, "tc": tc, "idle": idle, "startup": start });
 
     print_exactness(&exact);
     print_verdicts(&exact, &tc, &start);
+    nowire::print(&no_wire);
     print_idle(&idle);
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));

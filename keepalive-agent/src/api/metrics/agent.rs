@@ -80,6 +80,14 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// How a probe of a timer run our timer hooks did not see was counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnhookedLabels {
+    /// `wire`: TC egress saw it leave; `probes_out`: a later look at the
+    /// socket's `icsk_probes_out` (the probe never reached TC).
+    pub seen_by: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     pub stream: &'static str,
@@ -90,6 +98,7 @@ pub struct AgentHealth {
     pub events_read: Counter,
     pub(super) events_lost: Counter,
     pub(super) kernel_probes: Counter,
+    pub(super) kernel_probes_unhooked: Family<UnhookedLabels, Counter>,
     pub(super) kernel_timeouts: Counter,
     pub(super) kernel_resets: Counter,
     pub(super) kernel_stalls: Counter,
@@ -206,6 +215,11 @@ impl AgentHealth {
                 r,
                 "keepalive_agent_kernel_probes",
                 "Probes counted in the kernel (exact even when events are lost)",
+            ),
+            kernel_probes_unhooked: registered(
+                r,
+                "keepalive_agent_kernel_probes_unhooked",
+                "Probes (included in keepalive_agent_kernel_probes_total) of keepalive timer runs the kernel ran without invoking the agent's timer programs, by how they were counted instead: seen_by=wire (TC saw the probe leave), probes_out (the socket's icsk_probes_out at its next hooked run or close)",
             ),
             kernel_timeouts: registered(
                 r,

@@ -7,7 +7,7 @@ use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
-use super::agent::StreamLabels;
+use super::agent::{StreamLabels, UnhookedLabels};
 use super::{HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, SocketsLabels};
 use crate::{
     api::naming::Naming,
@@ -64,6 +64,15 @@ impl Metrics {
         ];
         for (counter, field) in mirrored {
             counter.inc_by(field(k).saturating_sub(field(&last)));
+        }
+        let unhooked: [(&str, Field); 2] = [
+            ("wire", |c| c.probes_wire_only),
+            ("probes_out", |c| c.probes_recovered),
+        ];
+        for (seen_by, field) in unhooked {
+            a.kernel_probes_unhooked
+                .get_or_create(&UnhookedLabels { seen_by })
+                .inc_by(field(k).saturating_sub(field(&last)));
         }
         self.last_kernel = *k;
         self.agent
