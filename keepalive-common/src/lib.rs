@@ -356,8 +356,8 @@ pub struct SocketCounters {
     pub acks: u64,
     pub last_probe_ns: u64,
     pub last_rtt_ns: u64,
-    /// `icsk_probes_out` as the hooks last saw it (timer exit, TC egress,
-    /// ACK): a later look that finds it higher counts the probes of runs
+    /// `icsk_probes_out` as the hooks last saw it (timer entry and exit, TC
+    /// egress, ACK, state change): a later look that finds it higher counts the probes of runs
     /// the kernel ran without our timer hooks.
     pub probes_out_seen: u64,
 }
@@ -469,8 +469,9 @@ pub struct KernelCounters {
     pub retransmit_stalls: u64,
     /// Keepalive probes of timer runs the kernel ran without the timer
     /// hooks (neither saw the run) that did not reach TC either: counted
-    /// when a later hooked run, or the close, finds `icsk_probes_out`
-    /// higher than the hooks last saw it. Included in `probes`.
+    /// when a later hooked timer run, or the socket leaving ESTABLISHED or
+    /// CLOSE_WAIT, finds `icsk_probes_out` higher than the hooks last saw
+    /// it. Included in `probes`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub probes_recovered: u64,
 }

@@ -2,7 +2,7 @@
 //! Rust eBPF), and filling the socket part of an event.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use keepalive_common::{KeepaliveSettings, KernelConfig, Tuple, counter, flag};
+use keepalive_common::{Event, KeepaliveSettings, KernelConfig, Tuple, counter, flag};
 
 use crate::maps::count;
 
@@ -168,4 +168,15 @@ pub fn fill_tuple(tuple: &mut Tuple, flags: &mut u8, sk: u64) -> Result<(), i64>
     *tuple = self::tuple(sk)?;
     *flags |= flag::HAS_TUPLE;
     Ok(())
+}
+
+/// The socket part of a keepalive timer's event: addresses, settings and
+/// the idle time at `now` (jiffies). Best effort per field: a failed read
+/// is counted and leaves the field 0. Call after setting `ev.flags`
+/// (`HAS_TUPLE` is added to them).
+#[inline(always)]
+pub fn fill_keepalive(ev: &mut Event, sk: u64, now: u32) {
+    ev.idle_jiffies = idle_jiffies(sk, now).unwrap_or(0);
+    let _ = fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+    let _ = settings(sk, &mut ev.settings);
 }

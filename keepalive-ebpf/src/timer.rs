@@ -140,9 +140,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
             }
             ev.probes_out = after.into();
             ev.probes_total = probes_total;
-            let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-            let _ = kernel::settings(sk, &mut ev.settings);
-            ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
+            kernel::fill_keepalive(ev, sk, now);
         });
         return Ok(());
     }
@@ -162,13 +160,11 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         if recovered != 0 {
             ev.flags |= flag::RECOVERED;
         }
-        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
         ev.probes_out = after.into();
         ev.seq = snd_una.wrapping_sub(1);
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
-        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-        let _ = kernel::settings(sk, &mut ev.settings);
+        kernel::fill_keepalive(ev, sk, now);
     });
     Ok(())
 }
@@ -187,10 +183,13 @@ fn on_unhooked_exit(timer: u64) -> Result<(), i64> {
     }
     let sk = timer - config!(sock_keepalive_timer) as u64;
     let cookie = kernel::cookie(sk)?;
+    if cookie == 0 {
+        return Ok(());
+    }
     let Some(c) = SOCKETS.get_ptr_mut(cookie) else {
         return Ok(());
     };
-    if cookie == 0 || !kernel::keepalive_on(sk)? {
+    if !kernel::keepalive_on(sk)? {
         return Ok(());
     }
     let after = kernel::probes_out(sk)?;
@@ -204,7 +203,7 @@ fn on_unhooked_exit(timer: u64) -> Result<(), i64> {
 /// A `ProbeSent` for probes `recover_unseen_probes` counted: the agent
 /// credits the socket's totals it carries.
 #[inline(always)]
-pub fn report_recovered(sk: u64, cookie: u64, c: *mut SocketCounters, probes_out: u8) {
+fn report_recovered(sk: u64, cookie: u64, c: *mut SocketCounters, probes_out: u8) {
     // SAFETY: `c` points at a live map value.
     let (probes_total, acks_total) = unsafe { ((*c).probes as u32, (*c).acks as u32) };
     // SAFETY: no arguments; reads the kernel's jiffies.
@@ -215,9 +214,7 @@ pub fn report_recovered(sk: u64, cookie: u64, c: *mut SocketCounters, probes_out
         ev.probes_out = probes_out.into();
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
-        ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
-        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-        let _ = kernel::settings(sk, &mut ev.settings);
+        kernel::fill_keepalive(ev, sk, now);
     });
 }
 

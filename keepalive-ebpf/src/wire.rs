@@ -265,9 +265,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
             ev.probes_total = probes_total;
             ev.acks_total = acks_total;
             ev.probes_out = probes_out.into();
-            ev.idle_jiffies = kernel::idle_jiffies(sk, now_jiffies).unwrap_or(0);
-            let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-            let _ = kernel::settings(sk, &mut ev.settings);
+            kernel::fill_keepalive(ev, sk, now_jiffies);
         });
     } else if let Some(c) = crate::maps::SOCKETS.get_ptr_mut(cookie) {
         // The timer's exit reports this probe with flag::WIRE_SEEN.

@@ -62,7 +62,7 @@ pub fn print(v: &Value) {
     println!(
         "target: exact where probes cannot reach the wire (nftables drops all TCP output), >= 20k probes/s: {} \
          ({} probes = TCPKeepAlive {} at {rate:.0}/s; {} of them from runs the kernel ran without our timer programs, \
-         counted from icsk_probes_out; TC saw {} probes leave, all before the drop; {} events lost)",
+         counted from icsk_probes_out; TC saw {} probes leave over the whole step; {} events lost)",
         verdict(exact && rate >= 20_000.0),
         v["agent_probes"],
         v["kernel_probes"],

@@ -219,7 +219,7 @@ impl AgentHealth {
             kernel_probes_unhooked: registered(
                 r,
                 "keepalive_agent_kernel_probes_unhooked",
-                "Probes (included in keepalive_agent_kernel_probes_total) of keepalive timer runs the kernel ran without invoking the agent's timer programs, by how they were counted instead: seen_by=wire (TC saw the probe leave), probes_out (the socket's icsk_probes_out at its next hooked run or close)",
+                "Probes (included in keepalive_agent_kernel_probes_total) of keepalive timer runs the kernel ran without invoking the agent's timer programs, by how they were counted instead: seen_by=wire (TC saw the probe leave), probes_out (the socket's icsk_probes_out at its next hooked timer run or when it leaves ESTABLISHED/CLOSE_WAIT)",
             ),
             kernel_timeouts: registered(
                 r,
