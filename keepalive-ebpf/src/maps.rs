@@ -130,6 +130,9 @@ pub struct TimerScratch {
     /// Not part of a timer run: set and cleared by those two hooks.
     pub reset_sk: u64,
     pub reset_cookie: u64,
+    /// CLOCK_MONOTONIC at the timer's entry: an exit long after it is not
+    /// this entry's (the kernel skipped that run's exit program).
+    pub entered_ns: u64,
 }
 
 /// This CPU's timer scratch. A miss (never expected: one entry per CPU) is

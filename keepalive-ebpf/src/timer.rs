@@ -15,6 +15,13 @@ use keepalive_common::{
 /// them; an ACK of new data resets it).
 const STALL_RETRANSMITS: u32 = 2;
 
+/// A scratch older than this at a matching exit was left by an entry whose
+/// exit program the kernel skipped (#15): a keepalive or retransmit callback
+/// runs for microseconds in softirq, while the same timer runs again no
+/// sooner than its next interval. Taking it for this run's entry would
+/// count again the probes recovered since.
+const STALE_SCRATCH_NS: u64 = 10_000_000;
+
 use crate::{
     emit::emit,
     kernel::{self, config, read},
@@ -44,6 +51,8 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     scratch.timer = timer;
     scratch.sk = sk;
     scratch.kind = kind;
+    // SAFETY: no arguments; reads CLOCK_MONOTONIC.
+    scratch.entered_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     scratch.closed = 0;
     scratch.wire_ifindex = 0;
     scratch.keepalive_on = 0;
@@ -76,7 +85,12 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     let Some(scratch) = scratch() else {
         return Ok(());
     };
-    if scratch.kind == TIMER_NONE || scratch.timer != timer {
+    // SAFETY: no arguments; reads CLOCK_MONOTONIC.
+    let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let stale = now_ns.wrapping_sub(scratch.entered_ns) > STALE_SCRATCH_NS;
+    if scratch.kind == TIMER_NONE || scratch.timer != timer || stale {
+        scratch.kind = TIMER_NONE;
+        scratch.timer = 0;
         return on_unhooked_exit(timer);
     }
     let (kind, keepalive_on, closed) = (scratch.kind, scratch.keepalive_on, scratch.closed);
@@ -146,8 +160,6 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     }
     let wire_ifindex = scratch.wire_ifindex;
     count(counter!(probes), sent);
-    // SAFETY: no arguments; reads CLOCK_MONOTONIC.
-    let now_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns, after);
     let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
     emit(EventKind::ProbeSent, cookie, |ev| {
