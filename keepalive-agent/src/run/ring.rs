@@ -61,8 +61,10 @@ pub struct Sink {
 const BATCH: usize = 1024;
 
 impl Sink {
-    fn drain(&self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        let mut records = Vec::with_capacity(BATCH);
+    /// `records` is the caller's, kept from drain to drain: a batch is
+    /// hundreds of KiB, which malloc would map and unmap (and the kernel
+    /// fault in page by page) on every wake-up otherwise.
+    fn drain(&self, ring: &mut RingBuf<MapData>, records: &mut Vec<Record>) -> anyhow::Result<()> {
         loop {
             {
                 let mut state = lock(&self.state)?;
@@ -73,10 +75,14 @@ impl Sink {
                         continue;
                     };
                     for ev in ring::unfold(ev) {
-                        if let Some(mut record) =
-                            apply::to_record(&ev, &mut state.table, &self.clock)
-                        {
-                            state.count(&mut record);
+                        let Some(mut record) = apply::to_record(&ev, &mut state.table, &self.clock)
+                        else {
+                            continue;
+                        };
+                        state.count(&mut record);
+                        // Counted: the rest is for records that go out.
+                        if self.goes_out(&record) {
+                            apply::add_owner(&mut record, &state.table);
                             state.naming.name_record(&mut record);
                             records.push(record);
                         }
@@ -92,6 +98,11 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// Whether `emit` would print the record or hand it to anyone.
+    fn goes_out(&self, r: &Record) -> bool {
+        self.print.wants(r) || self.events.receiver_count() > 0
     }
 
     /// Prints the record (queued: a stdout nobody reads drops lines,
@@ -116,15 +127,16 @@ pub async fn read_ring(
     sink: Sink,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
+    let mut records = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                sink.drain(guard.get_inner_mut())?;
+                sink.drain(guard.get_inner_mut(), &mut records)?;
                 guard.clear_ready();
             }
             _ = &mut stop => break,
         }
     }
-    sink.drain(ring.get_mut())
+    sink.drain(ring.get_mut(), &mut records)
 }

@@ -99,21 +99,27 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
             r.local = known.local.or(r.local);
             r.remote = known.remote.or(r.remote);
         }
-        // Timer and softirq context has no meaningful current task: the
-        // owner is the one recorded for the socket.
-        if let Some(owner) = &known.owner {
-            r.pid = Some(owner.pid);
-            r.comm = Some(owner.comm.clone());
-            r.cgroup_id = Some(owner.cgroup_id).filter(|id| *id != 0);
-            r.container_id = owner.container_id.clone();
-            r.pod_uid = owner.pod_uid.clone();
-            r.service = owner.service.clone();
-        }
     }
     if r.event == RecordKind::SocketClosed {
         table.close(cookie);
     }
     Some(r)
+}
+
+/// The owner the table recorded for the record's socket, copied into it:
+/// only for records that go out (printed, or to `/events`), since counting
+/// reads the owner from the table and the copies are most of a record's
+/// allocations. Timer and softirq context has no meaningful current task.
+pub fn add_owner(r: &mut Record, table: &SocketTable) {
+    let Some(owner) = table.get(r.cookie).and_then(|e| e.owner.as_deref()) else {
+        return;
+    };
+    r.pid = Some(owner.pid);
+    r.comm = Some(owner.comm.clone());
+    r.cgroup_id = Some(owner.cgroup_id).filter(|id| *id != 0);
+    r.container_id = owner.container_id.clone();
+    r.pod_uid = owner.pod_uid.clone();
+    r.service = owner.service.clone();
 }
 
 /// The fields of each kind.
@@ -292,6 +298,34 @@ mod tests {
         assert_eq!((r.rtt_us, r.seq), (Some(81.0), Some(41)));
         assert_eq!(r.local.unwrap().to_string(), "192.0.2.1:1000");
         assert_eq!(r.remote.unwrap().to_string(), "192.0.2.2:2000");
+    }
+
+    /// Counting needs no owner in the record; a record that goes out gets
+    /// the one the table recorded, also after its socket closed.
+    #[test]
+    fn the_owner_is_copied_only_when_asked() {
+        let clock = Clock::new(250);
+        let mut table = SocketTable::new(10);
+        let sent = socket_event(EventKind::ProbeSent, flag::KEEPALIVE_ON | flag::HAS_TUPLE);
+        to_record(&sent, &mut table, &clock).unwrap();
+        table.set_owner(
+            9,
+            Owner {
+                pid: 77,
+                comm: "redis-server".into(),
+                container_id: Some("c0ffee".into()),
+                ..Owner::default()
+            },
+        );
+        let mut r = to_record(&sent, &mut table, &clock).unwrap();
+        assert_eq!((r.pid, r.comm.as_deref()), (None, None));
+        add_owner(&mut r, &table);
+        assert_eq!((r.pid, r.comm.as_deref()), (Some(77), Some("redis-server")));
+        assert_eq!(r.container_id.as_deref(), Some("c0ffee"));
+        table.close(9);
+        let mut closed = to_record(&sent, &mut table, &clock).unwrap();
+        add_owner(&mut closed, &table);
+        assert_eq!(closed.pid, Some(77));
     }
 
     /// A state change names its states as `ss` does, and a close to CLOSE
