@@ -6,12 +6,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use keepalive_api::{HookStatus, Record, RecordKind, ResetClass};
+use keepalive_api::{HookStatus, Owner, Record, RecordKind, ResetClass};
 use keepalive_common::KernelCounters;
 
 use super::{
     metrics::{
-        Metrics, PortLabel, ResetLabels, RttLabel, Scope, ScopePort, Snapshot, TimeoutLabels,
+        Metrics, PortLabel, ResetLabels, Scope, ScopePort, SeriesKey, Snapshot, TimeoutLabels,
+        Workload,
     },
     naming::Naming,
 };
@@ -66,10 +67,8 @@ impl AgentState {
                 let event_counts = r.acks.unwrap_or(0) == 0 || own.is_none();
                 self.add(own, r, 0, u64::from(event_counts));
                 if let Some(us) = r.rtt_us {
-                    let (scope, netns) = self.scope_of(r);
-                    let namespace = scope.workload.namespace;
-                    self.metrics
-                        .observe_rtt(netns, &RttLabel { namespace }, us / 1e6);
+                    let key = self.series_of_record(r);
+                    self.metrics.observe_rtt_cached(&key, us / 1e6);
                 }
                 // An answered probe: the path kept the flow through the
                 // idle gap before it.
@@ -131,6 +130,17 @@ impl AgentState {
         let netns = entry.and_then(|e| e.netns).or(r.netns);
         let workload = self.naming.workload(owner.as_deref(), netns);
         (self.metrics.scope(workload, netns), netns)
+    }
+
+    /// The series key of a record's socket (owner, namespace and
+    /// addresses as the table knows them, else as the record says).
+    fn series_of_record(&mut self, r: &Record) -> SeriesKey {
+        let entry = self.table.get(r.cookie);
+        let owner = entry.and_then(|e| e.owner.clone());
+        let netns = entry.and_then(|e| e.netns).or(r.netns);
+        let local = entry.and_then(|e| e.local).or(r.local);
+        let remote = entry.and_then(|e| e.remote).or(r.remote);
+        self.series(owner, netns, local, remote)
     }
 
     fn port_of(&mut self, r: &Record) -> PortLabel {
@@ -232,23 +242,44 @@ impl AgentState {
         });
     }
 
-    /// Adds credits to the labelled counters.
+    /// Adds credits to the labelled counters: those of the socket's owner,
+    /// namespace and port, their labels made once (`metrics::handles`).
     pub fn credit(&mut self, c: Credit) {
         if c.probes + c.acks == 0 {
             return;
         }
-        let port = self.port_label(c.local, c.remote);
-        let workload = self.naming.workload(c.owner.as_deref(), c.netns);
-        let labels = ScopePort {
-            scope: self.metrics.scope(workload, c.netns),
-            port,
-        };
-        if c.probes > 0 {
-            self.metrics.count_probes(c.netns, &labels, c.probes);
+        let key = self.series(c.owner.clone(), c.netns, c.local, c.remote);
+        self.metrics.add_cached(&key, c.probes, c.acks);
+    }
+
+    /// The series key of a socket, its labels made and cached on first use.
+    fn series(
+        &mut self,
+        owner: Option<Arc<Owner>>,
+        netns: Option<u32>,
+        local: Option<std::net::SocketAddr>,
+        remote: Option<std::net::SocketAddr>,
+    ) -> SeriesKey {
+        let port = self.port_label(local, remote);
+        let key = SeriesKey::new(owner, netns, port);
+        if self.metrics.use_cached(&key) {
+            return key;
         }
-        if c.acks > 0 {
-            self.metrics.count_acks(c.netns, &labels, c.acks);
-        }
+        let owner = key.owner();
+        let workload = self.naming.workload(owner.as_deref(), netns);
+        let named = workload != Workload::other();
+        // Counts the fold, if the cap folds it (later uses count theirs).
+        let scope = self.metrics.scope(workload, netns);
+        let folded = named && scope.workload == Workload::other();
+        self.metrics
+            .cache_series(key.clone(), ScopePort { scope, port }, folded);
+        key
+    }
+
+    /// Names learned or changed (a runtime's answer, an inventory's
+    /// owners): the labels of the next credits are made afresh.
+    pub fn names_changed(&mut self) {
+        self.metrics.forget_cached_series();
     }
 
     /// Reads the kernel's counters afresh (a scrape sees them as of now).

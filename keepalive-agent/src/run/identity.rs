@@ -96,6 +96,7 @@ impl Resolver {
             };
             let Ok(mut s) = state.lock() else { return };
             s.naming.directory.answered(id, resolved, monotonic_ns());
+            s.names_changed();
         }
     }
 }

@@ -135,6 +135,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         // Containers no socket or namespace refers to are gone; new ones
         // are asked about.
         s.naming.refresh(s.table.owners());
+        s.names_changed();
     }
     recognize_programs(state);
     // The scan's buffers were as large as the node's socket count.

@@ -230,6 +230,11 @@ impl WorkloadLabels {
         Workload::other()
     }
 
+    /// One more observation of a workload already folded into `other`.
+    pub fn fold_again(&self) {
+        self.folded.inc();
+    }
+
     /// Observations folded into `other` so far.
     #[cfg(test)]
     pub fn folded(&self) -> u64 {

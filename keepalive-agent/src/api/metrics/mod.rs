@@ -6,6 +6,7 @@
 //! only their own gauges (sysctls, conntrack), unless `--netns-label`.
 
 pub mod agent;
+mod handles;
 mod labels;
 mod process;
 mod render;
@@ -16,6 +17,7 @@ mod tests;
 mod text;
 
 pub use agent::{AgentHealth, Scan};
+pub use handles::SeriesKey;
 use keepalive_common::KernelCounters;
 use labels::PortLabels;
 use labels::WorkloadLabels;
@@ -82,6 +84,8 @@ pub struct Metrics {
     pub(super) runtime: runtime::RuntimeMetrics,
     /// Whether series carry `netns` (`--netns-label`).
     pub netns_label: bool,
+    /// Probe and ACK counters by what their labels are made from.
+    pub(super) cached: handles::SeriesCache,
 }
 
 /// What the metrics are configured with (flags).
@@ -219,6 +223,12 @@ impl Metrics {
             ports: PortLabels::new(config.max_port_labels),
             workloads: WorkloadLabels::new(config.max_workloads, workloads_folded),
             netns_label: config.netns_label,
+            cached: Default::default(),
         }
+    }
+
+    /// Names learned or changed: cached series labels are made afresh.
+    pub fn forget_cached_series(&mut self) {
+        self.cached.clear();
     }
 }
