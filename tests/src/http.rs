@@ -47,6 +47,60 @@ pub fn get_within(
     Ok((status, body))
 }
 
+/// A reply read as it streams, never held whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Streamed {
+    pub status: u16,
+    /// From the request to the first byte of the body.
+    pub first_byte: Duration,
+    /// From the request to the body's end.
+    pub whole: Duration,
+    pub bytes: u64,
+    /// Occurrences of the `marker` passed in (e.g. one per JSON row).
+    pub marked: u64,
+}
+
+/// GET `url` and read its body in 64 KiB pieces, counting bytes and the
+/// occurrences of `marker` (also across pieces), keeping none of it.
+pub fn get_streamed(url: &str, marker: &[u8]) -> Result<Streamed, ureq::Error> {
+    let started = std::time::Instant::now();
+    let resp = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    // The piece's last marker.len()-1 bytes, joined to the next piece.
+    let mut carry: Vec<u8> = Vec::new();
+    let (mut bytes, mut marked, mut first_byte) = (0u64, 0u64, None);
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first_byte.get_or_insert_with(|| started.elapsed());
+        bytes += n as u64;
+        carry.extend_from_slice(&buf[..n]);
+        if !marker.is_empty() {
+            marked += carry.windows(marker.len()).filter(|w| *w == marker).count() as u64;
+            let keep = carry.len().min(marker.len() - 1);
+            carry.drain(..carry.len() - keep);
+        } else {
+            carry.clear();
+        }
+    }
+    let whole = started.elapsed();
+    Ok(Streamed {
+        status,
+        first_byte: first_byte.unwrap_or(whole),
+        whole,
+        bytes,
+        marked,
+    })
+}
+
 /// One raw HTTP/1.1 GET with `Connection: close`: the status code, or None
 /// when nothing (or no status line) came back within `timeout`.
 pub fn raw_get_status(addr: &str, target: &[u8], timeout: Duration) -> Option<u16> {

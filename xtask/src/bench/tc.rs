@@ -8,7 +8,9 @@
 //! `kernel.bpf_stats_enabled` gives each program's time per packet and its
 //! share of all CPU time spent (the stats' own clock reads are kept out of
 //! the throughput rounds), for ours and for do-nothing classifiers attached
-//! the same way: the difference is what our parsing costs a packet.
+//! the same way: the difference is what our parsing costs a packet. A third
+//! setting in the same rounds runs tcpdump with the runbooks' keepalive
+//! filter instead (`tcpdump.rs`): what users pay today for the same view.
 
 use std::{
     fs,
@@ -19,7 +21,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{Agent, Netns};
+use super::{Agent, Netns, tcpdump::Capture};
 
 /// Bytes per second of one bulk TCP flow over the namespace's loopback.
 fn bulk(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
@@ -90,12 +92,65 @@ fn ping_pong(ns: &Netns, for_: Duration) -> anyhow::Result<f64> {
     })?
 }
 
-/// (bulk bytes/s, ping-pong round trips/s) with the agent in `mode`.
-fn round(ns: &Netns, attached: bool, window: Duration) -> anyhow::Result<(f64, f64)> {
-    let agent = Agent::start(if attached { &[] } else { &["--no-tc"] })?;
-    let measured = (bulk(ns, window)?, ping_pong(ns, window)?);
+/// What watches the rounds' loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watcher {
+    /// The agent with `--no-tc`: nothing on the data path.
+    Detached,
+    /// The agent with its classifiers.
+    Classifiers,
+    /// The agent with `--no-tc`, and tcpdump with the runbooks' filter on
+    /// the loads' interface (what users run today).
+    Tcpdump,
+}
+
+/// One load's rate and the CPU-seconds of its watcher's process (the
+/// agent's, or tcpdump's), with tcpdump's own count of packets captured.
+struct Watched {
+    rate: f64,
+    cpu_s: f64,
+    captured: Option<u64>,
+}
+
+/// (bulk, ping-pong) as `watcher` watches them.
+fn round(ns: &Netns, watcher: Watcher, window: Duration) -> anyhow::Result<(Watched, Watched)> {
+    let agent = Agent::start(if watcher == Watcher::Classifiers {
+        &[]
+    } else {
+        &["--no-tc"]
+    })?;
+    let measured = (
+        watched(ns, &agent, watcher, || bulk(ns, window))?,
+        watched(ns, &agent, watcher, || ping_pong(ns, window))?,
+    );
     agent.stop()?;
     Ok(measured)
+}
+
+fn watched(
+    ns: &Netns,
+    agent: &Agent,
+    watcher: Watcher,
+    load: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<Watched> {
+    if watcher == Watcher::Tcpdump {
+        let capture = Capture::start(ns, "lo")?;
+        let rate = load()?;
+        let c = capture.stop()?;
+        return Ok(Watched {
+            rate,
+            cpu_s: c.cpu_s,
+            captured: c.packets,
+        });
+    }
+    let (cpu0, _, _) = agent.usage();
+    let rate = load()?;
+    let (cpu1, _, _) = agent.usage();
+    Ok(Watched {
+        rate,
+        cpu_s: cpu1 - cpu0,
+        captured: None,
+    })
 }
 
 /// CPU time spent by all CPUs (not idle, not iowait), in ns, from /proc/stat.
@@ -169,7 +224,9 @@ fn stats_round(
     let (egress, ingress) = classifiers.programs();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let (e0, i0, cpu0) = (prog_stats(egress), prog_stats(ingress), busy_cpu_ns());
+    let t = Instant::now();
     let result = load();
+    let wall_ns = t.elapsed().as_nanos() as f64;
     let (e1, i1, cpu1) = (prog_stats(egress), prog_stats(ingress), busy_cpu_ns());
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     agent.stop()?;
@@ -186,25 +243,26 @@ fn stats_round(
         "ingress_ns_per_packet": per(i0, i1),
         "ingress_packets": i1.1 - i0.1,
         "cpu_share_percent": (cpu_ns > 0).then(|| 100.0 * prog_ns as f64 / cpu_ns as f64),
+        "core_percent": 100.0 * prog_ns as f64 / wall_ns,
     }))
 }
 
 pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
     let ns = Netns::new("kabenchtc")?;
     eprintln!("bench: TC warm-up round (discarded)…");
-    round(&ns, false, window)?;
-    let (mut off, mut on) = (Vec::new(), Vec::new());
+    round(&ns, Watcher::Detached, window)?;
+    let mut by = [Vec::new(), Vec::new(), Vec::new()];
+    let watchers = [Watcher::Detached, Watcher::Classifiers, Watcher::Tcpdump];
     for r in 0..rounds {
         eprintln!("bench: TC round {}/{rounds}…", r + 1);
-        // ABBA: neither setting always goes first.
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for attached in order {
-            let m = round(&ns, attached, window)?;
-            if attached { &mut on } else { &mut off }.push(m);
+        // Rotated, and reversed every other round: none always goes first.
+        let mut order: Vec<usize> = (0..watchers.len()).collect();
+        order.rotate_left(r % watchers.len());
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            by[i].push(round(&ns, watchers[i], window)?);
         }
     }
     eprintln!("bench: TC per-packet cost (bpf_stats), ours and a do-nothing baseline…");
@@ -212,23 +270,53 @@ pub fn overhead(window: Duration, rounds: usize) -> anyhow::Result<Value> {
     let bulk_base = stats_round(Classifiers::Baseline, || bulk(&ns, window))?;
     let ping_stats = stats_round(Classifiers::Ours, || ping_pong(&ns, window))?;
     let ping_base = stats_round(Classifiers::Baseline, || ping_pong(&ns, window))?;
-    let col = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).collect::<Vec<_>>();
-    let (bulk_off, bulk_on) = (col(&off, |m| m.0), col(&on, |m| m.0));
-    let (ping_off, ping_on) = (col(&off, |m| m.1), col(&on, |m| m.1));
-    let (b0, b1) = (median(&bulk_off), median(&bulk_on));
-    let (p0, p1) = (median(&ping_off), median(&ping_on));
+    let [off, on, dump] = &by;
+    let col = |v: &[(Watched, Watched)], f: fn(&(Watched, Watched)) -> f64| {
+        v.iter().map(f).collect::<Vec<_>>()
+    };
+    let (bulk_off, bulk_on, bulk_dump) = (
+        col(off, |m| m.0.rate),
+        col(on, |m| m.0.rate),
+        col(dump, |m| m.0.rate),
+    );
+    let (ping_off, ping_on, ping_dump) = (
+        col(off, |m| m.1.rate),
+        col(on, |m| m.1.rate),
+        col(dump, |m| m.1.rate),
+    );
+    let (b0, b1, b2) = (median(&bulk_off), median(&bulk_on), median(&bulk_dump));
+    let (p0, p1, p2) = (median(&ping_off), median(&ping_on), median(&ping_dump));
     let gbit = |v: &[f64]| v.iter().map(|b| b * 8.0 / 1e9).collect::<Vec<_>>();
+    let core = |v: &[(Watched, Watched)], f: fn(&(Watched, Watched)) -> f64| {
+        100.0 * median(&col(v, f)) / window.as_secs_f64()
+    };
+    let captured = |v: &[(Watched, Watched)], f: fn(&(Watched, Watched)) -> Option<u64>| {
+        median(&v.iter().filter_map(f).map(|n| n as f64).collect::<Vec<_>>())
+    };
     Ok(json!({
         "throughput_detached_gbit_s": b0 * 8.0 / 1e9,
         "throughput_attached_gbit_s": b1 * 8.0 / 1e9,
+        "throughput_tcpdump_gbit_s": b2 * 8.0 / 1e9,
         "cost_percent": 100.0 * (1.0 - b1 / b0),
+        "tcpdump_cost_percent": 100.0 * (1.0 - b2 / b0),
         "rounds_detached_gbit_s": gbit(&bulk_off),
         "rounds_attached_gbit_s": gbit(&bulk_on),
+        "rounds_tcpdump_gbit_s": gbit(&bulk_dump),
         "ping_pong_detached_per_s": p0,
         "ping_pong_attached_per_s": p1,
+        "ping_pong_tcpdump_per_s": p2,
         "ping_pong_cost_percent": 100.0 * (1.0 - p1 / p0),
+        "ping_pong_tcpdump_cost_percent": 100.0 * (1.0 - p2 / p0),
         "rounds_ping_pong_detached_per_s": ping_off,
         "rounds_ping_pong_attached_per_s": ping_on,
+        "rounds_ping_pong_tcpdump_per_s": ping_dump,
+        // Medians over the rounds, % of a core: the watcher's own process.
+        "agent_bulk_core_percent": core(on, |m| m.0.cpu_s),
+        "agent_ping_pong_core_percent": core(on, |m| m.1.cpu_s),
+        "tcpdump_bulk_core_percent": core(dump, |m| m.0.cpu_s),
+        "tcpdump_ping_pong_core_percent": core(dump, |m| m.1.cpu_s),
+        "tcpdump_bulk_captured": captured(dump, |m| m.0.captured),
+        "tcpdump_ping_pong_captured": captured(dump, |m| m.1.captured),
         "bulk_stats": bulk_stats,
         "bulk_baseline_stats": bulk_base,
         "ping_pong_stats": ping_stats,
