@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::{Agent, Netns, get, hold, tc::median, verdict};
+use super::{Agent, Netns, hold, scrape_metrics, tc::median, verdict};
 
 /// Every row of `/sockets` starts with its cookie.
 const ROW: &[u8] = b"{\"cookie\":";
@@ -157,16 +157,7 @@ fn ss_beside_sockets(ns: &Netns, agent: &Agent) -> anyhow::Result<Value> {
 /// RSS, `/metrics` and a streamed `/sockets` at `tracked` sockets.
 fn at_scale(agent: &Agent, tracked: u64) -> anyhow::Result<Value> {
     let (_, rss, peak_before) = agent.usage();
-    let mut metrics_ms = Vec::new();
-    let mut metrics_bytes = 0;
-    for _ in 0..5 {
-        let (status, bytes, t) = get(&agent.url("/metrics"))?;
-        if status != 200 {
-            bail!("/metrics answered {status}");
-        }
-        metrics_bytes = bytes;
-        metrics_ms.push(t.as_secs_f64() * 1e3);
-    }
+    let (metrics_ms, metrics_bytes) = scrape_metrics(agent)?;
     let (_, rss_before_listing, _) = agent.usage();
     let (wall, cpu, rows, bytes, first) = sockets_listing(agent)?;
     let (_, rss_after, peak_after) = agent.usage();
@@ -174,7 +165,7 @@ fn at_scale(agent: &Agent, tracked: u64) -> anyhow::Result<Value> {
         "tracked_sockets": tracked,
         "agent_rss_mib": rss,
         "agent_peak_rss_mib": peak_before,
-        "metrics_ms_median": median(&metrics_ms),
+        "metrics_ms_median": metrics_ms,
         "metrics_bytes": metrics_bytes,
         "sockets_first_byte_ms": first * 1e3,
         "sockets_whole_ms": wall * 1e3,

@@ -57,6 +57,14 @@ impl SeriesKey {
     pub fn owner(&self) -> Option<Arc<Owner>> {
         self.owner.as_ref().map(|o| o.0.clone())
     }
+
+    pub fn netns(&self) -> Option<u32> {
+        self.netns
+    }
+
+    pub fn port(&self) -> PortLabel {
+        self.port
+    }
 }
 
 /// One label set's counters, each made on its first use (a series that

@@ -1,14 +1,17 @@
 //! One scrape: gauges refreshed from the state, counters mirrored from the
 //! kernel's, then encoded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
 use super::agent::{StreamLabels, UnhookedLabels};
-use super::{HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, SocketsLabels};
+use super::{
+    HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, Scope, SeriesKey,
+    SocketsLabels, Workload,
+};
 use crate::{
     api::naming::Naming,
     host::{outlet, sysctl::KeepaliveSysctls},
@@ -105,40 +108,76 @@ impl Metrics {
         self.runtime.render(&s.naming.directory);
         self.render_paths(s.judge);
 
-        self.sockets.clear();
-        self.at_risk.clear();
-        for (_, e) in s.table.iter() {
-            if e.state != TcpState::Established {
-                continue;
-            }
-            let workload = s.naming.workload(e.owner.as_deref(), e.netns);
-            let scope = self.scope(workload, e.netns);
-            let on = e.keepalive.as_ref().is_some_and(|k| k.enabled);
-            self.sockets
-                .get_or_create(&SocketsLabels {
-                    scope: scope.clone(),
-                    keepalive: if on { "on" } else { "off" },
-                })
-                .inc();
-            if let Some(risk) = s.table.risk_of(e, s.judge) {
-                let port = match (e.local, e.remote) {
-                    (Some(l), Some(r)) => self.port_label(l.port(), r.port()),
-                    _ => PortLabel::Other,
-                };
-                self.at_risk
-                    .get_or_create(&RiskLabels {
-                        scope,
-                        port,
-                        profile: risk.profile,
-                        reason: risk.reason.as_str(),
-                    })
-                    .inc();
-            }
-        }
+        self.render_sockets(s.table, s.naming, s.judge);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The established sockets by workload and keepalive, and those at
+    /// risk. Counted first by what their labels are made from (owner,
+    /// namespace, port), then labelled once per distinct key: 250k sockets
+    /// are a few hundred label sets, and making a workload's labels is
+    /// most of a socket's cost (#15: /metrics at 250k sockets).
+    fn render_sockets(&mut self, table: &SocketTable, naming: &mut Naming, judge: Judge<'_>) {
+        type Counts<K> = HashMap<K, i64, foldhash::fast::RandomState>;
+        let mut open: Counts<(SeriesKey, bool)> = Counts::default();
+        let mut risky: Counts<(SeriesKey, String, &'static str)> = Counts::default();
+        for (_, e) in table.iter() {
+            if e.state != TcpState::Established {
+                continue;
+            }
+            let on = e.keepalive.as_ref().is_some_and(|k| k.enabled);
+            let whose = SeriesKey::new(e.owner.clone(), e.netns, PortLabel::Other);
+            *open.entry((whose, on)).or_default() += 1;
+            if let Some(risk) = table.risk_of(e, judge) {
+                let port = match (e.local, e.remote) {
+                    (Some(l), Some(r)) => self.port_label(l.port(), r.port()),
+                    _ => PortLabel::Other,
+                };
+                let key = SeriesKey::new(e.owner.clone(), e.netns, port);
+                *risky
+                    .entry((key, risk.profile, risk.reason.as_str()))
+                    .or_default() += 1;
+            }
+        }
+        self.sockets.clear();
+        self.at_risk.clear();
+        for ((key, on), n) in open {
+            let scope = self.scope_of_sockets(naming, &key, n);
+            self.sockets
+                .get_or_create(&SocketsLabels {
+                    scope,
+                    keepalive: if on { "on" } else { "off" },
+                })
+                .inc_by(n);
+        }
+        for ((key, profile, reason), n) in risky {
+            let scope = self.scope_of_sockets(naming, &key, n);
+            self.at_risk
+                .get_or_create(&RiskLabels {
+                    scope,
+                    port: key.port(),
+                    profile,
+                    reason,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// The scope of `n` sockets of `key`, a fold by the workload cap
+    /// counted for each (as when they were labelled one by one).
+    fn scope_of_sockets(&mut self, naming: &mut Naming, key: &SeriesKey, n: i64) -> Scope {
+        let workload = naming.workload(key.owner().as_deref(), key.netns());
+        let named = workload != Workload::other();
+        let scope = self.scope(workload, key.netns());
+        if named && scope.workload == Workload::other() {
+            for _ in 1..n {
+                self.workloads.fold_again();
+            }
+        }
+        scope
     }
 
     /// Each active conntrack's timeouts, by namespace.
