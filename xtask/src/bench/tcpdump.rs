@@ -98,7 +98,7 @@ pub fn print(tc: &serde_json::Value) {
     let f = |k: &str| tc[k].as_f64().unwrap_or(f64::NAN);
     let stats = |load: &str| tc[format!("{load}_stats")]["core_percent"].as_f64();
     println!(
-        "side by side, tcpdump '<keepalive filter>' -nn -l > /dev/null on the same interface, same rounds:"
+        "side by side, tcpdump '<keepalive filter>' -nn -l > /dev/null on the same interface, same rounds (+: faster than detached):"
     );
     for (name, load, rate, unit) in [
         ("bulk", "bulk", "throughput_{}_gbit_s", "Gbit/s"),
@@ -115,12 +115,12 @@ pub fn print(tc: &serde_json::Value) {
         let classifiers = stats(load).unwrap_or(f64::NAN);
         let dump = f(&format!("tcpdump_{load}_core_percent"));
         println!(
-            "        {name:<9}: tcpdump {} {unit} ({:+.1} %, {} packets captured) vs ours {} ({:+.1} %): \
+            "        {name:<9}: tcpdump {} {unit} ({:+.1} %, {:.0} packets captured) vs ours {} ({:+.1} %): \
              ours / tcpdump = {:.3} of the rate; CPU tcpdump {dump:.1} % of a core vs ours {:.1} % (agent {agent:.1} % + classifiers {classifiers:.1} %): \
              tcpdump / ours = {:.1}x",
             shown(at("tcpdump")),
             -cost("tcpdump"),
-            tc[format!("tcpdump_{load}_captured")],
+            f(&format!("tcpdump_{load}_captured")),
             shown(at("attached")),
             -cost("attached"),
             at("attached") / at("tcpdump"),
