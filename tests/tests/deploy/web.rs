@@ -4,9 +4,11 @@
 //! per-socket endpoints kept to the loopback listener; gzip; and bad
 //! configurations refused at start with exit 2 naming the field.
 
+use keepalive_api::TcpState;
 use keepalive_tests::{
     agent::Launch,
     tls::{Curl, Pki, curl, write},
+    wait,
 };
 
 use super::*;
@@ -210,8 +212,22 @@ fn the_metrics_listener_takes_only_authenticated_tls_and_keeps_sockets_local() {
         .local_listen
         .clone()
         .expect("a local listener");
-    let rows = s.agent.sockets("");
-    assert!(!rows.is_empty());
+    // An established connection the agent has seen, held through the
+    // comparison below: with none, the per-socket gauges have no series
+    // and their families appear only with the scraper's own connection.
+    let held = sock::listen("127.0.0.1:0".parse().expect("an address"));
+    let client = sock::connect(held.local_addr().expect("bound"), None);
+    let (_server, _) = held.accept().expect("accepting");
+    let cookie = sock::cookie(&client);
+    assert!(
+        wait::eventually(Duration::from_secs(10), || {
+            s.agent
+                .sockets("")
+                .iter()
+                .any(|r| r.cookie == cookie && r.state == TcpState::Established)
+        }),
+        "the agent never listed the held connection {cookie}"
+    );
 
     // gzip when asked, the same series as plain.
     for (url, plain) in [
