@@ -12,7 +12,6 @@ use keepalive_common::KernelCounters;
 use super::{
     metrics::{
         Metrics, PortLabel, ResetLabels, Scope, ScopePort, SeriesKey, Snapshot, TimeoutLabels,
-        Workload,
     },
     naming::Naming,
 };
@@ -26,6 +25,9 @@ use crate::{
     },
     table::{Credit, Judge, SocketTable, Survival},
 };
+
+/// A connection's local and remote addresses.
+type Addresses = (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>);
 
 pub struct AgentState {
     pub table: SocketTable,
@@ -125,22 +127,31 @@ impl AgentState {
     /// and namespace as the table knows them (timer context has no
     /// meaningful current task; wire events carry no namespace).
     fn scope_of(&mut self, r: &Record) -> (Scope, Option<u32>) {
-        let entry = self.table.get(r.cookie);
-        let owner = entry.and_then(|e| e.owner.clone());
-        let netns = entry.and_then(|e| e.netns).or(r.netns);
-        let workload = self.naming.workload(owner.as_deref(), netns);
-        (self.metrics.scope(workload, netns), netns)
+        let (owner, netns, _) = self.whose(r);
+        let (scope, _) = self
+            .metrics
+            .scope_of_owner(&mut self.naming, owner.as_deref(), netns);
+        (scope, netns)
     }
 
-    /// The series key of a record's socket (owner, namespace and
-    /// addresses as the table knows them, else as the record says).
+    /// The series key of a record's socket.
     fn series_of_record(&mut self, r: &Record) -> SeriesKey {
-        let entry = self.table.get(r.cookie);
-        let owner = entry.and_then(|e| e.owner.clone());
-        let netns = entry.and_then(|e| e.netns).or(r.netns);
-        let local = entry.and_then(|e| e.local).or(r.local);
-        let remote = entry.and_then(|e| e.remote).or(r.remote);
+        let (owner, netns, (local, remote)) = self.whose(r);
         self.series(owner, netns, local, remote)
+    }
+
+    /// A record's socket's owner, namespace and addresses as the table
+    /// knows them, else as the record says.
+    fn whose(&self, r: &Record) -> (Option<Arc<Owner>>, Option<u32>, Addresses) {
+        let entry = self.table.get(r.cookie);
+        (
+            entry.and_then(|e| e.owner.clone()),
+            entry.and_then(|e| e.netns).or(r.netns),
+            (
+                entry.and_then(|e| e.local).or(r.local),
+                entry.and_then(|e| e.remote).or(r.remote),
+            ),
+        )
     }
 
     fn port_of(&mut self, r: &Record) -> PortLabel {
@@ -265,12 +276,9 @@ impl AgentState {
         if self.metrics.use_cached(&key) {
             return key;
         }
-        let owner = key.owner();
-        let workload = self.naming.workload(owner.as_deref(), netns);
-        let named = workload != Workload::other();
-        // Counts the fold, if the cap folds it (later uses count theirs).
-        let scope = self.metrics.scope(workload, netns);
-        let folded = named && scope.workload == Workload::other();
+        let (scope, folded) =
+            self.metrics
+                .scope_of_owner(&mut self.naming, key.owner().as_deref(), netns);
         self.metrics
             .cache_series(key.clone(), ScopePort { scope, port }, folded);
         key

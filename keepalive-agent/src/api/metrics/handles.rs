@@ -71,7 +71,6 @@ impl SeriesKey {
 /// never counted is not exported at 0).
 struct Handles {
     labels: ScopePort,
-    netns: Option<u32>,
     probes: Option<Counter>,
     acks: Option<Counter>,
     rtt: Option<Histogram>,
@@ -107,12 +106,10 @@ impl Metrics {
         if self.cached.by_key.len() >= MAX_ENTRIES {
             self.cached.clear();
         }
-        let netns = key.netns;
         self.cached.by_key.insert(
             key,
             Handles {
                 labels,
-                netns,
                 probes: None,
                 acks: None,
                 rtt: None,
@@ -143,13 +140,10 @@ impl Metrics {
             rtt.observe(seconds);
             return;
         }
-        let (label, netns) = (
-            RttLabel {
-                namespace: h.labels.scope.workload.namespace.clone(),
-            },
-            h.netns,
-        );
-        self.remember_rtt_series(netns, &label);
+        let label = RttLabel {
+            namespace: h.labels.scope.workload.namespace.clone(),
+        };
+        self.remember_rtt_series(key.netns, &label);
         let rtt = self.rtt.get_or_create(&label).clone();
         rtt.observe(seconds);
         if let Some(h) = self.cached.by_key.get_mut(key) {
@@ -186,8 +180,8 @@ impl Metrics {
         if let Some(c) = h.counter(which) {
             return c.clone();
         }
-        let (labels, netns) = (h.labels.clone(), h.netns);
-        self.remember_port_series(netns, &labels);
+        let labels = h.labels.clone();
+        self.remember_port_series(key.netns, &labels);
         let family = match which {
             Which::Probes => &self.probes,
             Which::Acks => &self.acks,

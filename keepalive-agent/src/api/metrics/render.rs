@@ -10,7 +10,7 @@ use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 use super::agent::{StreamLabels, UnhookedLabels};
 use super::{
     HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, Scope, SeriesKey,
-    SocketsLabels, Workload,
+    SocketsLabels,
 };
 use crate::{
     api::naming::Naming,
@@ -169,10 +169,8 @@ impl Metrics {
     /// The scope of `n` sockets of `key`, a fold by the workload cap
     /// counted for each (as when they were labelled one by one).
     fn scope_of_sockets(&mut self, naming: &mut Naming, key: &SeriesKey, n: i64) -> Scope {
-        let workload = naming.workload(key.owner().as_deref(), key.netns());
-        let named = workload != Workload::other();
-        let scope = self.scope(workload, key.netns());
-        if named && scope.workload == Workload::other() {
+        let (scope, folded) = self.scope_of_owner(naming, key.owner().as_deref(), key.netns());
+        if folded {
             for _ in 1..n {
                 self.workloads.fold_again();
             }

@@ -9,7 +9,10 @@ use std::{
     hash::Hash,
 };
 
+use keepalive_api::Owner;
+
 use super::{Metrics, ResetLabels, RttLabel, Scope, ScopePort, TimeoutLabels, Workload};
+use crate::api::naming::Naming;
 
 /// Label sets one namespace has in the keepalive families.
 #[derive(Default)]
@@ -35,6 +38,23 @@ impl Metrics {
             workload: self.workloads.label(workload),
             netns: super::NetnsOpt(netns.filter(|_| self.netns_label)),
         }
+    }
+
+    /// The series scope of a socket of `owner` in `netns`, its workload
+    /// named by `naming`; and whether the workload cap folded that
+    /// workload into "other" (this fold counted, later ones are the
+    /// caller's: `WorkloadLabels::fold_again`).
+    pub fn scope_of_owner(
+        &mut self,
+        naming: &mut Naming,
+        owner: Option<&Owner>,
+        netns: Option<u32>,
+    ) -> (Scope, bool) {
+        let workload = naming.workload(owner, netns);
+        let named = workload != Workload::other();
+        let scope = self.scope(workload, netns);
+        let folded = named && scope.workload == Workload::other();
+        (scope, folded)
     }
 
     // The agent counts through cached handles (`handles.rs`); the tests
