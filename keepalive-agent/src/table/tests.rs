@@ -5,7 +5,7 @@ use std::sync::Arc;
 use keepalive_api::{Keepalive, Owner, Source};
 use keepalive_common::{SocketRecord, Tuple, flag};
 
-use super::*;
+use super::{owners::UNFINDABLE_RETRY, *};
 use crate::model::{clock::Clock, paths::PathBook};
 
 fn owner(pid: u32) -> Owner {
