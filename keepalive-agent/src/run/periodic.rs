@@ -128,8 +128,10 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     };
     let found = owners::resolve(&wanted);
     let owners_found = found.len();
+    let mut unfindable = (0, 0);
     if let Ok(mut s) = state.lock() {
         s.table.set_owners_by_inode(found, &wanted);
+        unfindable = s.table.unfindable_owners();
         let s = &mut *s;
         s.naming.netns_owners = netns_owners;
         // Containers no socket or namespace refers to are gone; new ones
@@ -141,7 +143,11 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     // The scan's buffers were as large as the node's socket count.
     process::release_freed_memory();
     log::debug!(
-        "inventory: {total} sockets in {namespaces} namespaces, {owners_found} owners found, {} ms",
+        "inventory: {total} sockets in {namespaces} namespaces, owners of {owners_found} of {} \
+         found ({} none holds, looked for again after {} inventories), {} ms",
+        wanted.len(),
+        unfindable.0,
+        unfindable.1,
         started.elapsed().as_millis()
     );
     Ok(())

@@ -58,11 +58,10 @@ pub struct SocketTable {
     listening: HashSet<(u32, u16)>,
     capacity: usize,
     generation: u64,
-    /// Inodes a `/proc` walk looked for and no process held (a kernel
-    /// socket, a process in no pid namespace we see): not looked for again
+    /// Sockets a `/proc` walk found no owner for: not looked for again
     /// at every inventory, which would walk every descriptor of the node
     /// for one socket.
-    unfindable: HashSet<u64>,
+    unfindable: owners::Unfindable,
     /// Sockets not recorded because the table was full.
     pub refused: u64,
     /// The shortest silence from the peer that counts as an idle gap
@@ -81,7 +80,7 @@ impl SocketTable {
             closed: CookieMap::default(),
             closed_order: VecDeque::new(),
             listening: HashSet::new(),
-            unfindable: HashSet::new(),
+            unfindable: owners::Unfindable::default(),
             capacity,
             generation: 0,
             refused: 0,

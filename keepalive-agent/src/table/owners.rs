@@ -11,9 +11,69 @@ use keepalive_api::Owner;
 
 use super::SocketTable;
 
-/// Every this many inventories, sockets no `/proc` walk found an owner
-/// for are looked for again (a minute at the default 10 s).
+/// Inventories before sockets no `/proc` walk found an owner for are
+/// looked for again (a minute at the default 10 s).
 pub(super) const UNFINDABLE_RETRY: u64 = 6;
+
+/// The longest wait between such walks (an hour at the default 10 s):
+/// a socket no process will ever hold (a kernel or NFS socket) must not
+/// make the agent read every descriptor of the node each minute.
+pub(super) const UNFINDABLE_RETRY_MAX: u64 = 360;
+
+/// Inodes a `/proc` walk looked for and no process held (a kernel
+/// socket, a process in no pid namespace we see), and when to look for
+/// them again: the wait doubles while retries find none of them and is
+/// back to [`UNFINDABLE_RETRY`] once one is found.
+#[derive(Debug)]
+pub(super) struct Unfindable {
+    pub(super) inodes: HashSet<u64>,
+    /// The inventory generation of the next retry.
+    next_retry: u64,
+    wait: u64,
+}
+
+impl Default for Unfindable {
+    fn default() -> Self {
+        Unfindable {
+            inodes: HashSet::new(),
+            next_retry: UNFINDABLE_RETRY,
+            wait: UNFINDABLE_RETRY,
+        }
+    }
+}
+
+impl Unfindable {
+    fn retry_due(&self, generation: u64) -> bool {
+        generation >= self.next_retry
+    }
+
+    /// Records a walk at `generation` that looked for `searched`.
+    fn searched(&mut self, generation: u64, searched: &HashSet<u64>, found: &HashMap<u64, Owner>) {
+        let retried: Vec<u64> = self
+            .inodes
+            .iter()
+            .filter(|i| searched.contains(i))
+            .copied()
+            .collect();
+        if !retried.is_empty() {
+            self.wait = if retried.iter().any(|i| found.contains_key(i)) {
+                UNFINDABLE_RETRY
+            } else {
+                (self.wait * 2).min(UNFINDABLE_RETRY_MAX)
+            };
+            self.next_retry = generation + self.wait;
+        } else if self.inodes.is_empty() {
+            self.next_retry = generation + self.wait;
+        }
+        self.inodes
+            .extend(searched.iter().filter(|i| !found.contains_key(i)));
+    }
+
+    /// Inventories until the next retry, for the log.
+    pub(super) fn wait(&self) -> u64 {
+        self.wait
+    }
+}
 
 impl SocketTable {
     pub fn set_owner(&mut self, cookie: u64, owner: Owner) {
@@ -50,15 +110,14 @@ impl SocketTable {
     }
 
     /// The inodes of sockets whose owner is not known, for a `/proc` walk:
-    /// those an earlier walk did not find only every
-    /// [`UNFINDABLE_RETRY`]th inventory (an fd passed on, a process that
-    /// appeared late).
+    /// those an earlier walk did not find only when their retry is due
+    /// (an fd passed on, a process that appeared late).
     pub fn ownerless_inodes(&self) -> HashSet<u64> {
-        let retry = self.generation.is_multiple_of(UNFINDABLE_RETRY);
+        let retry = self.unfindable.retry_due(self.generation);
         self.live
             .values()
             .filter(|e| e.owner.is_none() && e.inode != 0)
-            .filter(|e| retry || !self.unfindable.contains(&e.inode))
+            .filter(|e| retry || !self.unfindable.inodes.contains(&e.inode))
             .map(|e| e.inode)
             .collect()
     }
@@ -66,8 +125,7 @@ impl SocketTable {
     /// Sets owners found by inode; the `searched` inodes not found are
     /// remembered as unfindable.
     pub fn set_owners_by_inode(&mut self, owners: HashMap<u64, Owner>, searched: &HashSet<u64>) {
-        self.unfindable
-            .extend(searched.iter().filter(|i| !owners.contains_key(i)));
+        self.unfindable.searched(self.generation, searched, &owners);
         let shared: HashMap<u64, Arc<Owner>> = owners
             .into_iter()
             .map(|(inode, o)| (inode, self.intern(o)))
@@ -86,7 +144,13 @@ impl SocketTable {
             .filter(|e| e.owner.is_none())
             .map(|e| e.inode)
             .collect();
-        self.unfindable.retain(|i| ownerless.contains(i));
+        self.unfindable.inodes.retain(|i| ownerless.contains(i));
+    }
+
+    /// How many sockets have no owner a `/proc` walk could find, and the
+    /// inventories between the walks that look for them again.
+    pub fn unfindable_owners(&self) -> (usize, u64) {
+        (self.unfindable.inodes.len(), self.unfindable.wait())
     }
 
     /// The owners live sockets refer to.

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use keepalive_api::{Keepalive, Owner, Source};
 use keepalive_common::{SocketRecord, Tuple, flag};
 
-use super::{owners::UNFINDABLE_RETRY, *};
+use super::{
+    owners::{UNFINDABLE_RETRY, UNFINDABLE_RETRY_MAX},
+    *,
+};
 use crate::model::{clock::Clock, paths::PathBook};
 
 fn owner(pid: u32) -> Owner {
@@ -152,12 +155,7 @@ fn a_scan_sees_an_idle_gap_survived() {
     assert_eq!(seen[0].remote.to_string(), "198.51.100.2:5432");
 }
 
-/// A socket no process holds is looked for once, then only every
-/// UNFINDABLE_RETRY inventories, until it is found.
-#[test]
-fn unfindable_owners_are_not_looked_for_at_every_inventory() {
-    let clock = Clock::new(100);
-    let mut t = SocketTable::new(4);
+fn unowned_socket(t: &mut SocketTable, clock: &Clock) {
     let mut rec = SocketRecord {
         cookie: 9,
         flags: flag::FULL_SOCK,
@@ -167,21 +165,68 @@ fn unfindable_owners_are_not_looked_for_at_every_inventory() {
     rec.tuple.family = 2;
     rec.tuple.state = 10;
     t.begin_inventory();
-    t.apply_inventory(&[rec], &clock);
+    t.apply_inventory(&[rec], clock);
+}
+
+/// The inventories (after the first) at which a socket no process holds
+/// is looked for again, over `inventories` inventories.
+fn retries_of_unfindable(t: &mut SocketTable, inventories: u64) -> Vec<u64> {
+    let mut asked = Vec::new();
+    for _ in 0..inventories {
+        t.begin_inventory();
+        let wanted = t.ownerless_inodes();
+        if !wanted.is_empty() {
+            asked.push(t.generation);
+        }
+        t.set_owners_by_inode(HashMap::new(), &wanted);
+    }
+    asked
+}
+
+/// A socket no process holds is looked for once, then after
+/// UNFINDABLE_RETRY inventories, until it is found.
+#[test]
+fn unfindable_owners_are_not_looked_for_at_every_inventory() {
+    let clock = Clock::new(100);
+    let mut t = SocketTable::new(4);
+    unowned_socket(&mut t, &clock);
     let wanted = t.ownerless_inodes();
     assert_eq!(wanted, HashSet::from([77]));
     t.set_owners_by_inode(HashMap::new(), &wanted);
-    let mut asked = Vec::new();
-    while !t.generation.is_multiple_of(UNFINDABLE_RETRY) {
-        t.begin_inventory();
-        asked.push(t.ownerless_inodes().len());
-    }
-    assert_eq!(
-        asked.iter().sum::<usize>(),
-        1,
-        "asked again once: {asked:?}"
-    );
+    let first = t.generation;
+    let asked = retries_of_unfindable(&mut t, UNFINDABLE_RETRY);
+    assert_eq!(asked, [first + UNFINDABLE_RETRY], "asked again once");
     t.set_owners_by_inode(HashMap::from([(77, owner(3))]), &HashSet::from([77]));
     assert_eq!(t.get(9).unwrap().owner.as_ref().unwrap().pid, 3);
-    assert!(t.unfindable.is_empty());
+    assert!(t.unfindable.inodes.is_empty());
+}
+
+/// Retries that find nothing wait twice as long each time, up to
+/// UNFINDABLE_RETRY_MAX inventories; one that finds an owner starts over.
+#[test]
+fn retries_for_unfindable_owners_back_off() {
+    let clock = Clock::new(100);
+    let mut t = SocketTable::new(4);
+    unowned_socket(&mut t, &clock);
+    let wanted = t.ownerless_inodes();
+    t.set_owners_by_inode(HashMap::new(), &wanted);
+    let first = t.generation;
+    let asked = retries_of_unfindable(&mut t, 5 * UNFINDABLE_RETRY_MAX);
+    let mut expected = Vec::new();
+    let (mut at, mut wait) = (first, UNFINDABLE_RETRY);
+    while at + wait <= first + 5 * UNFINDABLE_RETRY_MAX {
+        at += wait;
+        expected.push(at);
+        wait = (wait * 2).min(UNFINDABLE_RETRY_MAX);
+    }
+    assert_eq!(asked, expected);
+    assert_eq!(t.unfindable_owners(), (1, UNFINDABLE_RETRY_MAX));
+
+    // Another process takes the socket over: found at the next retry,
+    // and the wait is back to the shortest for sockets unfindable later.
+    while t.ownerless_inodes().is_empty() {
+        t.begin_inventory();
+    }
+    t.set_owners_by_inode(HashMap::from([(77, owner(3))]), &HashSet::from([77]));
+    assert_eq!(t.unfindable_owners(), (0, UNFINDABLE_RETRY));
 }
