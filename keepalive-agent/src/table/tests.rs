@@ -155,7 +155,11 @@ fn a_scan_sees_an_idle_gap_survived() {
     assert_eq!(seen[0].remote.to_string(), "198.51.100.2:5432");
 }
 
-fn unowned_socket(t: &mut SocketTable, clock: &Clock) {
+/// A table holding one socket (inode 77) that a first `/proc` walk found
+/// no owner for, and the generation of that walk.
+fn table_with_unfindable_socket() -> (SocketTable, u64) {
+    let clock = Clock::new(100);
+    let mut t = SocketTable::new(4);
     let mut rec = SocketRecord {
         cookie: 9,
         flags: flag::FULL_SOCK,
@@ -165,7 +169,12 @@ fn unowned_socket(t: &mut SocketTable, clock: &Clock) {
     rec.tuple.family = 2;
     rec.tuple.state = 10;
     t.begin_inventory();
-    t.apply_inventory(&[rec], clock);
+    t.apply_inventory(&[rec], &clock);
+    let wanted = t.ownerless_inodes();
+    assert_eq!(wanted, HashSet::from([77]));
+    t.set_owners_by_inode(HashMap::new(), &wanted);
+    let first = t.generation;
+    (t, first)
 }
 
 /// The inventories (after the first) at which a socket no process holds
@@ -187,13 +196,7 @@ fn retries_of_unfindable(t: &mut SocketTable, inventories: u64) -> Vec<u64> {
 /// UNFINDABLE_RETRY inventories, until it is found.
 #[test]
 fn unfindable_owners_are_not_looked_for_at_every_inventory() {
-    let clock = Clock::new(100);
-    let mut t = SocketTable::new(4);
-    unowned_socket(&mut t, &clock);
-    let wanted = t.ownerless_inodes();
-    assert_eq!(wanted, HashSet::from([77]));
-    t.set_owners_by_inode(HashMap::new(), &wanted);
-    let first = t.generation;
+    let (mut t, first) = table_with_unfindable_socket();
     let asked = retries_of_unfindable(&mut t, UNFINDABLE_RETRY);
     assert_eq!(asked, [first + UNFINDABLE_RETRY], "asked again once");
     t.set_owners_by_inode(HashMap::from([(77, owner(3))]), &HashSet::from([77]));
@@ -205,12 +208,7 @@ fn unfindable_owners_are_not_looked_for_at_every_inventory() {
 /// UNFINDABLE_RETRY_MAX inventories; one that finds an owner starts over.
 #[test]
 fn retries_for_unfindable_owners_back_off() {
-    let clock = Clock::new(100);
-    let mut t = SocketTable::new(4);
-    unowned_socket(&mut t, &clock);
-    let wanted = t.ownerless_inodes();
-    t.set_owners_by_inode(HashMap::new(), &wanted);
-    let first = t.generation;
+    let (mut t, first) = table_with_unfindable_socket();
     let asked = retries_of_unfindable(&mut t, 5 * UNFINDABLE_RETRY_MAX);
     let mut expected = Vec::new();
     let (mut at, mut wait) = (first, UNFINDABLE_RETRY);
