@@ -68,12 +68,12 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
     Ok(())
 }
 
+const _: () = assert!(core::mem::align_of::<SocketRecord>() == 8);
+
 /// `slot` zeroed a word at a time: `SocketRecord::default()` compiles to
 /// calls of the byte-at-a-time `memset` subprogram (a loop of ~600
 /// instructions per socket). Volatile stores keep LLVM from turning these
 /// back into one.
-const _: () = assert!(core::mem::align_of::<SocketRecord>() == 8);
-
 #[inline(always)]
 fn zeroed(slot: &mut MaybeUninit<SocketRecord>) -> &mut SocketRecord {
     let words = slot.as_mut_ptr().cast::<u64>();

@@ -29,6 +29,7 @@ pub(super) struct Unfindable {
     pub(super) inodes: HashSet<u64>,
     /// The inventory generation of the next retry.
     next_retry: u64,
+    /// Inventories from one retry to the next.
     wait: u64,
 }
 
@@ -49,29 +50,20 @@ impl Unfindable {
 
     /// Records a walk at `generation` that looked for `searched`.
     fn searched(&mut self, generation: u64, searched: &HashSet<u64>, found: &HashMap<u64, Owner>) {
-        let retried: Vec<u64> = self
-            .inodes
-            .iter()
-            .filter(|i| searched.contains(i))
-            .copied()
-            .collect();
-        if !retried.is_empty() {
-            self.wait = if retried.iter().any(|i| found.contains_key(i)) {
+        if self.inodes.iter().any(|i| searched.contains(i)) {
+            // A retry: back to the shortest wait if it found one of them.
+            self.wait = if self.inodes.iter().any(|i| found.contains_key(i)) {
                 UNFINDABLE_RETRY
             } else {
                 (self.wait * 2).min(UNFINDABLE_RETRY_MAX)
             };
             self.next_retry = generation + self.wait;
         } else if self.inodes.is_empty() {
+            // The first unfindable ones wait from now.
             self.next_retry = generation + self.wait;
         }
         self.inodes
             .extend(searched.iter().filter(|i| !found.contains_key(i)));
-    }
-
-    /// Inventories until the next retry, for the log.
-    pub(super) fn wait(&self) -> u64 {
-        self.wait
     }
 }
 
@@ -150,7 +142,7 @@ impl SocketTable {
     /// How many sockets have no owner a `/proc` walk could find, and the
     /// inventories between the walks that look for them again.
     pub fn unfindable_owners(&self) -> (usize, u64) {
-        (self.unfindable.inodes.len(), self.unfindable.wait())
+        (self.unfindable.inodes.len(), self.unfindable.wait)
     }
 
     /// The owners live sockets refer to.

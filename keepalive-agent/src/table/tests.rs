@@ -210,13 +210,11 @@ fn unfindable_owners_are_not_looked_for_at_every_inventory() {
 fn retries_for_unfindable_owners_back_off() {
     let (mut t, first) = table_with_unfindable_socket();
     let asked = retries_of_unfindable(&mut t, 5 * UNFINDABLE_RETRY_MAX);
-    let mut expected = Vec::new();
-    let (mut at, mut wait) = (first, UNFINDABLE_RETRY);
-    while at + wait <= first + 5 * UNFINDABLE_RETRY_MAX {
-        at += wait;
-        expected.push(at);
-        wait = (wait * 2).min(UNFINDABLE_RETRY_MAX);
-    }
+    // Waits of 6, 12, 24, 48, 96, 192, then 360 inventories.
+    let expected: Vec<u64> = [6, 18, 42, 90, 186, 378, 738, 1098, 1458]
+        .iter()
+        .map(|after| first + after)
+        .collect();
     assert_eq!(asked, expected);
     assert_eq!(t.unfindable_owners(), (1, UNFINDABLE_RETRY_MAX));
 
