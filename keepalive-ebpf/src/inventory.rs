@@ -7,16 +7,16 @@
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
-use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_jiffies64, generated::bpf_seq_write};
+use aya_ebpf::helpers::{
+    bpf_get_socket_cookie, bpf_jiffies64,
+    generated::{bpf_seq_write, bpf_skc_to_tcp_sock},
+};
 use keepalive_common::{SOCKET_RECORD_SIZE, SocketRecord, flag};
 
 use crate::{
-    kernel::{self, config, read},
+    kernel::{Loaded, Memory, config, read},
     maps::SOCKETS,
 };
-
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// The iterator's context (`struct bpf_iter__tcp`).
 #[repr(C)]
@@ -42,14 +42,13 @@ pub fn dump(ctx: *mut c_void) -> Result<(), i64> {
     }
     // SAFETY: meta and sk were checked non-null; the context is the kernel's.
     let (seq, uid, cookie) = unsafe { ((*meta).seq, (*ctx).uid, bpf_get_socket_cookie(sk)) };
-    let base = sk as u64;
     let mut slot = MaybeUninit::uninit();
     let rec = zeroed(&mut slot);
     rec.cookie = cookie;
     // SAFETY: no arguments; reads the kernel's jiffies.
     rec.jiffies = unsafe { bpf_jiffies64() };
     rec.uid = uid;
-    fill(rec, base)?;
+    fill(rec, sk)?;
     // SAFETY: the value is copied out at once.
     if let Some(c) = unsafe { SOCKETS.get(cookie) } {
         rec.probes = c.probes;
@@ -85,30 +84,37 @@ fn zeroed(slot: &mut MaybeUninit<SocketRecord>) -> &mut SocketRecord {
     unsafe { slot.assume_init_mut() }
 }
 
+/// `sk` is the iterator's `sock_common`: its own members are loaded
+/// through it, those of a full socket through `bpf_skc_to_tcp_sock`'s
+/// `tcp_sock` (the verifier admits no load past the pointer's own type).
 #[inline(always)]
-fn fill(rec: &mut SocketRecord, sk: u64) -> Result<(), i64> {
-    kernel::fill_tuple(&mut rec.tuple, &mut rec.flags, sk)?;
-    // Time-wait and request sockets are not full sockets: nothing below
-    // exists in them.
-    if rec.tuple.state == TCP_TIME_WAIT || rec.tuple.state == TCP_NEW_SYN_RECV {
+fn fill(rec: &mut SocketRecord, sk: *mut c_void) -> Result<(), i64> {
+    Loaded::fill_tuple(&mut rec.tuple, &mut rec.flags, sk as u64)?;
+    // SAFETY: `sk` is the iterator's socket; NULL for time-wait and
+    // request sockets, which are not full sockets: nothing below exists
+    // in them.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as u64;
+    if tp == 0 {
         return Ok(());
     }
     rec.flags |= flag::FULL_SOCK;
-    if kernel::keepalive_on(sk)? {
+    if Loaded::keepalive_on(tp)? {
         rec.flags |= flag::KEEPALIVE_ON;
     }
-    kernel::settings(sk, &mut rec.settings)?;
-    rec.probes_out = kernel::probes_out(sk)?.into();
-    rec.idle_jiffies = kernel::idle_jiffies(sk, rec.jiffies as u32)?;
-    rec.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout))?;
-    let timer = sk + config!(sock_keepalive_timer) as u64;
+    Loaded::settings(tp, &mut rec.settings)?;
+    rec.probes_out = Loaded::probes_out(tp)?.into();
+    rec.idle_jiffies = Loaded::idle_jiffies(tp, rec.jiffies as u32)?;
+    rec.user_timeout_ms = Loaded::read::<u32>(tp, config!(icsk_user_timeout))?;
+    let timer = config!(sock_keepalive_timer);
     // A pending timer_list is linked into a timer wheel (entry.pprev set).
-    let pprev = read::<u64>(timer, config!(timer_pending_link))?;
+    let pprev = Loaded::read::<u64>(tp, timer + config!(timer_pending_link))?;
     if pprev != 0 {
-        rec.timer_expires = read::<u64>(timer, config!(timer_expires))?;
+        rec.timer_expires = Loaded::read::<u64>(tp, timer + config!(timer_expires))?;
     }
-    let socket = read::<u64>(sk, config!(sk_socket))?;
+    let socket = Loaded::read::<u64>(tp, config!(sk_socket))?;
     if socket != 0 {
+        // The inode lies past `struct socket` (in `socket_alloc`), where
+        // no load through a `socket` pointer may go.
         let inode = socket + config!(socket_alloc_inode) as u64;
         rec.inode = read::<u64>(inode, config!(inode_ino))?;
     }

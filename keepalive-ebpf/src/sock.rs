@@ -13,7 +13,7 @@ use keepalive_common::{
 
 use crate::{
     emit::{emit, emit_state},
-    kernel::{self, ETIMEDOUT, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, config, read},
+    kernel::{ETIMEDOUT, Memory, Probed, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, config, read},
     maps::{CLOSED, IN_FLIGHT, SOCKETS, count, recover_unseen_probes, remove_in_flight, scratch},
 };
 
@@ -55,13 +55,13 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
     let new = new as u8;
     if matches!(old as u8, TCP_ESTABLISHED | TCP_CLOSE_WAIT)
         && let Some(c) = SOCKETS.get_ptr_mut(cookie)
-        && kernel::keepalive_on(sk).unwrap_or(false)
+        && Probed::keepalive_on(sk).unwrap_or(false)
     {
         // Leaving the states keepalive probes in: what icsk_probes_out holds
         // now is keepalive's alone (a FIN that cannot leave is probed by the
         // zero-window timer, which raises it too): the last probes of runs
         // the kernel ran without our timer hooks are counted here.
-        recover_unseen_probes(c, kernel::probes_out(sk).unwrap_or(0));
+        recover_unseen_probes(c, Probed::probes_out(sk).unwrap_or(0));
     }
     let mut probes_total = 0u32;
     let mut acks_total = 0u32;
@@ -91,7 +91,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
         (ev.pid, ev.cgroup_id, ev.comm) = current_task();
-        let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+        let _ = Probed::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         ev.tuple.state = new;
         if new == TCP_CLOSE {
             // A probe still waiting for its ACK will never get one.
@@ -114,7 +114,7 @@ fn keep_closed_counts(sk: u64, cookie: u64, probes: u32, acks: u32) {
         ..ClosedCounts::default()
     };
     let mut flags = 0;
-    let _ = kernel::fill_tuple(&mut closed.tuple, &mut flags, sk);
+    let _ = Probed::fill_tuple(&mut closed.tuple, &mut flags, sk);
     if CLOSED.insert(cookie, closed, 0).is_err() {
         count(counter!(closed_counts_lost), 1);
     }
@@ -194,20 +194,20 @@ pub fn fill_death(ev: &mut Event, sk: u64, now: u32) {
         ev.probes_total = c.probes as u32;
         ev.acks_total = c.acks as u32;
     }
-    ev.probes_out = kernel::probes_out(sk).unwrap_or(0).into();
-    ev.retransmits = kernel::retransmits(sk).unwrap_or(0);
+    ev.probes_out = Probed::probes_out(sk).unwrap_or(0).into();
+    ev.retransmits = Probed::retransmits(sk).unwrap_or(0);
     ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
-    ev.idle_jiffies = kernel::idle_jiffies(sk, now).unwrap_or(0);
-    ev.since_send_jiffies = kernel::since_send_jiffies(sk, now).unwrap_or(0);
-    ev.srtt_us = kernel::srtt_us(sk).unwrap_or(0);
+    ev.idle_jiffies = Probed::idle_jiffies(sk, now).unwrap_or(0);
+    ev.since_send_jiffies = Probed::since_send_jiffies(sk, now).unwrap_or(0);
+    ev.srtt_us = Probed::srtt_us(sk).unwrap_or(0);
     ev.retrans_stamp = read::<u32>(sk, config!(tp_retrans_stamp)).unwrap_or(0);
     ev.first_tx_us = read::<u64>(sk, config!(tp_first_tx_mstamp)).unwrap_or(0);
-    if kernel::keepalive_on(sk).unwrap_or(false) {
+    if Probed::keepalive_on(sk).unwrap_or(false) {
         ev.flags |= flag::KEEPALIVE_ON;
     }
-    let _ = kernel::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
-    let _ = kernel::settings(sk, &mut ev.settings);
-    if let Ok((retries2, syn_retries)) = kernel::retries(sk) {
+    let _ = Probed::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+    let _ = Probed::settings(sk, &mut ev.settings);
+    if let Ok((retries2, syn_retries)) = Probed::retries(sk) {
         ev.retries2 = retries2;
         ev.syn_retries = syn_retries;
     }

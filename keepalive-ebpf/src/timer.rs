@@ -24,7 +24,7 @@ const STALE_SCRATCH_NS: u64 = 10_000_000;
 
 use crate::{
     emit::emit,
-    kernel::{self, config, read},
+    kernel::{self, Memory, Probed, config, read},
     maps::{
         SOCKETS, add, count, count_socket_probes, recover_unseen_probes, scratch, socket_counters,
     },
@@ -56,14 +56,14 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     scratch.closed = 0;
     scratch.wire_ifindex = 0;
     scratch.keepalive_on = 0;
-    scratch.cookie = kernel::cookie(sk)?;
-    scratch.probes_out_before = kernel::probes_out(sk)?;
+    scratch.cookie = Probed::cookie(sk)?;
+    scratch.probes_out_before = Probed::probes_out(sk)?;
     scratch.state_before = read::<u8>(sk, config!(skc_state))?;
     if kind == TIMER_WRITE {
-        scratch.retransmits_before = kernel::retransmits(sk)? as u8;
+        scratch.retransmits_before = Probed::retransmits(sk)? as u8;
         return Ok(());
     }
-    if kind != TIMER_KEEPALIVE || !kernel::keepalive_on(sk)? {
+    if kind != TIMER_KEEPALIVE || !Probed::keepalive_on(sk)? {
         return Ok(());
     }
     scratch.keepalive_on = 1;
@@ -118,10 +118,10 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         return Ok(());
     }
     // A socket freed and reused meanwhile would carry another cookie.
-    if cookie != 0 && kernel::cookie(sk)? != cookie {
+    if cookie != 0 && Probed::cookie(sk)? != cookie {
         return Ok(());
     }
-    let after = kernel::probes_out(sk)?;
+    let after = Probed::probes_out(sk)?;
     let before = scratch.probes_out_before;
     // Runs since the hooks last saw this socket that the kernel ran
     // without them; then this run's own probe, from the delta.
@@ -194,17 +194,17 @@ fn on_unhooked_exit(timer: u64) -> Result<(), i64> {
         return Ok(());
     }
     let sk = timer - config!(sock_keepalive_timer) as u64;
-    let cookie = kernel::cookie(sk)?;
+    let cookie = Probed::cookie(sk)?;
     if cookie == 0 {
         return Ok(());
     }
     let Some(c) = SOCKETS.get_ptr_mut(cookie) else {
         return Ok(());
     };
-    if !kernel::keepalive_on(sk)? {
+    if !Probed::keepalive_on(sk)? {
         return Ok(());
     }
-    let after = kernel::probes_out(sk)?;
+    let after = Probed::probes_out(sk)?;
     if recover_unseen_probes(c, after) == 0 {
         return Ok(());
     }
@@ -236,7 +236,7 @@ fn report_recovered(sk: u64, cookie: u64, c: *mut SocketCounters, probes_out: u8
 /// again (one event per RTO, rare); the agent keeps one per stall. A run
 /// deferred to `tcp_release_cb` (socket owned by the user) is not seen.
 fn on_write_exit(sk: u64, cookie: u64, before: u8, probes_out_before: u8) -> Result<(), i64> {
-    if cookie != 0 && kernel::cookie(sk)? != cookie {
+    if cookie != 0 && Probed::cookie(sk)? != cookie {
         return Ok(());
     }
     // Zero-window probes (`tcp_probe_timer`, this timer) raise
@@ -245,11 +245,11 @@ fn on_write_exit(sk: u64, cookie: u64, before: u8, probes_out_before: u8) -> Res
     // the hooks added before it is recovered first.
     if let Some(c) = SOCKETS.get_ptr_mut(cookie) {
         recover_unseen_probes(c, probes_out_before);
-        let probes_out = kernel::probes_out(sk)?;
+        let probes_out = Probed::probes_out(sk)?;
         // SAFETY: `c` points at a live map value.
         unsafe { (*c).probes_out_seen = probes_out.into() };
     }
-    let after = kernel::retransmits(sk)?;
+    let after = Probed::retransmits(sk)?;
     if after < STALL_RETRANSMITS || after <= u32::from(before) {
         return Ok(());
     }

@@ -20,7 +20,7 @@ use keepalive_common::{
 
 use crate::{
     emit::{emit, emit_ack},
-    kernel::{self, AF_INET, AF_INET6, config, read},
+    kernel::{self, AF_INET, AF_INET6, Memory, Probed, config, read},
     maps::{
         IN_FLIGHT, add, count, count_socket_probes, insert_in_flight, maybe_in_flight, port_slot,
         remove_in_flight, scratch,
@@ -253,7 +253,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         count(counter!(probes), 1);
         count(counter!(probes_wire_only), 1);
         // The callback counts the probe once this send returns.
-        let probes_out = kernel::probes_out(sk).unwrap_or(0).saturating_add(1);
+        let probes_out = Probed::probes_out(sk).unwrap_or(0).saturating_add(1);
         let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now, probes_out);
         // SAFETY: no arguments; reads the kernel's jiffies.
         let now_jiffies = unsafe { bpf_jiffies64() } as u32;
@@ -314,7 +314,7 @@ fn address_of(sk: *mut bpf_sock) -> u64 {
 #[inline(always)]
 fn in_keepalive_callback(sk: u64) -> bool {
     let timer = sk + config!(sock_keepalive_timer) as u64;
-    kernel::keepalive_on(sk).unwrap_or(false)
+    Probed::keepalive_on(sk).unwrap_or(false)
         && read::<u64>(timer, config!(timer_pending_link)).is_ok_and(|pprev| pprev == 0)
 }
 
