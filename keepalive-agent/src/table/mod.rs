@@ -29,7 +29,7 @@ mod tests;
 mod view;
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque, hash_map},
     sync::Arc,
 };
 
@@ -90,7 +90,14 @@ impl SocketTable {
 
     /// The live entry of `cookie`, created if there is room.
     fn entry(&mut self, cookie: u64) -> Option<&mut Entry> {
-        if !self.live.contains_key(&cookie) && self.live.len() >= self.capacity {
+        let full = self.live.len() >= self.capacity;
+        // One lookup for a socket the table knows: an inventory makes one
+        // such call per socket of the node.
+        let vacant = match self.live.entry(cookie) {
+            hash_map::Entry::Occupied(known) => return Some(known.into_mut()),
+            hash_map::Entry::Vacant(vacant) => vacant,
+        };
+        if full {
             self.refused += 1;
             return None;
         }
@@ -104,12 +111,10 @@ impl SocketTable {
             .closed
             .remove(&cookie)
             .map(|e| Entry { generation, ..e });
-        Some(self.live.entry(cookie).or_insert_with(|| {
-            revived.unwrap_or(Entry {
-                generation,
-                ..Entry::default()
-            })
-        }))
+        Some(vacant.insert(revived.unwrap_or(Entry {
+            generation,
+            ..Entry::default()
+        })))
     }
 
     /// Records where a socket is, from an event that read a full tuple.
