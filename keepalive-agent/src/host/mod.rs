@@ -1,7 +1,7 @@
 //! The node outside BPF: network namespaces and entering them ([`netns`]),
 //! which process owns a socket ([`owners`]), which program that is
 //! ([`program`]) and who its cgroup names ([`cgroup`]), each namespace's keepalive
-//! sysctls ([`sysctl`]) and conntrack ([`conntrack`]), the agent's own
+//! sysctls ([`sysctl`]), TCP socket count ([`sockstat`]) and conntrack ([`conntrack`]), the agent's own
 //! capabilities ([`caps`]), process limits and memory ([`process`]) and
 //! its output streams ([`outlet`]), and who a container is, asked of the
 //! container runtime ([`runtime`]). Reads `/proc` and `/sys`; depends on nothing of the
@@ -16,4 +16,5 @@ pub mod owners;
 pub mod process;
 pub mod program;
 pub mod runtime;
+pub mod sockstat;
 pub mod sysctl;
