@@ -46,9 +46,16 @@ pub struct Netns {
 pub fn all() -> Result<Vec<Netns>, NetnsError> {
     let mut found: BTreeMap<u64, Netns> = BTreeMap::new();
     let mut add = |path: PathBuf, pid: Option<u32>| {
-        if let Ok(meta) = fs::metadata(&path) {
-            let ns = found.entry(meta.ino()).or_insert(Netns {
-                inode: meta.ino(),
+        // A process's link names its namespace (`net:[4026531840]`): half
+        // the cost of a stat, which follows it into nsfs, paid for every
+        // process of the node at every rescan. A bind mount is no link.
+        let inode = match pid {
+            Some(_) => fs::read_link(&path).ok().and_then(|l| link_inode(&l)),
+            None => fs::metadata(&path).ok().map(|meta| meta.ino()),
+        };
+        if let Some(inode) = inode {
+            let ns = found.entry(inode).or_insert(Netns {
+                inode,
                 path,
                 first_pid: None,
             });
@@ -78,6 +85,16 @@ pub fn all() -> Result<Vec<Netns>, NetnsError> {
         add(PathBuf::from(format!("/proc/{pid}/ns/net")), Some(pid));
     }
     Ok(found.into_values().collect())
+}
+
+/// The inode in a `/proc/<pid>/ns/net` link's target (`net:[4026531840]`).
+fn link_inode(target: &Path) -> Option<u64> {
+    target
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Runs `work` on a thread inside the namespace at `path`.
@@ -169,6 +186,13 @@ mod tests {
     fn current_namespace_is_listed() {
         let me = fs::metadata("/proc/self/ns/net").unwrap().ino();
         assert!(all().unwrap().iter().any(|ns| ns.inode == me));
+    }
+
+    #[test]
+    fn a_link_names_a_network_namespace_by_inode() {
+        assert_eq!(link_inode(Path::new("net:[4026531840]")), Some(4026531840));
+        assert_eq!(link_inode(Path::new("mnt:[4026531841]")), None);
+        assert_eq!(link_inode(Path::new("net:[x]")), None);
     }
 
     #[test]
