@@ -10,19 +10,14 @@ use std::{fs, io};
 /// namespace; `None` when that cannot be known, which means "read it".
 pub fn tcp_sockets_here() -> Option<u64> {
     let v4 = fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
-    let v6 = match fs::read_to_string("/proc/thread-self/net/sockstat6") {
-        Ok(text) => text,
+    let hashed_v6 = match fs::read_to_string("/proc/thread-self/net/sockstat6") {
+        Ok(v6) => field(&v6, "TCP6:", "inuse")?,
         // No IPv6 in this kernel: no IPv6 socket either.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(_) => return None,
     };
     let hashed_v4 = field(&v4, "TCP:", "inuse")?;
     let time_wait = field(&v4, "TCP:", "tw")?;
-    let hashed_v6 = if v6.is_empty() {
-        0
-    } else {
-        field(&v6, "TCP6:", "inuse")?
-    };
     Some(hashed_v4 + time_wait + hashed_v6)
 }
 
