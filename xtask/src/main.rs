@@ -71,17 +71,22 @@ enum Command {
     /// (as root) on this machine's kernel and on the VM kernel matrix;
     /// arguments after `--` go to the host's integration test runner.
     Test {
-        /// Kernels to test on: `host` and the matrix's (6.1, 6.12).
-        #[arg(long, value_delimiter = ',', default_value = "host,6.1,6.12")]
+        /// Kernels to test on: `host` and the matrix's (5.15, 6.1, 6.12).
+        #[arg(long, value_delimiter = ',', default_value = "host,5.15,6.1,6.12")]
         kernels: Vec<String>,
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build, then boot Debian kernels in VMs (virtme-ng, software
-    /// emulation) and run the real-kernel integration tests inside.
+    /// Build, then boot the matrix's kernels (Debian's, and 5.15 from
+    /// ../shared/kernels) in VMs (virtme-ng, software emulation) and run
+    /// the real-kernel integration tests inside.
     VmTest {
-        /// Kernels of the matrix (6.1, 6.12); all by default.
-        #[arg(long = "kernel", value_delimiter = ',', default_value = "6.1,6.12")]
+        /// Kernels of the matrix (5.15, 6.1, 6.12); all by default.
+        #[arg(
+            long = "kernel",
+            value_delimiter = ',',
+            default_value = "5.15,6.1,6.12"
+        )]
         kernels: Vec<String>,
     },
 }

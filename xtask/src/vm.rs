@@ -1,5 +1,6 @@
 //! The kernel matrix: the real-kernel integration tests under Debian's
-//! other kernels, each booted with virtme-ng over this machine's own
+//! other kernels and the ones `../shared/kernels` provides (lines Debian
+//! does not carry), each booted with virtme-ng over this machine's own
 //! filesystem (software emulation: KVM is not available here). The host's
 //! binaries run unchanged inside; each kernel states the hook modes the
 //! agent must pick there, so a silent fallback fails the run.
@@ -14,13 +15,21 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd;
 
-/// A Debian kernel of the matrix and what the agent must do on it.
+/// Where a kernel of the matrix comes from.
+enum Source {
+    /// A Debian image package: the newest whose name matches this
+    /// `apt-cache search --names-only` pattern.
+    Debian(&'static str),
+    /// A kernel image in the shared folder beside the repository
+    /// (`../shared/kernels/<file>`), built for the matrix.
+    Shared(&'static str),
+}
+
+/// A kernel of the matrix and what the agent must do on it.
 pub struct Kernel {
     pub name: &'static str,
-    /// `apt-cache search --names-only` pattern of its image packages; the
-    /// newest match is used.
-    package: &'static str,
-    /// `keepalive_timer` hook mode: 6.1 and 6.12 permit fentry.
+    source: Source,
+    /// `keepalive_timer` hook mode: 5.15, 6.1 and 6.12 permit fentry.
     timer_mode: &'static str,
     /// TC attachment: TCX links arrived in 6.6.
     tc_mode: &'static str,
@@ -28,14 +37,20 @@ pub struct Kernel {
 
 pub const KERNELS: &[Kernel] = &[
     Kernel {
+        name: "5.15",
+        source: Source::Shared("vmlinuz-5.15.215"),
+        timer_mode: "fentry",
+        tc_mode: "netlink",
+    },
+    Kernel {
         name: "6.1",
-        package: r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+        source: Source::Debian(r"^linux-image-6\.1\.0-[0-9]+-amd64$"),
         timer_mode: "fentry",
         tc_mode: "netlink",
     },
     Kernel {
         name: "6.12",
-        package: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$",
+        source: Source::Debian(r"^linux-image-6\.12\.[0-9]+\+deb12-amd64$"),
         timer_mode: "fentry",
         tc_mode: "tcx",
     },
@@ -79,10 +94,15 @@ pub fn kernel(name: &str) -> anyhow::Result<&'static Kernel> {
 /// and the tests must be built already.
 pub fn run(root: &Path, kernel: &Kernel) -> anyhow::Result<()> {
     let vm_dir = root.join("target/vm");
-    let unpacked = crate::step(&format!("kernel {}: fetch", kernel.name), || {
-        fetch(&vm_dir, kernel)
-    })?;
-    let vmlinuz = find_vmlinuz(&unpacked)?;
+    let vmlinuz = match kernel.source {
+        Source::Debian(package) => {
+            let unpacked = crate::step(&format!("kernel {}: fetch", kernel.name), || {
+                fetch(&vm_dir, kernel.name, package)
+            })?;
+            find_vmlinuz(&unpacked)?
+        }
+        Source::Shared(file) => shared_kernel(root, kernel.name, file)?,
+    };
     let suites = test_executables(root)?;
     let out = vm_dir.join("out").join(kernel.name);
     let _ = fs::remove_dir_all(&out);
@@ -197,19 +217,34 @@ fn script_text(root: &Path, kernel: &Kernel, suites: &[(String, PathBuf)], out: 
     s
 }
 
-/// The newest image package matching `kernel`, downloaded and unpacked
+/// The shared folder's kernel image `file`: `../shared/kernels` beside the
+/// repository (where CI lays a copy of it too).
+fn shared_kernel(root: &Path, name: &str, file: &str) -> anyhow::Result<PathBuf> {
+    let path = root.join("../shared/kernels").join(file);
+    if !path.is_file() {
+        bail!(
+            "kernel {name}: no image at {} (the matrix takes this kernel from the shared \
+             folder beside the repository; `--kernels` without {name} skips it)",
+            path.display()
+        );
+    }
+    eprintln!("xtask: kernel {name}: {}", path.display());
+    Ok(path)
+}
+
+/// The newest image package matching `pattern`, downloaded and unpacked
 /// once into `target/vm/<package>` (nothing is installed).
-fn fetch(vm_dir: &Path, kernel: &Kernel) -> anyhow::Result<PathBuf> {
-    let package = newest_package(kernel)?;
+fn fetch(vm_dir: &Path, name: &str, pattern: &str) -> anyhow::Result<PathBuf> {
+    let package = newest_package(name, pattern)?;
     let dir = vm_dir.join(&package);
     if dir.join("boot").is_dir() {
-        eprintln!("xtask: kernel {}: {package} (cached)", kernel.name);
+        eprintln!("xtask: kernel {name}: {package} (cached)");
         return Ok(dir);
     }
     let download = vm_dir.join("download");
     let _ = fs::remove_dir_all(&download);
     fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
-    eprintln!("xtask: kernel {}: downloading {package}", kernel.name);
+    eprintln!("xtask: kernel {name}: downloading {package}");
     cmd::run_in(&download, "apt-get", &["download", "-q", &package])?;
     let deb = fs::read_dir(&download)?
         .filter_map(Result::ok)
@@ -224,8 +259,8 @@ fn fetch(vm_dir: &Path, kernel: &Kernel) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn newest_package(kernel: &Kernel) -> anyhow::Result<String> {
-    let search = || cmd::output("apt-cache", &["search", "--names-only", kernel.package]);
+fn newest_package(name: &str, pattern: &str) -> anyhow::Result<String> {
+    let search = || cmd::output("apt-cache", &["search", "--names-only", pattern]);
     let mut found = search()?;
     if found.trim().is_empty() {
         // A fresh machine may have no package lists yet.
@@ -235,15 +270,10 @@ fn newest_package(kernel: &Kernel) -> anyhow::Result<String> {
     found
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| !name.contains("-dbg"))
-        .max_by_key(|name| version_key(name))
+        .filter(|package| !package.contains("-dbg"))
+        .max_by_key(|package| version_key(package))
         .map(String::from)
-        .with_context(|| {
-            format!(
-                "no Debian package matches {} (kernel {})",
-                kernel.package, kernel.name
-            )
-        })
+        .with_context(|| format!("no Debian package matches {pattern} (kernel {name})"))
 }
 
 /// The numbers in a package name, for ordering 6.1.0-9 before 6.1.0-56.
@@ -332,6 +362,6 @@ mod tests {
     #[test]
     fn unknown_kernel_is_a_clear_error() {
         let err = kernel("5.4").err().unwrap().to_string();
-        assert_eq!(err, "no kernel 5.4 in the matrix (known: 6.1, 6.12)");
+        assert_eq!(err, "no kernel 5.4 in the matrix (known: 5.15, 6.1, 6.12)");
     }
 }

@@ -123,6 +123,26 @@ pub fn bpf_maps() -> Vec<MapMemory> {
     seen.into_values().collect()
 }
 
+/// `BPF_MAP_TYPE_RINGBUF`.
+pub const MAP_TYPE_RINGBUF: u32 = 27;
+
+/// A ring buffer's pages beside its data: the consumer and producer
+/// positions and the header (`RINGBUF_NR_META_PAGES` + 1 in
+/// kernel/bpf/ringbuf.c).
+const RINGBUF_META_BYTES: u64 = 3 * 4096;
+
+/// What the kernel charges for a map whose `memlock` line says 0: before
+/// 6.4 (`map_mem_usage`) fdinfo computes it from the key and value sizes
+/// (`bpf_map_memory_footprint`), both 0 for a ring buffer, whose data
+/// pages are `max_entries` bytes.
+fn charged_bytes(map_type: u32, max_entries: u32, memlock: u64) -> u64 {
+    if memlock == 0 && map_type == MAP_TYPE_RINGBUF {
+        u64::from(max_entries) + RINGBUF_META_BYTES
+    } else {
+        memlock
+    }
+}
+
 /// (map id, its description) from one fdinfo file; None for other fds.
 fn parse_map_fdinfo(text: &str) -> Option<(u64, MapMemory)> {
     let field = |key: &str| -> Option<u64> {
@@ -133,14 +153,15 @@ fn parse_map_fdinfo(text: &str) -> Option<(u64, MapMemory)> {
             .ok()
     };
     let id = field("map_id")?;
+    let (map_type, max_entries) = (field("map_type")? as u32, field("max_entries")? as u32);
     Some((
         id,
         MapMemory {
-            map_type: field("map_type")? as u32,
+            map_type,
             key_size: field("key_size")? as u32,
             value_size: field("value_size")? as u32,
-            max_entries: field("max_entries")? as u32,
-            bytes: field("memlock").unwrap_or(0),
+            max_entries,
+            bytes: charged_bytes(map_type, max_entries, field("memlock").unwrap_or(0)),
         },
     ))
 }
@@ -166,5 +187,18 @@ mod map_tests {
             ))
         );
         assert_eq!(parse_map_fdinfo("pos:\t0\nflags:\t02\n"), None);
+    }
+
+    #[test]
+    fn a_ring_buffer_without_memlock_is_charged_its_pages() {
+        // 5.15's fdinfo of a 16 MiB ring buffer: memlock from key and value
+        // sizes (0); 6.4 and later say what it takes.
+        let t = "map_type:\t27\nkey_size:\t0\nvalue_size:\t0\nmax_entries:\t16777216\nmemlock:\t0\nmap_id:\t7\n";
+        assert_eq!(parse_map_fdinfo(t).unwrap().1.bytes, 16777216 + 3 * 4096);
+        let t = t.replace("memlock:\t0", "memlock:\t16801792");
+        assert_eq!(parse_map_fdinfo(&t).unwrap().1.bytes, 16801792);
+        // Another map's 0 stays 0.
+        let t = "map_type:\t1\nkey_size:\t8\nvalue_size:\t8\nmax_entries:\t1\nmemlock:\t0\nmap_id:\t8\n";
+        assert_eq!(parse_map_fdinfo(t).unwrap().1.bytes, 0);
     }
 }

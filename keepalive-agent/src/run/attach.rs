@@ -124,11 +124,10 @@ fn log_map_memory(max_sockets: u32) {
     let maps = process::bpf_maps();
     let total: u64 = maps.iter().map(|m| m.bytes).sum();
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    // BPF_MAP_TYPE_RINGBUF = 27; the socket map is the hash of 8-byte
-    // cookies sized by --max-sockets.
+    // The socket map is the hash of 8-byte cookies sized by --max-sockets.
     let ring: u64 = maps
         .iter()
-        .filter(|m| m.map_type == 27)
+        .filter(|m| m.map_type == process::MAP_TYPE_RINGBUF)
         .map(|m| m.bytes)
         .sum();
     let sockets: u64 = maps
