@@ -15,7 +15,7 @@ mod socket;
 mod vocab;
 
 pub use lifecycle::{HookStatus, KernelCounters, Line, LineError, Ready, Scheme, Stopped};
-pub use path::{Gap, PathRow};
+pub use path::{Gap, IdleCloseRange, PathRow};
 pub use record::{Keepalive, Record};
 pub use socket::{Owner, ProgramInfo, Risk, SocketRow};
 pub use vocab::{

@@ -32,4 +32,19 @@ pub struct PathRow {
     /// Established sockets on the path now, and those of them at risk.
     pub sockets: u64,
     pub at_risk: u64,
+    /// The idle gaps at which its servers closed connections we opened
+    /// (their FIN after silence); none seen: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_close: Option<IdleCloseRange>,
+}
+
+/// A server's idle closes: it closes connections idle for `min_s` to
+/// `max_s` (a fixed timeout shows a tight range).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdleCloseRange {
+    pub min_s: f64,
+    pub max_s: f64,
+    pub count: u64,
+    /// When the latest was seen (Unix seconds).
+    pub seen_at: f64,
 }

@@ -95,14 +95,24 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unanswered_s: Option<f64>,
     /// Errors: seconds of idle before the first unanswered probe or
-    /// segment (`idle_s - unanswered_s`).
+    /// segment (`idle_s - unanswered_s`). peer_close: seconds from the
+    /// last data received to the peer's FIN; reset_sent
+    /// (data_after_close): from the last data either way to our
+    /// application's close; connection_reset (stale_reuse): the peer
+    /// close's, (idle_abort) the silence before the RST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_before_s: Option<f64>,
-    /// connection_reset, idle_blackhole: seconds from our last data
-    /// segment sent (`lsndtime`) to the RST or the stall report.
+    /// connection_reset, idle_blackhole, peer_close: seconds from our last
+    /// data segment sent (`lsndtime`) to the RST, the stall report or the
+    /// peer's FIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since_send_s: Option<f64>,
-    /// connection_reset: idle_reset or peer_reset.
+    /// connection_reset (stale_reuse): seconds from the peer's FIN to our
+    /// write its RST answered; reset_sent (data_after_close): from our
+    /// application's close to the late data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_for_s: Option<f64>,
+    /// connection_reset, reset_sent: what the RST was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<ResetClass>,
     /// connection_reset (idle_reset), idle_blackhole: what our first packet
@@ -175,6 +185,7 @@ impl Record {
             unanswered_s: None,
             idle_before_s: None,
             since_send_s: None,
+            closed_for_s: None,
             class: None,
             trigger: None,
             path: None,

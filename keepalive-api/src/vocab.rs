@@ -105,6 +105,12 @@ vocabulary! {
         SocketClosed = "socket_closed",
         /// A namespace's keepalive sysctl changed.
         SysctlChanged = "sysctl_changed",
+        /// The peer closed an established connection with a FIN
+        /// (ESTABLISHED to CLOSE-WAIT), after `idle_before_s` of silence.
+        PeerClose = "peer_close",
+        /// The kernel sent an RST on one of its connections (`class`:
+        /// data_after_close, local_abort or other).
+        ResetSent = "reset_sent",
     }
 }
 
@@ -176,6 +182,21 @@ vocabulary! {
         /// Any other RST: the peer (or a middlebox) reset an active,
         /// closing or connecting socket.
         PeerReset = "peer_reset",
+        /// It answered data we wrote after the peer's FIN: a pooled
+        /// connection reused after the server closed it for idleness.
+        StaleReuse = "stale_reuse",
+        /// It came unprompted (nothing of ours unanswered) after an idle
+        /// gap: a server or proxy that aborts idle connections (SO_LINGER
+        /// 0), or a load balancer that resets both ends at its timeout.
+        IdleAbort = "idle_abort",
+        /// Sent: data arrived on a connection our application had closed
+        /// (`TCPAbortOnData`, or a time-wait socket): the peer reused it.
+        DataAfterClose = "data_after_close",
+        /// Sent: we reset a live connection (SO_LINGER 0, a close with
+        /// unread data, `tcp_abort`).
+        LocalAbort = "local_abort",
+        /// Sent: any other RST on one of our sockets.
+        Other = "other",
     }
 }
 
@@ -210,6 +231,7 @@ vocabulary! {
         InetSockSetState = "inet_sock_set_state",
         InetSkErrorReport = "inet_sk_error_report",
         TcpReceiveReset = "tcp_receive_reset",
+        TcpSendReset = "tcp_send_reset",
         Tc = "tc",
         SocketInventory = "socket_inventory",
     }

@@ -111,6 +111,10 @@ pub enum EventKind {
     /// The retransmit timer retransmitted for the second time with nothing
     /// answered (`icsk_retransmits` reached 2): a silent drop, early.
     Retransmitting = 8,
+    /// The kernel sent an RST on one of its sockets (`tcp_send_reset`;
+    /// full, orphaned or time-wait): late data on a connection our
+    /// application closed, or an abort of a live one.
+    ResetSent = 9,
 }
 
 impl EventKind {
@@ -124,6 +128,7 @@ impl EventKind {
             6 => Self::StateChange,
             7 => Self::ConnectionReset,
             8 => Self::Retransmitting,
+            9 => Self::ResetSent,
             _ => return None,
         })
     }
@@ -302,9 +307,15 @@ pub struct StateEvent {
     pub old_state: u8,
     pub flags: u8,
     pub _pad: [u8; 6],
+    /// Leaving ESTABLISHED only (a close by either end): jiffies since the
+    /// last data received (`icsk_ack.lrcvtime`, which the FIN's own ACK
+    /// processing leaves alone, unlike `rcv_tstamp`) and since the last
+    /// data sent (`lsndtime`).
+    pub idle_jiffies: u32,
+    pub since_send_jiffies: u32,
 }
 
-pub const STATE_EVENT_SIZE: usize = 120;
+pub const STATE_EVENT_SIZE: usize = 128;
 const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
 
 pub const ACK_EVENT_SIZE: usize = 56;
@@ -474,6 +485,14 @@ pub struct KernelCounters {
     /// it. Included in `probes`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub probes_recovered: u64,
+    /// RSTs the kernel sent on one of its sockets (`tcp_send_reset` with a
+    /// socket: full, orphaned or time-wait), each reported as `ResetSent`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub resets_sent: u64,
+    /// RSTs the kernel sent for a segment no socket of it matched (a
+    /// closed port, or a connection whose time-wait ended): not reported.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub resets_sent_no_socket: u64,
 }
 
 /// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.

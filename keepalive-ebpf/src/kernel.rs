@@ -114,6 +114,14 @@ pub trait Memory {
         Ok(now.wrapping_sub(Self::read::<u32>(sk, config!(tp_lsndtime))?))
     }
 
+    /// Jiffies since the last data received (`icsk_ack.lrcvtime`, set by
+    /// tcp_event_data_recv and at connection set-up; pure ACKs and a bare
+    /// FIN leave it alone).
+    #[inline(always)]
+    fn since_data_received_jiffies(sk: u64, now: u32) -> Result<u32, i64> {
+        Ok(now.wrapping_sub(Self::read::<u32>(sk, config!(icsk_ack_lrcvtime))?))
+    }
+
     /// Smoothed RTT in µs (`tp->srtt_us` holds it << 3).
     #[inline(always)]
     fn srtt_us(sk: u64) -> Result<u32, i64> {

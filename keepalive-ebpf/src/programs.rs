@@ -91,6 +91,22 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if sk.is_null() {
+        // tcp_v4_send_reset for a segment no socket matched.
+        sock::count_reset_sent_without_socket();
+        return 0;
+    }
+    // SAFETY: checked non-NULL; the tracepoint's socket is a valid `struct
+    // sock` (or the `sock_common` of a time-wait or request socket, which
+    // holds the cookie, copied from the full socket by inet_twsk_alloc).
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let _ = sock::on_send_reset(sk as u64, cookie);
+    0
+}
+
 /// The benchmark's baseline: classifiers that do nothing, attached the way
 /// ours are (`--tc-baseline`), so that their difference is our cost.
 #[classifier]

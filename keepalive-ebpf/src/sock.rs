@@ -2,7 +2,8 @@
 //! cookie, owner at connect, clean-up at close), `inet_sk_error_report`
 //! (ETIMEDOUT and the timer that raised it) and `tcp_receive_reset` (an
 //! RST that kills the connection, with the timestamps that tell whether
-//! it answered our first write after an idle gap).
+//! it answered our first write after an idle gap) and `tcp_send_reset` (an
+//! RST the kernel sent on one of its sockets).
 
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -88,6 +89,12 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
     }
     let sent = emit_state(cookie, |ev| {
         ev.old_state = old as u8;
+        if old as u8 == TCP_ESTABLISHED {
+            // A close by either end: how long the connection had idled.
+            let now = ev.head.jiffies as u32;
+            ev.idle_jiffies = Probed::since_data_received_jiffies(sk, now).unwrap_or(0);
+            ev.since_send_jiffies = Probed::since_send_jiffies(sk, now).unwrap_or(0);
+        }
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
         (ev.pid, ev.cgroup_id, ev.comm) = current_task();
@@ -181,6 +188,26 @@ pub fn on_receive_reset(sk: u64, cookie: u64) -> Result<(), i64> {
         s.reset_cookie = cookie;
     }
     Ok(())
+}
+
+/// The kernel sent an RST on socket `sk` (full, or the `sock_common` of a
+/// time-wait or request socket): its tuple and state say whose close it
+/// followed; the rest is the agent's memory of the connection.
+pub fn on_send_reset(sk: u64, cookie: u64) -> Result<(), i64> {
+    if config!(enabled) == 0 {
+        return Ok(());
+    }
+    count(counter!(resets_sent), 1);
+    emit(EventKind::ResetSent, cookie, |ev| {
+        let _ = Probed::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
+    });
+    Ok(())
+}
+
+pub fn count_reset_sent_without_socket() {
+    if config!(enabled) != 0 {
+        count(counter!(resets_sent_no_socket), 1);
+    }
 }
 
 /// What a report of a dying (or stalling) connection carries: where it

@@ -21,6 +21,7 @@ pub const PROGRAM_NAMES: &[&str] = &[
     "inet_sock_set_state",
     "inet_sk_error_report",
     "tcp_receive_reset",
+    "tcp_send_reset",
     "tc_egress",
     "tc_ingress",
     "dump_tcp",

@@ -104,6 +104,44 @@ impl Drop for Daemon {
     }
 }
 
+/// nginx in `ns` as root, its files under `dir`, one `server` block
+/// (`listen …;` and what it serves) inside an `http` block with the
+/// directives `http` adds to the kit's (temp paths, no access log).
+pub fn nginx(ns: &Netns, dir: &Path, http: &str, server: &str) -> Daemon {
+    let d = dir.to_string_lossy();
+    let conf = format!(
+        "worker_processes 1;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n\
+         access_log off;\n\
+         client_body_temp_path {d}/nginx-body;\n\
+         proxy_temp_path {d}/nginx-proxy;\n\
+         fastcgi_temp_path {d}/nginx-fastcgi;\n\
+         uwsgi_temp_path {d}/nginx-uwsgi;\n\
+         scgi_temp_path {d}/nginx-scgi;\n\
+         {http}\n\
+         server {{\n{server}\n}}\n\
+         }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("writing nginx.conf");
+    let error_log = dir.join("nginx-error.log");
+    let argv = [
+        "nginx",
+        "-p",
+        &d,
+        "-c",
+        &path.to_string_lossy(),
+        "-e",
+        &error_log.to_string_lossy(),
+        "-g",
+        "daemon off;",
+    ];
+    Daemon::spawn(ns, User::Root, "nginx", &argv, dir)
+}
+
 /// A binary of a versioned Debian PostgreSQL (`/usr/lib/postgresql/15/bin/initdb`).
 pub fn postgres_bin(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

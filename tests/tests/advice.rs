@@ -19,7 +19,7 @@ use std::{
 use keepalive_tests::{
     agent::Agent,
     cli::run_agent_cli,
-    daemon::{Daemon, User, postgres_bin},
+    daemon::{self, Daemon, User, postgres_bin},
     wait,
     world::{B_V4, Netns, Pair, sh},
 };
@@ -132,34 +132,6 @@ struct Round {
     _daemons: Vec<Daemon>,
 }
 
-fn nginx_conf(dir: &Path, (idle, intvl, count): (u32, u32, u32)) -> PathBuf {
-    let d = dir.to_string_lossy();
-    let conf = format!(
-        r#"worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/nginx-body;
-    proxy_temp_path {d}/nginx-proxy;
-    fastcgi_temp_path {d}/nginx-fastcgi;
-    uwsgi_temp_path {d}/nginx-uwsgi;
-    scgi_temp_path {d}/nginx-scgi;
-    client_header_timeout 3600s;
-    keepalive_timeout 3600s;
-    server {{
-        listen {B_V4}:{NGINX} so_keepalive={idle}:{intvl}:{count};
-        location / {{ return 200 "ok\n"; }}
-    }}
-}}
-"#
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    path
-}
-
 /// initdb once per test (as nobody), trusting the clients' network.
 fn init_postgres(dir: &Path) -> PathBuf {
     let data = dir.join("pgdata");
@@ -207,23 +179,14 @@ fn start_round(pair: &Pair, dir: &Path, pgdata: &Path, s: &Settings) -> Round {
         ],
         dir,
     );
-    let conf = nginx_conf(dir, s.nginx);
-    let mut nginx = Daemon::spawn(
+    let (idle, intvl, count) = s.nginx;
+    let mut nginx = daemon::nginx(
         b,
-        User::Root,
-        "nginx",
-        &[
-            "nginx",
-            "-p",
-            &dir.to_string_lossy(),
-            "-c",
-            &conf.to_string_lossy(),
-            "-e",
-            &dir.join("nginx-error.log").to_string_lossy(),
-            "-g",
-            "daemon off;",
-        ],
         dir,
+        "client_header_timeout 3600s;\nkeepalive_timeout 3600s;",
+        &format!(
+            "listen {B_V4}:{NGINX} so_keepalive={idle}:{intvl}:{count};\nlocation / {{ return 200 \"ok\\n\"; }}"
+        ),
     );
     let (idle, intvl, count) = s.postgres;
     let sockets = dir.join("pgsock");

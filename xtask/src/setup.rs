@@ -40,6 +40,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("postgres", "postgresql"),
     ("go", "golang-go"),
+    // The idle-close suite runs a Node.js HTTP server (the machine image
+    // ships Node 20 as `nodejs`; Debian's is 18).
+    ("node", "nodejs"),
     // The VM kernel matrix: virtme-ng boots kernels with QEMU and builds
     // its initramfs from busybox and the kernel's modules with depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),

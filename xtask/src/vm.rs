@@ -62,7 +62,11 @@ pub const KERNELS: &[Kernel] = &[
 /// namespaces, hook modes, every timeout cause, and the reset, blackhole
 /// and peer reset after idle through a real conntrack middlebox (the path
 /// learning on top is the same code on every kernel: host only, as the
-/// emulated VMs take ~30 s per agent start).
+/// emulated VMs take ~30 s per agent start); a server's idle close seen
+/// from both ends (the peer's FIN, the stale reuse's RST received and the
+/// data after close's RST sent: from a time-wait socket, which the
+/// tracepoint shows from 6.10 on, and from the full socket's abort on
+/// data, on every kernel) and an idle abort.
 const SUITES: &[(&str, &[&str])] = &[
     ("pipeline", &[]),
     ("causes", &[]),
@@ -73,6 +77,14 @@ const SUITES: &[(&str, &[&str])] = &[
             "idle_reset_v6",
             "idle_blackhole_then_retransmit_timeout",
             "an_active_connection_reset_by_its_peer_is_a_peer_reset",
+        ],
+    ),
+    (
+        "idle_close",
+        &[
+            "redis_idle_close_then_pool_reuse_v4",
+            "redis_idle_close_then_pool_reuse_abort_on_data",
+            "a_server_aborting_idle_connections_is_an_idle_abort",
         ],
     ),
 ];

@@ -2,20 +2,25 @@
 //! with the fix in that program's terms ([`crate::model::workload`]),
 //! judged against `idle_timeout=` rules when given (as `advise
 //! --idle-timeout` writes them), else the agent's own, plus its learned
-//! paths and conntracks. Built a chunk of sockets at a time under the
-//! state lock, like `/sockets`; the reply holds workloads, not sockets.
+//! paths and conntracks; and the fixes for servers' idle closes that cost
+//! requests (stale reuses, data after close). Built a chunk of sockets at
+//! a time under the state lock, like `/sockets`; the reply holds
+//! workloads, not sockets.
 
 use std::os::unix::fs::MetadataExt as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::Shared;
+use super::state::{AgentState, Shared};
 use crate::{
     model::{
+        clock::monotonic_ns,
+        idle_close::CostKind,
+        paths::PathKey,
         risk::Rule,
         workload::{Advisor, WorkloadAdvice},
     },
-    table::Judge,
+    table::{Entry, Judge, row},
 };
 
 /// Sockets judged per lock.
@@ -71,7 +76,38 @@ pub fn build(state: &Shared, rules: Option<&[Rule]>) -> AdviceReply {
             }
         }
     }
+    if let Ok(mut s) = state.lock() {
+        add_costs(&mut advisor, &mut s, rules);
+    }
     AdviceReply {
         workloads: advisor.finish(),
+    }
+}
+
+/// The requests servers' idle closes cost lately, each counted against
+/// the workload that owned its socket.
+fn add_costs(advisor: &mut Advisor, s: &mut AgentState, rules: Option<&[Rule]>) {
+    let AgentState {
+        costs,
+        naming,
+        paths,
+        conntrack,
+        rules: own,
+        ..
+    } = s;
+    let judge = Judge {
+        rules: rules.unwrap_or(own),
+        paths,
+        conntrack,
+    };
+    for cost in costs.recent(monotonic_ns()) {
+        let entry = Entry::established(cost.owner.clone(), cost.netns, cost.local, cost.remote);
+        let mut socket = row(0, &entry, None, judge);
+        naming.name_row(&mut socket);
+        let learned = (cost.kind == CostKind::StaleReuse)
+            .then(|| paths.idle_closes_of(&PathKey::of_server(judge.rules, cost.remote)))
+            .flatten()
+            .map(|c| c.min_s);
+        advisor.add_cost(&socket, cost, learned);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use keepalive_api::{Gap, PathRow, TcpState};
+use keepalive_api::{Gap, IdleCloseRange, PathRow, TcpState};
 
 use super::state::AgentState;
 use crate::model::{
@@ -58,6 +58,12 @@ pub fn rows(s: &AgentState) -> Vec<PathRow> {
                 consistent_with: b.consistent_with().into_iter().map(String::from).collect(),
                 sockets: on_path,
                 at_risk,
+                idle_close: b.idle_closes.map(|c| IdleCloseRange {
+                    min_s: ms(c.min_s),
+                    max_s: ms(c.max_s),
+                    count: c.count,
+                    seen_at: ms(clock.wall_seconds(c.last_ns)),
+                }),
             }
         })
         .collect();

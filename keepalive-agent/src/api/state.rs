@@ -11,7 +11,8 @@ use keepalive_common::KernelCounters;
 
 use super::{
     metrics::{
-        Metrics, PortLabel, ResetLabels, Scope, ScopePort, SeriesKey, Snapshot, TimeoutLabels,
+        Metrics, PeerCloseLabels, PortLabel, ResetLabels, Scope, ScopePort, SeriesKey, Snapshot,
+        TimeoutLabels,
     },
     naming::Naming,
 };
@@ -20,6 +21,7 @@ use crate::{
     host::sysctl::KeepaliveSysctls,
     model::{
         clock::monotonic_ns,
+        idle_close::{Cost, CostKind, CostLedger},
         paths::{Fatal, PathBook, PathKey},
         risk::Rule,
     },
@@ -40,6 +42,8 @@ pub struct AgentState {
     pub tc_interfaces: usize,
     /// What each path's idle timeout was learned to be.
     pub paths: PathBook,
+    /// The requests servers' idle closes cost, for the advice.
+    pub costs: CostLedger,
     /// Active conntracks' established timeouts, by namespace inode (from
     /// `sysctls`).
     pub conntrack: HashMap<u32, u32>,
@@ -89,8 +93,37 @@ impl AgentState {
                     class: class.as_str(),
                 };
                 self.metrics.count_reset(netns, &labels);
-                if class == ResetClass::IdleReset {
-                    self.fatal(r, Fatal::Reset);
+                match class {
+                    ResetClass::IdleReset => self.fatal(r, Fatal::Reset),
+                    ResetClass::StaleReuse => self.cost(r, CostKind::StaleReuse),
+                    _ => {}
+                }
+            }
+            RecordKind::PeerClose => {
+                let after_idle = r
+                    .idle_before_s
+                    .is_some_and(|g| g >= self.table.idle_gap_min_s);
+                let (scope, netns) = self.scope_of(r);
+                let labels = PeerCloseLabels {
+                    scope,
+                    port: self.port_of(r),
+                    after_idle: if after_idle { "true" } else { "false" },
+                };
+                self.metrics.count_peer_close(netns, &labels);
+                if after_idle {
+                    self.learn_idle_close(r);
+                }
+            }
+            RecordKind::ResetSent => {
+                let (scope, netns) = self.scope_of(r);
+                let labels = ResetLabels {
+                    scope,
+                    port: self.port_of(r),
+                    class: r.class.unwrap_or(ResetClass::Other).as_str(),
+                };
+                self.metrics.count_reset_sent(netns, &labels);
+                if r.class == Some(ResetClass::DataAfterClose) {
+                    self.cost(r, CostKind::DataAfterClose);
                 }
             }
             RecordKind::IdleBlackhole => {
@@ -183,6 +216,42 @@ impl AgentState {
         };
         r.path = Some(key.label(&self.rules));
         self.paths.fatal(key, gap, why, monotonic_ns());
+    }
+
+    /// A request a server's idle close cost, for the advice.
+    fn cost(&mut self, r: &Record, kind: CostKind) {
+        let (owner, netns, (local, remote)) = self.whose(r);
+        let (Some(local), Some(remote)) = (local, remote) else {
+            return;
+        };
+        self.costs.add(Cost {
+            kind,
+            owner,
+            netns,
+            local,
+            remote,
+            idle_before_s: r.idle_before_s,
+            closed_for_s: r.closed_for_s,
+            at_ns: monotonic_ns(),
+        });
+    }
+
+    /// A server we connected to closed the connection after an idle gap:
+    /// its idle close, learned for its destination group (loopback
+    /// included). A close of a connection we accepted is a client's.
+    fn learn_idle_close(&mut self, r: &mut Record) {
+        let Some(entry) = self.table.get(r.cookie) else {
+            return;
+        };
+        let (Some(remote), Some(gap)) = (entry.remote, r.idle_before_s) else {
+            return;
+        };
+        if self.table.service_port(entry) != Some(remote.port()) {
+            return;
+        }
+        let key = PathKey::of_server(&self.rules, remote);
+        r.path = Some(key.label(&self.rules));
+        self.paths.peer_closed(key, gap, monotonic_ns());
     }
 
     fn survived_by(&mut self, r: &Record, gap_s: f64) {
@@ -312,6 +381,7 @@ impl AgentState {
             conntrack,
             naming,
             kernel_counters: _,
+            costs: _,
         } = self;
         metrics.render(Snapshot {
             hooks,

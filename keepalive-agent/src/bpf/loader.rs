@@ -62,6 +62,7 @@ pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadErr
         (Hook::InetSockSetState, "inet_sock_set_state"),
         (Hook::InetSkErrorReport, "inet_sk_error_report"),
         (Hook::TcpReceiveReset, "tcp_receive_reset"),
+        (Hook::TcpSendReset, "tcp_send_reset"),
     ] {
         hooks::attach_tp_btf(&mut ebpf, &btf, prog).map_err(|e| LoadError::Hook {
             hook,

@@ -38,6 +38,8 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             ev.acks_total = st.acks_total;
             ev.old_state = st.old_state;
             ev.flags = st.flags;
+            ev.idle_jiffies = st.idle_jiffies;
+            ev.since_send_jiffies = st.since_send_jiffies;
         }
         _ => return None,
     }

@@ -78,7 +78,12 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
     let learned: Option<Vec<PathAdvice>> = paths
         .as_ref()
         .map(|rows| rows.iter().filter_map(path_advice).collect());
-    if rules.is_empty() && learned.as_ref().is_none_or(Vec::is_empty) {
+    let idle_closes: Vec<&PathRow> = paths
+        .iter()
+        .flatten()
+        .filter(|r| r.idle_close.is_some())
+        .collect();
+    if rules.is_empty() && learned.as_ref().is_none_or(Vec::is_empty) && idle_closes.is_empty() {
         anyhow::bail!(
             "nothing to advise on: give --idle-timeout, or ask an agent that has learned a path's timeout (keepalive-agent paths)"
         );
@@ -129,6 +134,9 @@ pub fn advise(args: AdviseArgs) -> anyhow::Result<()> {
     }
     for p in learned.iter().flatten() {
         print_path(p);
+    }
+    for row in idle_closes {
+        print_idle_close(row);
     }
     match (&sockets, at_risk) {
         (Err(e), _) => println!("\n# no socket list: {e:#}"),
@@ -198,6 +206,16 @@ fn path_advice(row: &PathRow) -> Option<PathAdvice<'_>> {
         l7,
         advice: risk::advise_learned(survived_s, fatal_s),
     })
+}
+
+/// A destination whose servers close idle connections: the pools that
+/// reach it must evict idle ones sooner; probes do not help.
+fn print_idle_close(row: &PathRow) {
+    let Some(c) = &row.idle_close else { return };
+    println!(
+        "\n# path {} — its servers close connections idle for {:.1}-{:.1} s ({} seen): a pool that keeps idle connections longer reuses closed ones; keepalive probes do not help (servers count application data)",
+        row.path, c.min_s, c.max_s, c.count
+    );
 }
 
 fn print_path(p: &PathAdvice<'_>) {

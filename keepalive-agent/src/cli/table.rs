@@ -59,9 +59,10 @@ fn workload(r: &SocketRow) -> String {
     }
 }
 
-pub const PATHS_HEADER: &str = "Path                                        Survived     Fatal  Resets Blackholes  Sockets AtRisk Consistent with";
+pub const PATHS_HEADER: &str = "Path                                        Survived     Fatal  Resets Blackholes  Sockets AtRisk   Idle close Consistent with";
 
-/// One `/paths` row: `>300s` reads "survived 300 s", `<=350s` "fatal at 350 s".
+/// One `/paths` row: `>300s` reads "survived 300 s", `<=350s` "fatal at
+/// 350 s", `2.0-2.3s` "its servers closed connections idle for 2.0 to 2.3 s".
 pub fn path_line(r: &PathRow) -> String {
     let bound = |g: &Option<Gap>, sign: &str| {
         g.as_ref()
@@ -72,8 +73,12 @@ pub fn path_line(r: &PathRow) -> String {
     } else {
         r.consistent_with.join(",")
     };
+    let idle_close = r
+        .idle_close
+        .as_ref()
+        .map_or_else(|| "-".into(), |c| format!("{:.1}-{:.1}s", c.min_s, c.max_s));
     format!(
-        "{:<43} {:>9} {:>9} {:>7} {:>10} {:>8} {:>6} {}",
+        "{:<43} {:>9} {:>9} {:>7} {:>10} {:>8} {:>6} {:>12} {}",
         r.path,
         bound(&r.survived, ">"),
         bound(&r.fatal, "<="),
@@ -81,6 +86,7 @@ pub fn path_line(r: &PathRow) -> String {
         r.blackholes,
         r.sockets,
         r.at_risk,
+        idle_close,
         fits
     )
 }

@@ -81,6 +81,9 @@ pub fn line(r: &Record) -> String {
     if let Some(v) = r.since_send_s {
         let _ = write!(line, " since_send={v:.3}s");
     }
+    if let Some(v) = r.closed_for_s {
+        let _ = write!(line, " closed_for={v:.3}s");
+    }
     if let Some(v) = r.keepalive_probe {
         let _ = write!(line, " keepalive_probe={v}");
     }

@@ -7,7 +7,7 @@ use keepalive_api::{Keepalive, Source};
 
 use crate::model::{
     knowledge::Recommends,
-    workload::{Fix, FixKind, WorkloadAdvice, apply_sysctls},
+    workload::{Fix, FixKind, IdleCloseFix, IdleCloseFixKind, WorkloadAdvice, apply_sysctls},
 };
 
 /// `idle 400 s (socket), interval 60 s (socket), count 5 (socket)`.
@@ -127,6 +127,41 @@ fn fix_heading(fix: &Fix) -> String {
     )
 }
 
+fn requests(n: u64) -> String {
+    match n {
+        1 => "1 request".into(),
+        n => format!("{n} requests"),
+    }
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or_else(|| "?".into(), |s| format!("{s:.1} s"))
+}
+
+/// `1 request to 192.0.2.2:6379 lost: its server closes connections idle
+/// for 2.7 s, and the pool reused one idle 5.0 s; evict idle connections
+/// after 2 s`.
+fn idle_close_heading(f: &IdleCloseFix) -> String {
+    match f.kind {
+        IdleCloseFixKind::PoolIdle => format!(
+            "{} to {} reused after the server closed it (stale reuse): the server closes connections idle for {}, the pool reused one idle {}; evict idle connections after {} s",
+            requests(f.requests),
+            f.peer,
+            seconds(f.server_idle_close_s),
+            seconds(f.client_reused_after_s),
+            f.advised_s
+        ),
+        IdleCloseFixKind::ServerIdle => format!(
+            "{} on {} reset as data after close: this server closed connections idle for {}, its clients reused them idle {}; keep idle connections {} s",
+            requests(f.requests),
+            f.peer,
+            seconds(f.server_idle_close_s),
+            seconds(f.client_reused_after_s),
+            f.advised_s
+        ),
+    }
+}
+
 pub fn text(workloads: &[WorkloadAdvice]) -> String {
     let mut out = String::new();
     if workloads.is_empty() {
@@ -136,7 +171,9 @@ pub fn text(workloads: &[WorkloadAdvice]) -> String {
     out.push_str("\n# workloads\n");
     for w in workloads {
         let _ = writeln!(out, "\n## {}", headline(w));
-        let _ = writeln!(out, "#  to {}", destinations(w));
+        if !w.destinations.is_empty() {
+            let _ = writeln!(out, "#  to {}", destinations(w));
+        }
         let _ = writeln!(out, "#  unconfigured: {}", w.default);
         for s in settings(w) {
             let _ = writeln!(out, "#  {s}");
@@ -156,7 +193,15 @@ pub fn text(workloads: &[WorkloadAdvice]) -> String {
                 let _ = writeln!(out, "#  note: {note}");
             }
         }
-        if let Some(doc) = w.docs.first().filter(|_| !w.fixes.is_empty()) {
+        for fix in &w.idle_close {
+            let _ = writeln!(out, "#  {}", idle_close_heading(fix));
+            for line in &fix.change {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = writeln!(out, "#  note: {}", fix.note);
+        }
+        let fixed = !w.fixes.is_empty() || !w.idle_close.is_empty();
+        if let Some(doc) = w.docs.first().filter(|_| fixed) {
             let _ = writeln!(out, "#  see {doc}");
         }
     }
@@ -199,7 +244,10 @@ pub fn markdown(rules: &[String], workloads: Result<Vec<WorkloadAdvice>, String>
             cell(&destinations(w))
         );
     }
-    for w in workloads.iter().filter(|w| !w.fixes.is_empty()) {
+    for w in workloads
+        .iter()
+        .filter(|w| !w.fixes.is_empty() || !w.idle_close.is_empty())
+    {
         let _ = writeln!(out, "\n### {}\n", cell(&headline(w)));
         for s in settings(w) {
             let _ = writeln!(out, "- {s}");
@@ -216,6 +264,11 @@ pub fn markdown(rules: &[String], workloads: Result<Vec<WorkloadAdvice>, String>
             if let Some(note) = &fix.note {
                 let _ = writeln!(out, "\nNote: {note}.");
             }
+        }
+        for fix in &w.idle_close {
+            let _ = writeln!(out, "\n**{}**\n", cell(&idle_close_heading(fix)));
+            let _ = writeln!(out, "```\n{}\n```", fix.change.join("\n"));
+            let _ = writeln!(out, "\nNote: {}.", fix.note);
         }
         if !w.docs.is_empty() {
             let links: Vec<String> = w.docs.iter().map(|d| format!("<{d}>")).collect();

@@ -9,6 +9,7 @@
 //! - [`risk`]: path idle timeouts, which sockets they endanger, the advice.
 //! - [`reset`]: whether an RST or a stall followed an idle gap.
 //! - [`paths`]: each destination group's idle timeout, learned.
+//! - [`idle_close`]: the requests servers' idle closes cost, for the advice.
 //! - [`knowledge`]: where each program sets its keepalive (`programs.yaml`).
 //! - [`workload`]: sockets grouped by workload, and the fix in its program's terms.
 //!
@@ -18,6 +19,7 @@
 pub mod addr;
 pub mod clock;
 pub mod death;
+pub mod idle_close;
 pub mod keepalive;
 pub mod knowledge;
 pub mod paths;

@@ -40,7 +40,7 @@ use crate::{
     cli::args::RunArgs,
     host::{caps, outlet, process, sysctl::SysctlWatch},
     kernel::{btf::Btf, offsets},
-    model::{clock::Clock, paths::PathBook},
+    model::{clock::Clock, idle_close::CostLedger, paths::PathBook},
     table::SocketTable,
 };
 
@@ -149,6 +149,7 @@ async fn run(
             quiet: args.quiet,
             json: args.json,
             all_events: args.all_events,
+            idle_gap_min_s: args.idle_gap_seconds,
         },
         events,
     };
@@ -181,6 +182,7 @@ fn build_state(
         }),
         tc_interfaces: attached.tc.attached_count(),
         paths: PathBook::new(args.max_paths as usize, args.path_memory_seconds),
+        costs: CostLedger::new(args.path_memory_seconds),
         conntrack: Default::default(),
         naming: Naming::new(directory),
     }));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use keepalive_api::{Record, RecordKind};
+use keepalive_api::{Record, RecordKind, ResetClass};
 use log::warn;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 
@@ -21,6 +21,9 @@ pub struct Printing {
     pub quiet: bool,
     pub json: bool,
     pub all_events: bool,
+    /// `--idle-gap-seconds`: a peer's close after this much silence is
+    /// printed by default.
+    pub idle_gap_min_s: f64,
 }
 
 impl Printing {
@@ -33,6 +36,12 @@ impl Printing {
         match r.event {
             RecordKind::StateChange => self.all_events,
             RecordKind::SocketClosed => self.all_events || r.probes.unwrap_or(0) > 0,
+            // Every keep-alive server closes idle connections: only a
+            // close after an idle gap is worth a line by default.
+            RecordKind::PeerClose => {
+                self.all_events || r.idle_before_s.is_some_and(|g| g >= self.idle_gap_min_s)
+            }
+            RecordKind::ResetSent => self.all_events || r.class != Some(ResetClass::Other),
             RecordKind::KeepaliveTimer
             | RecordKind::ProbeSent
             | RecordKind::WireProbe

@@ -8,6 +8,7 @@ use keepalive_common::{Event, EventKind, flag};
 
 use super::{
     Opened, SocketTable,
+    closing::{fill_reset_sent, record_close},
     dying::{fill_dying, fill_reset, fill_timings, new_idle_stall, unanswered_s},
 };
 use crate::{
@@ -32,12 +33,17 @@ fn record_kind(kind: EventKind, ev: &Event, cause: Cause) -> RecordKind {
             (ETIMEDOUT, _) => RecordKind::ConnectionTimeout,
             _ => RecordKind::SocketError,
         },
-        EventKind::StateChange if TcpState::from_kernel(ev.tuple.state) == TcpState::Close => {
-            RecordKind::SocketClosed
-        }
-        EventKind::StateChange => RecordKind::StateChange,
+        EventKind::StateChange => match (
+            TcpState::from_kernel(ev.old_state),
+            TcpState::from_kernel(ev.tuple.state),
+        ) {
+            (_, TcpState::Close) => RecordKind::SocketClosed,
+            (TcpState::Established, TcpState::CloseWait) => RecordKind::PeerClose,
+            _ => RecordKind::StateChange,
+        },
         EventKind::ConnectionReset => RecordKind::ConnectionReset,
         EventKind::Retransmitting => RecordKind::IdleBlackhole,
+        EventKind::ResetSent => RecordKind::ResetSent,
     }
 }
 
@@ -190,10 +196,21 @@ fn fill(
                 table.update(ev.head.cookie, |e| e.opened = Opened::Active);
             } else if old == TcpState::SynRecv && new == TcpState::Established {
                 table.update(ev.head.cookie, |e| e.opened = Opened::Passive);
+            } else if old == TcpState::Established && new == TcpState::FinWait1 {
+                // close() or shutdown() runs in the owner's context: a
+                // server's accepted socket is named here if no inventory
+                // did before.
+                if table.get(ev.head.cookie).is_none_or(|e| e.owner.is_none()) {
+                    record_owner(ev, table);
+                }
+            }
+            if old == TcpState::Established {
+                record_close(r, ev, new, table, clock);
             }
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
         }
+        EventKind::ResetSent => fill_reset_sent(r, ev, table),
         EventKind::ConnectionReset => {
             fill_dying(r, ev, clock);
             r.keepalive = settings();
@@ -256,7 +273,8 @@ fn remember(kind: EventKind, ev: &Event, r: &Record, table: &mut SocketTable) {
         | EventKind::SocketError
         | EventKind::StateChange
         | EventKind::ConnectionReset
-        | EventKind::Retransmitting => {}
+        | EventKind::Retransmitting
+        | EventKind::ResetSent => {}
     });
 }
 

@@ -48,17 +48,28 @@ pub(super) fn fill_reset(r: &mut Record, ev: &Event, table: &SocketTable, clock:
                 .filter(|t| *t <= ev.head.ts_ns)
                 .map(|t| (ev.head.ts_ns - t) as f64 / 1e9)
         });
+    let peer_closed = table
+        .get(ev.head.cookie)
+        .and_then(|e| e.peer_closed)
+        .filter(|fin| fin.at_ns <= ev.head.ts_ns)
+        .map(|fin| reset::PeerClosed {
+            since_s: (ev.head.ts_ns - fin.at_ns) as f64 / 1e9,
+            idle_before_s: fin.idle_s,
+        });
     let facts = reset::ResetFacts {
         state: TcpState::from_kernel(ev.tuple.state),
         idle_s: clock.seconds(ev.idle_jiffies),
         since_send_s: clock.seconds(ev.since_send_jiffies),
         since_probe_s,
+        awaiting_answer: ev.probes_out > 0 || ev.retransmits > 0,
+        peer_closed,
         srtt_s: f64::from(ev.srtt_us) / 1e6,
     };
     let c = reset::classify(&facts, table.idle_gap_min_s);
     r.class = Some(c.class);
     r.trigger = c.trigger;
     r.idle_before_s = c.gap_s.map(ms);
+    r.closed_for_s = c.closed_for_s.map(ms);
 }
 
 /// A stall report is kept once per stall (the kernel reports each RTO

@@ -16,6 +16,18 @@ pub enum Opened {
     Passive,
 }
 
+/// One end's close of an established connection (its FIN): when, and
+/// how long the connection had idled before it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Closing {
+    /// The state change's `ts_ns` (CLOSE-WAIT for the peer's, FIN-WAIT-1
+    /// for ours).
+    pub at_ns: u64,
+    /// Seconds of silence before it: from the last data received (the
+    /// peer's close), or from the last data either way (ours).
+    pub idle_s: f64,
+}
+
 /// What the table knows of one socket.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
@@ -49,12 +61,38 @@ pub struct Entry {
     pub probe_idle_s: Option<f64>,
     /// `retrans_stamp` of the stall already reported (one per stall).
     pub stall_stamp: Option<u32>,
+    /// The peer's FIN (ESTABLISHED to CLOSE-WAIT): what a later RST of
+    /// our write answers (stale reuse).
+    pub peer_closed: Option<Closing>,
+    /// Our application's close (ESTABLISHED to FIN-WAIT-1): what an RST
+    /// the kernel sends for late data follows.
+    pub closed_here: Option<Closing>,
     /// Probes and ACKs given to the labelled counters so far (see
     /// [`super::credit`]).
     pub credited_probes: u64,
     pub credited_acks: u64,
     /// Inventory generation that last saw the socket.
     pub(super) generation: u64,
+}
+
+impl Entry {
+    /// An established connection known by its owner and addresses alone
+    /// (one the table no longer holds), to make a row of.
+    pub fn established(
+        owner: Option<Arc<Owner>>,
+        netns: Option<u32>,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Entry {
+        Entry {
+            owner,
+            netns,
+            local: Some(local),
+            remote: Some(remote),
+            state: TcpState::Established,
+            ..Entry::default()
+        }
+    }
 }
 
 impl Default for Entry {
@@ -79,6 +117,8 @@ impl Default for Entry {
             last_rcv_jiffies: None,
             probe_idle_s: None,
             stall_stamp: None,
+            peer_closed: None,
+            closed_here: None,
             credited_probes: 0,
             credited_acks: 0,
             generation: 0,

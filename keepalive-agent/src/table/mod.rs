@@ -18,6 +18,7 @@
 //! Depends on `model` and `host` (a connecting process's cgroup).
 
 pub mod apply;
+mod closing;
 mod credit;
 mod dying;
 mod entry;

@@ -2,9 +2,11 @@
 
 use super::*;
 
-pub(crate) const ALERTS: [&str; 11] = [
+pub(crate) const ALERTS: [&str; 13] = [
     "KeepaliveConnectionTimeouts",
     "KeepaliveIdleResets",
+    "KeepaliveStaleReuse",
+    "KeepaliveDataAfterClose",
     "KeepaliveIdleBlackholes",
     "KeepaliveSocketsAtRisk",
     "KeepaliveAgentLosingEvents",
@@ -18,9 +20,11 @@ pub(crate) const ALERTS: [&str; 11] = [
 
 /// Alerts about events (each one is news): they keep firing for a while
 /// after the last one instead of flapping.
-const EVENT_ALERTS: [&str; 6] = [
+const EVENT_ALERTS: [&str; 8] = [
     "KeepaliveConnectionTimeouts",
     "KeepaliveIdleResets",
+    "KeepaliveStaleReuse",
+    "KeepaliveDataAfterClose",
     "KeepaliveIdleBlackholes",
     "KeepaliveAgentLosingEvents",
     "KeepaliveAgentTableFull",

@@ -38,6 +38,10 @@ struct Traffic {
     ns_drop: String,
     /// The path of the resetting middlebox's server.
     reset_path: String,
+    /// The idle-closing server's client's and own namespaces.
+    ns_stale: String,
+    ns_late: String,
+    _idle_close: Pair,
     /// The keepalive-off client (at risk) and the server's ends stay open.
     _held: Vec<std::net::TcpStream>,
 }
@@ -125,6 +129,10 @@ fn traffic(w: &mut World) -> Traffic {
         w.resetting.echo_server(false),
         w.dropping.echo_server(false),
     );
+    let idle_close = Pair::new();
+    let idle_server = idle_close
+        .b
+        .run(|| sock::listen(format!("{}:0", world::B_V4).parse().unwrap()));
     let (err, (_, _, answered_probes), blackholed) = std::thread::scope(|s| {
         let answered_client = s.spawn(|| {
             w.answered
@@ -135,6 +143,7 @@ fn traffic(w: &mut World) -> Traffic {
         let survivor = s.spawn(|| idle_then_write(&w.resetting, reset_to, Some(FAST)));
         let reset = s.spawn(|| idle_then_write(&w.resetting, reset_to, None));
         let blackhole = s.spawn(|| idle_then_write(&w.dropping, drop_to, None));
+        let stale = s.spawn(|| idle_close_then_reuse(&idle_close, &idle_server));
         world::drop_all_input(&w.pair.b);
         let err = w.pair.a.run(|| {
             let mut c = &dying;
@@ -152,6 +161,7 @@ fn traffic(w: &mut World) -> Traffic {
             .expect_err("the middlebox reset the flow");
         assert_eq!(reset.kind(), std::io::ErrorKind::ConnectionReset, "{reset}");
         let (blackholed, _) = blackhole.join().unwrap();
+        held.push(stale.join().unwrap());
         (
             err,
             answered_client.join().expect("answered client"),
@@ -181,8 +191,36 @@ fn traffic(w: &mut World) -> Traffic {
         ns_reset: w.resetting.client.inode().to_string(),
         ns_drop: w.dropping.client.inode().to_string(),
         reset_path: middlebox::path_of(reset_to),
+        ns_stale: idle_close.a.inode().to_string(),
+        ns_late: idle_close.b.inode().to_string(),
+        _idle_close: idle_close,
         _held: held,
     }
+}
+
+/// A server that closes its connection after 1.5 s idle, and a client
+/// that writes on it 3 s after its reply: the peer's close after idle, the
+/// client's stale reuse (EOF, then the RST) and the server's data after
+/// close. Returns the client's stream once its RST has come.
+fn idle_close_then_reuse(pair: &Pair, listener: &std::net::TcpListener) -> std::net::TcpStream {
+    use std::io::{Read as _, Write as _};
+    let to = listener.local_addr().unwrap();
+    let (c, _, _) = middlebox::client(&pair.a, to, None);
+    let (s, _) = listener.accept().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 4];
+        (&s).read_exact(&mut buf).unwrap();
+        (&s).write_all(&buf).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    middlebox::exchange(&c).unwrap();
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    (&c).write_all(b"ping")
+        .expect("a write in CLOSE-WAIT leaves");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!((&c).read(&mut [0u8; 4]).unwrap(), 0, "EOF first");
+    c
 }
 
 /// A client behind `mb`: one exchange, 4.5 s idle, then a write. Returns
@@ -311,6 +349,8 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
     for (name, ns) in [
         ("KeepaliveIdleResets", &t.ns_reset),
         ("KeepaliveIdleBlackholes", &t.ns_drop),
+        ("KeepaliveStaleReuse", &t.ns_stale),
+        ("KeepaliveDataAfterClose", &t.ns_late),
     ] {
         let a = alert(prom, name, ns, true)
             .unwrap_or_else(|| panic!("{name} for {ns}: {:#?}", prom.alerts()));
@@ -335,7 +375,9 @@ fn assert_alerts(prom: &Prometheus, t: &Traffic, listen: &str) -> BTreeSet<Strin
             [
                 "KeepaliveConnectionTimeouts",
                 "KeepaliveIdleResets",
-                "KeepaliveIdleBlackholes"
+                "KeepaliveIdleBlackholes",
+                "KeepaliveStaleReuse",
+                "KeepaliveDataAfterClose",
             ]
             .map(String::from)
         ),

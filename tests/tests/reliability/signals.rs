@@ -24,6 +24,7 @@ fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
         "inet_sock_set_state",
         "inet_sk_error_report",
         "tcp_receive_reset",
+        "tcp_send_reset",
         "tc_egress",
         "tc_ingress",
         "dump_tcp",

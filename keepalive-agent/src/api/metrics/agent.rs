@@ -81,6 +81,13 @@ pub struct ReasonLabels {
 }
 
 /// How a probe of a timer run our timer hooks did not see was counted.
+/// Whether a sent RST had a socket of ours.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SocketKnownLabels {
+    /// `yes` (full, orphaned or time-wait) or `none`.
+    pub socket: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnhookedLabels {
     /// `wire`: TC egress saw it leave; `probes_out`: a later look at the
@@ -101,6 +108,7 @@ pub struct AgentHealth {
     pub(super) kernel_probes_unhooked: Family<UnhookedLabels, Counter>,
     pub(super) kernel_timeouts: Counter,
     pub(super) kernel_resets: Counter,
+    pub(super) kernel_resets_sent: Family<SocketKnownLabels, Counter>,
     pub(super) kernel_stalls: Counter,
     pub(super) socket_map_full: Counter,
     pub(super) read_errors: Counter,
@@ -230,6 +238,11 @@ impl AgentHealth {
                 r,
                 "keepalive_agent_kernel_resets",
                 "Received RSTs that killed a connection (tcp_receive_reset), counted in the kernel",
+            ),
+            kernel_resets_sent: registered(
+                r,
+                "keepalive_agent_kernel_resets_sent",
+                "RSTs the kernel sent (tcp_send_reset), counted in the kernel; socket=\"none\": for a segment no socket matched (a closed port, an expired time-wait), not reported further",
             ),
             kernel_stalls: registered(
                 r,

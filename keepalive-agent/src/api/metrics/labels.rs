@@ -121,6 +121,17 @@ pub struct ResetLabels {
     pub class: &'static str,
 }
 
+/// A peer's close: whether it followed an idle gap
+/// (`--idle-gap-seconds`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerCloseLabels {
+    #[prometheus(flatten)]
+    pub scope: Scope,
+    pub port: PortLabel,
+    /// `true` or `false`.
+    pub after_idle: &'static str,
+}
+
 /// A destination group of `/paths` (bounded by `--max-paths`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabel {

@@ -22,8 +22,8 @@ use keepalive_common::KernelCounters;
 use labels::PortLabels;
 use labels::WorkloadLabels;
 pub use labels::{
-    HookLabels, Name, NetnsLabel, NetnsOpt, PathLabel, PortLabel, ResetLabels, RiskLabels,
-    RttLabel, Scope, ScopePort, SocketsLabels, TimeoutLabels, Workload,
+    HookLabels, Name, NetnsLabel, NetnsOpt, PathLabel, PeerCloseLabels, PortLabel, ResetLabels,
+    RiskLabels, RttLabel, Scope, ScopePort, SocketsLabels, TimeoutLabels, Workload,
 };
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -58,9 +58,12 @@ pub struct Metrics {
     pub acks: Family<ScopePort, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub resets: Family<ResetLabels, Counter>,
+    pub peer_closes: Family<PeerCloseLabels, Counter>,
+    pub resets_sent: Family<ResetLabels, Counter>,
     pub blackholes: Family<ScopePort, Counter>,
     pub(super) path_survived: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) path_fatal: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(super) path_idle_close: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) paths_folded: Counter,
     pub(super) last_folded: u64,
     pub(super) conntrack_timeout: Family<NetnsLabel, Gauge>,
@@ -150,7 +153,17 @@ impl Metrics {
             resets: registered(
                 r,
                 "keepalive_connection_resets",
-                "Connections killed by a received RST, by class: idle_reset (it answered our first packet after an idle gap: a middlebox forgot the flow) or peer_reset",
+                "Connections killed by a received RST, by class: idle_reset (it answered our first packet after an idle gap: a middlebox forgot the flow), stale_reuse (it answered our write after the peer's FIN: a pooled connection reused after the server closed it), idle_abort (unprompted, after an idle gap: the peer or a load balancer aborts idle connections) or peer_reset",
+            ),
+            peer_closes: registered(
+                r,
+                "keepalive_peer_closes",
+                "Established connections the peer closed with a FIN (ESTABLISHED to CLOSE-WAIT); after_idle=\"true\" when the peer had been silent for at least --idle-gap-seconds: a server's idle close",
+            ),
+            resets_sent: registered(
+                r,
+                "keepalive_resets_sent",
+                "RSTs the kernel sent on our connections, by class: data_after_close (data arrived after our application closed the connection: its client reused it), local_abort (we reset a live connection) or other",
             ),
             blackholes: registered(
                 r,
@@ -167,6 +180,12 @@ impl Metrics {
                 r,
                 "keepalive_path_idle_fatal",
                 "Shortest idle gap on the path that ended in an idle reset or blackhole (an upper bound of its idle timeout; min across the fleet)",
+                Unit::Seconds,
+            ),
+            path_idle_close: registered_in(
+                r,
+                "keepalive_peer_idle_close",
+                "Shortest idle gap after which a server of the destination group closed a connection we opened (its FIN after silence: the server's idle timeout; a client pool's idle eviction must stay below it; min across the fleet)",
                 Unit::Seconds,
             ),
             paths_folded: registered(

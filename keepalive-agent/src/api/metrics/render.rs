@@ -7,7 +7,7 @@ use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
-use super::agent::{StreamLabels, UnhookedLabels};
+use super::agent::{SocketKnownLabels, StreamLabels, UnhookedLabels};
 use super::{
     HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, Scope, SeriesKey,
     SocketsLabels,
@@ -67,6 +67,15 @@ impl Metrics {
         ];
         for (counter, field) in mirrored {
             counter.inc_by(field(k).saturating_sub(field(&last)));
+        }
+        let sent: [(&str, Field); 2] = [
+            ("yes", |c| c.resets_sent),
+            ("none", |c| c.resets_sent_no_socket),
+        ];
+        for (socket, field) in sent {
+            a.kernel_resets_sent
+                .get_or_create(&SocketKnownLabels { socket })
+                .inc_by(field(k).saturating_sub(field(&last)));
         }
         let unhooked: [(&str, Field); 2] = [
             ("wire", |c| c.probes_wire_only),
@@ -198,6 +207,7 @@ impl Metrics {
     fn render_paths(&mut self, judge: Judge<'_>) {
         self.path_survived.clear();
         self.path_fatal.clear();
+        self.path_idle_close.clear();
         let book: &PathBook = judge.paths;
         for (key, b) in book.iter() {
             let l = PathLabel {
@@ -205,6 +215,9 @@ impl Metrics {
             };
             if let Some(s) = b.survived {
                 self.path_survived.get_or_create(&l).set(s.gap_s);
+            }
+            if let Some(c) = b.idle_closes {
+                self.path_idle_close.get_or_create(&l).set(c.min_s);
             }
             if let Some(f) = b.fatal {
                 self.path_fatal.get_or_create(&l).set(f.gap_s);

@@ -11,7 +11,9 @@ use std::{
 
 use keepalive_api::Owner;
 
-use super::{Metrics, ResetLabels, RttLabel, Scope, ScopePort, TimeoutLabels, Workload};
+use super::{
+    Metrics, PeerCloseLabels, ResetLabels, RttLabel, Scope, ScopePort, TimeoutLabels, Workload,
+};
 use crate::api::naming::Naming;
 
 /// Label sets one namespace has in the keepalive families.
@@ -20,6 +22,8 @@ pub struct NetnsSeries {
     ports: HashSet<ScopePort>,
     timeouts: HashSet<TimeoutLabels>,
     resets: HashSet<ResetLabels>,
+    peer_closes: HashSet<PeerCloseLabels>,
+    resets_sent: HashSet<ResetLabels>,
     blackholes: HashSet<ScopePort>,
     rtt: HashSet<RttLabel>,
 }
@@ -103,6 +107,20 @@ impl Metrics {
         self.resets.get_or_create(labels).inc();
     }
 
+    pub fn count_peer_close(&mut self, netns: Option<u32>, labels: &PeerCloseLabels) {
+        if let Some(s) = self.series_of(netns) {
+            s.peer_closes.insert(labels.clone());
+        }
+        self.peer_closes.get_or_create(labels).inc();
+    }
+
+    pub fn count_reset_sent(&mut self, netns: Option<u32>, labels: &ResetLabels) {
+        if let Some(s) = self.series_of(netns) {
+            s.resets_sent.insert(labels.clone());
+        }
+        self.resets_sent.get_or_create(labels).inc();
+    }
+
     pub fn count_blackhole(&mut self, netns: Option<u32>, labels: &ScopePort) {
         if let Some(s) = self.series_of(netns) {
             s.blackholes.insert(labels.clone());
@@ -134,6 +152,12 @@ impl Metrics {
         for l in unheld(&gone.resets, &self.series, |s| &s.resets) {
             self.resets.remove(l);
         }
+        for l in unheld(&gone.peer_closes, &self.series, |s| &s.peer_closes) {
+            self.peer_closes.remove(l);
+        }
+        for l in unheld(&gone.resets_sent, &self.series, |s| &s.resets_sent) {
+            self.resets_sent.remove(l);
+        }
         for l in unheld(&gone.blackholes, &self.series, |s| &s.blackholes) {
             self.blackholes.remove(l);
         }
@@ -151,6 +175,8 @@ impl Metrics {
                     .map(|l| &l.scope)
                     .chain(s.timeouts.iter().map(|l| &l.scope))
                     .chain(s.resets.iter().map(|l| &l.scope))
+                    .chain(s.peer_closes.iter().map(|l| &l.scope))
+                    .chain(s.resets_sent.iter().map(|l| &l.scope))
                     .chain(s.blackholes.iter().map(|l| &l.scope))
             })
             .map(|scope| scope.workload.clone())

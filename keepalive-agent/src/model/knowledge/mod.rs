@@ -53,6 +53,8 @@ pub struct Entry {
     pub older: Option<Older>,
     pub interval_divisor: Option<u32>,
     pub fixed_count: Option<u32>,
+    pub pool_idle: Option<String>,
+    pub server_idle: Option<String>,
 }
 
 /// What a version below `before` writes instead.
@@ -147,6 +149,17 @@ pub fn fill(template: &str, v: Values) -> String {
         .replace("{count}", &v.count.to_string())
 }
 
+/// Fills an idle-close template: `{close}` / `{close_ms}` (a client
+/// pool's advised idle eviction) and `{keep}` / `{keep_ms}` (a server's
+/// advised idle close), in whole seconds.
+pub fn fill_idle(template: &str, close_s: u32, keep_s: u32) -> String {
+    template
+        .replace("{close_ms}", &(u64::from(close_s) * 1000).to_string())
+        .replace("{close}", &close_s.to_string())
+        .replace("{keep_ms}", &(u64::from(keep_s) * 1000).to_string())
+        .replace("{keep}", &keep_s.to_string())
+}
+
 const TABLE: &str = include_str!("programs.yaml");
 
 fn table() -> &'static [Entry] {
@@ -199,6 +212,9 @@ mod tests {
             {
                 assert_eq!(placeholder(&fill(t, v)), None, "{t}");
             }
+            for t in [&e.pool_idle, &e.server_idle].into_iter().flatten() {
+                assert_eq!(placeholder(&fill_idle(t, 4, 75)), None, "{t}");
+            }
         }
     }
 
@@ -212,6 +228,33 @@ mod tests {
             (!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
                 .then_some(name)
         })
+    }
+
+    #[test]
+    fn idle_close_knobs_are_in_the_programs_terms() {
+        let node = entry(Program::Node, Side::Inbound);
+        let keep = fill_idle(node.server_idle.as_deref().unwrap(), 4, 75);
+        assert!(
+            keep.starts_with("server.keepAliveTimeout = 75000;"),
+            "{keep}"
+        );
+        let go = entry(Program::Go, Side::Outbound);
+        let close = fill_idle(go.pool_idle.as_deref().unwrap(), 4, 75);
+        assert!(
+            close.contains("IdleConnTimeout: 4 * time.Second"),
+            "{close}"
+        );
+        let redis = entry(Program::Redis, Side::Inbound);
+        assert!(
+            redis
+                .server_idle
+                .as_deref()
+                .unwrap()
+                .starts_with("timeout {keep}")
+        );
+        // Every program has a knob on at least one side, the unknown one both.
+        let unknown = entry(Program::Unknown, Side::Any);
+        assert!(unknown.pool_idle.is_some() && unknown.server_idle.is_some());
     }
 
     #[test]

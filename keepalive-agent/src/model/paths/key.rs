@@ -41,6 +41,16 @@ impl PathKey {
         })
     }
 
+    /// The group of a server we connected to, for its idle closes: as
+    /// [`PathKey::of`], loopback included (a server closes idle
+    /// connections wherever its clients are).
+    pub fn of_server(rules: &[Rule], remote: SocketAddr) -> PathKey {
+        PathKey::of(rules, remote, remote.port()).unwrap_or(PathKey::Subnet {
+            net: subnet(canonical(remote.ip())),
+            port: remote.port(),
+        })
+    }
+
     /// Its name in `/paths` and the `path` label.
     pub fn label(&self, rules: &[Rule]) -> String {
         match self {
@@ -101,6 +111,8 @@ mod tests {
         let v6 = key("[2001:db8::2]:443", 443).unwrap();
         assert_eq!(v6.label(&rules), "[2001:db8::]/64:443");
         assert_eq!(key("127.0.0.1:5432", 5432), None);
+        let local_server = PathKey::of_server(&rules, "127.0.0.1:6379".parse().unwrap());
+        assert_eq!(local_server.label(&rules), "127.0.0.0/24:6379");
         assert_eq!(key("[::ffff:127.0.0.1]:5432", 5432), None);
     }
 }

@@ -12,6 +12,11 @@
 //! on loopback, and a middlebox that forgets flows without telling either
 //! end until the next packet (that gap shows only when one is sent).
 //!
+//! Beside the middleboxes' timeouts, each group keeps the idle gaps at
+//! which its servers closed connections we opened (the peer's FIN after
+//! silence): a server that closes at a fixed idle shows a tight range, the
+//! timeout a client pool's idle eviction must stay below.
+//!
 //! Module map: [`key`] (destination groups). Pure policy: no I/O.
 
 mod key;
@@ -39,9 +44,21 @@ pub enum Fatal {
     Blackhole,
 }
 
+/// The idle gaps at which a group's servers closed connections: the
+/// shortest and longest, how many, and when the latest was seen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IdleCloses {
+    pub min_s: f64,
+    pub max_s: f64,
+    pub count: u64,
+    pub last_ns: u64,
+}
+
 /// What one destination group taught.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Bounds {
+    /// Its servers' idle closes.
+    pub idle_closes: Option<IdleCloses>,
     /// The longest gap survived (a lower bound of the timeout).
     pub survived: Option<Seen>,
     /// The shortest fatal gap (an upper bound).
@@ -132,6 +149,30 @@ impl PathBook {
         }
     }
 
+    /// A server on `key` closed a connection we opened after `gap_s` of
+    /// silence. A range older than the memory starts again.
+    pub fn peer_closed(&mut self, key: PathKey, gap_s: f64, now_ns: u64) {
+        let memory = self.memory_ns;
+        let b = self.group(key);
+        let fresh = b
+            .idle_closes
+            .filter(|c| now_ns.saturating_sub(c.last_ns) <= memory);
+        b.idle_closes = Some(match fresh {
+            Some(c) => IdleCloses {
+                min_s: c.min_s.min(gap_s),
+                max_s: c.max_s.max(gap_s),
+                count: c.count + 1,
+                last_ns: now_ns,
+            },
+            None => IdleCloses {
+                min_s: gap_s,
+                max_s: gap_s,
+                count: 1,
+                last_ns: now_ns,
+            },
+        });
+    }
+
     /// Forgets bounds older than the memory, and groups left with none.
     pub fn expire(&mut self, now_ns: u64) {
         let memory = self.memory_ns;
@@ -139,7 +180,10 @@ impl PathBook {
         self.groups.retain(|_, b| {
             b.survived = fresh(&b.survived);
             b.fatal = fresh(&b.fatal);
-            b.survived.is_some() || b.fatal.is_some()
+            b.idle_closes = b
+                .idle_closes
+                .filter(|c| now_ns.saturating_sub(c.last_ns) <= memory);
+            b.survived.is_some() || b.fatal.is_some() || b.idle_closes.is_some()
         });
     }
 
@@ -158,6 +202,11 @@ impl PathBook {
         let key = PathKey::of(rules, remote, service_port)?;
         let fatal = self.groups.get(&key)?.fatal?;
         Some((key, fatal.gap_s.floor().max(1.0) as u32))
+    }
+
+    /// The idle closes learned of `key`'s servers.
+    pub fn idle_closes_of(&self, key: &PathKey) -> Option<IdleCloses> {
+        self.groups.get(key)?.idle_closes
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&PathKey, &Bounds)> {

@@ -46,3 +46,20 @@ fn the_book_is_bounded_and_forgets() {
     book.fatal(subnet(0), 9.0, Fatal::Reset, 20_000_000_000);
     assert_eq!(book.get(&subnet(0)).unwrap().fatal.unwrap().gap_s, 9.0);
 }
+
+#[test]
+fn a_servers_idle_closes_make_a_range_that_ages() {
+    let mut book = PathBook::new(8, 10);
+    let s = 1_000_000_000;
+    book.peer_closed(subnet(0), 2.3, s);
+    book.peer_closed(subnet(0), 2.0, 2 * s);
+    book.peer_closed(subnet(0), 2.1, 3 * s);
+    let c = book.get(&subnet(0)).unwrap().idle_closes.unwrap();
+    assert_eq!((c.min_s, c.max_s, c.count, c.last_ns), (2.0, 2.3, 3, 3 * s));
+    // A range not seen for longer than the memory starts again.
+    book.peer_closed(subnet(0), 5.0, 14 * s);
+    let c = book.get(&subnet(0)).unwrap().idle_closes.unwrap();
+    assert_eq!((c.min_s, c.max_s, c.count), (5.0, 5.0, 1));
+    book.expire(25 * s);
+    assert_eq!(book.len(), 0);
+}

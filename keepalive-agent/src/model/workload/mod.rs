@@ -18,7 +18,10 @@ use keepalive_api::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::knowledge::{self, Recommends, Side, Values};
+use super::{
+    idle_close::{Cost, CostKind},
+    knowledge::{self, Recommends, Side, Values},
+};
 
 /// Destinations and settings listed per workload; the rest are counted.
 const LISTED: usize = 8;
@@ -180,6 +183,9 @@ pub struct WorkloadAdvice {
     pub more_destinations: usize,
     pub settings: Vec<Settings>,
     pub fixes: Vec<Fix>,
+    /// Fixes for servers' idle closes that cost requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_close: Vec<IdleCloseFix>,
 }
 
 /// Which (network namespace, port) pairs have a listener: a connection
@@ -212,6 +218,7 @@ struct Group {
     settings: Vec<Settings>,
     /// Sockets at risk by the kind of fix they need.
     fixes: BTreeMap<FixKind, Pending>,
+    idle_closes: idle_close::PendingIdleCloses,
 }
 
 struct Pending {
@@ -273,6 +280,29 @@ impl Advisor {
         }
     }
 
+    /// A request a server's idle close cost (`row` names its socket's
+    /// owner): counted against the workload that can fix it, with the
+    /// server's idle close learned for its destination.
+    pub fn add_cost(&mut self, row: &SocketRow, cost: &Cost, learned_close_s: Option<f64>) {
+        let program = row.owner.as_ref().and_then(|o| o.program.as_ref());
+        let program_name = program.map_or(Program::Unknown, |p| p.program);
+        let side = match cost.kind {
+            CostKind::StaleReuse => Side::Outbound,
+            CostKind::DataAfterClose => Side::Inbound,
+        };
+        let side = knowledge::entry(program_name, side).side;
+        let g = self
+            .groups
+            .entry((Workload::of(row), program_name, side))
+            .or_default();
+        g.evidence = g.evidence.or(program.map(|p| p.evidence));
+        if g.version.is_none() {
+            g.version = program.and_then(|p| p.version.clone());
+        }
+        g.pids.extend(row.owner.as_ref().map(|o| o.pid));
+        idle_close::pend(&mut g.idle_closes, cost, learned_close_s);
+    }
+
     /// The workloads, those with the most sockets at risk first.
     pub fn finish(mut self) -> Vec<WorkloadAdvice> {
         let groups = std::mem::take(&mut self.groups);
@@ -295,6 +325,11 @@ impl Advisor {
                 fix::fix(entry, g.version.as_deref(), kind, p, scope)
             })
             .collect();
+        let idle_close = g
+            .idle_closes
+            .into_iter()
+            .map(|(key, p)| idle_close::fix(entry, key, p))
+            .collect();
         WorkloadAdvice {
             workload,
             program,
@@ -311,6 +346,7 @@ impl Advisor {
             more_destinations: g.more_destinations,
             settings: g.settings,
             fixes,
+            idle_close,
         }
     }
 
@@ -375,7 +411,9 @@ fn pend(g: &mut Group, kind: FixKind, row: &SocketRow) {
 }
 
 mod fix;
+mod idle_close;
 #[cfg(test)]
 mod tests;
 
 pub use fix::apply_sysctls;
+pub use idle_close::{IdleCloseFix, IdleCloseFixKind};
