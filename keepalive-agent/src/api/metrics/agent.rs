@@ -81,6 +81,13 @@ pub struct ReasonLabels {
 }
 
 /// How a probe of a timer run our timer hooks did not see was counted.
+/// What untrusted input was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `go_buildinfo`: a Go build info unlike any toolchain's.
+    pub what: &'static str,
+}
+
 /// Whether a sent RST had a socket of ours.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SocketKnownLabels {
@@ -110,6 +117,7 @@ pub struct AgentHealth {
     pub(super) kernel_resets: Counter,
     pub(super) kernel_resets_sent: Family<SocketKnownLabels, Counter>,
     pub(super) kernel_stalls: Counter,
+    pub(super) untrusted_refused: Family<RefusedLabels, Counter>,
     pub(super) socket_map_full: Counter,
     pub(super) read_errors: Counter,
     pub(super) sockets_refused: Counter,
@@ -243,6 +251,11 @@ impl AgentHealth {
                 r,
                 "keepalive_agent_kernel_resets_sent",
                 "RSTs the kernel sent (tcp_send_reset), counted in the kernel; socket=\"none\": for a segment no socket matched (a closed port, an expired time-wait), not reported further",
+            ),
+            untrusted_refused: registered(
+                r,
+                "keepalive_agent_untrusted_refused",
+                "Input from other processes refused as unlike what it claims to be, by what (go_buildinfo: a Go build info whose version is not a toolchain's), counted instead of kept",
             ),
             kernel_stalls: registered(
                 r,

@@ -7,14 +7,14 @@ use keepalive_api::{HookStatus, TcpState};
 use keepalive_common::KernelCounters;
 use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 
-use super::agent::{SocketKnownLabels, StreamLabels, UnhookedLabels};
+use super::agent::{RefusedLabels, SocketKnownLabels, StreamLabels, UnhookedLabels};
 use super::{
     HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, Scope, SeriesKey,
     SocketsLabels,
 };
 use crate::{
     api::naming::Naming,
-    host::{outlet, sysctl::KeepaliveSysctls},
+    host::{outlet, program, sysctl::KeepaliveSysctls},
     model::paths::PathBook,
     table::{Judge, SocketTable},
 };
@@ -76,6 +76,15 @@ impl Metrics {
             a.kernel_resets_sent
                 .get_or_create(&SocketKnownLabels { socket })
                 .inc_by(field(k).saturating_sub(field(&last)));
+        }
+        // A process-wide count (the recognisers have no metrics handle):
+        // the counter follows it.
+        {
+            let refused = program::GO_BUILDINFO_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+            let go = a.untrusted_refused.get_or_create(&RefusedLabels {
+                what: "go_buildinfo",
+            });
+            go.inc_by(refused.saturating_sub(go.get()));
         }
         let unhooked: [(&str, Field); 2] = [
             ("wire", |c| c.probes_wire_only),
