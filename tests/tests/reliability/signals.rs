@@ -2,15 +2,15 @@
 
 use super::*;
 
-/// What the kernel must show of an agent in tp_btf mode: 8 programs (5
-/// tracepoints, 2 classifiers, the iterator), 5 tracepoint links plus 2
+/// What the kernel must show of an agent in tp_btf mode: 9 programs (6
+/// tracepoints, 2 classifiers, the iterator), 6 tracepoint links plus 2
 /// TCX links per interface, the named maps and .rodata.
 fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
     let held = held_by(agent.pid());
     let interfaces = agent.ready.interfaces.len();
     assert!(interfaces >= 1, "{:?}", agent.ready);
     assert_eq!(held.tcx_links.len(), 2 * interfaces, "{held:?}");
-    assert_eq!(held.links.len(), 5 + 2 * interfaces, "{held:?}");
+    assert_eq!(held.links.len(), 6 + 2 * interfaces, "{held:?}");
     let (progs, maps, _) = daemon::live();
     let names = |objs: &[daemon::Object], ids: &BTreeSet<u64>| {
         objs.iter()
