@@ -269,7 +269,8 @@ fn the_metrics_listener_takes_only_authenticated_tls_and_keeps_sockets_local() {
 }
 
 /// client_allowed_sans: a certificate of the right CA that names none of
-/// the allowed names fails the handshake; one that does passes.
+/// the allowed names (a wildcard that covers one included) fails the
+/// handshake; one that names it passes.
 #[test]
 fn client_certificates_must_name_an_allowed_san() {
     require_tool("curl", "apt-get install curl (cargo xtask setup)");
@@ -293,6 +294,13 @@ fn client_certificates_must_name_an_allowed_san() {
     assert_eq!(
         other.status, 0,
         "a certificate naming no allowed SAN got in: {other:?}"
+    );
+    // Compared exactly, as the exporter-toolkit does: a wildcard that
+    // would match the allowed name as a server name is not it.
+    let wildcard = with("wildcard", &["*.monitoring.svc"]);
+    assert_eq!(
+        wildcard.status, 0,
+        "a wildcard certificate got in: {wildcard:?}"
     );
     // The kit's usual client certificate names 127.0.0.1 and localhost.
     assert_eq!(s.scrape("/metrics").status, 0);

@@ -204,23 +204,34 @@ fn client_verifier(
     if tls.client_allowed_sans.is_empty() {
         return Ok(Some(verifier));
     }
-    let names = tls
-        .client_allowed_sans
-        .iter()
-        .filter_map(|s| ServerName::try_from(s.clone()).ok())
-        .collect();
     Ok(Some(Arc::new(AllowedSans {
         verified: verifier,
-        names,
+        names: tls.client_allowed_sans.clone(),
     })))
 }
 
 /// `client_allowed_sans`: a certificate the CA vouches for must also name
-/// one of the allowed names (webpki's own name check, as for servers).
+/// one of the allowed names, compared exactly as the exporter-toolkit
+/// does (a `*.example.com` SAN is not `prometheus.example.com`): DNS and
+/// URI names as strings, IP addresses by webpki's own (exact) check.
 #[derive(Debug)]
 struct AllowedSans {
     verified: Arc<dyn ClientCertVerifier>,
-    names: Vec<ServerName<'static>>,
+    names: Vec<String>,
+}
+
+impl AllowedSans {
+    fn allows(&self, cert: &webpki::EndEntityCert<'_>) -> bool {
+        let named = |allowed: &str| {
+            if let Ok(ip) = allowed.parse::<std::net::IpAddr>() {
+                let ip = ServerName::IpAddress(ip.into());
+                return cert.verify_is_valid_for_subject_name(&ip).is_ok();
+            }
+            cert.valid_dns_names().any(|n| n == allowed)
+                || cert.valid_uri_names().any(|n| n == allowed)
+        };
+        self.names.iter().any(|allowed| named(allowed))
+    }
 }
 
 impl ClientCertVerifier for AllowedSans {
@@ -248,11 +259,7 @@ impl ClientCertVerifier for AllowedSans {
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
-        if self
-            .names
-            .iter()
-            .any(|n| cert.verify_is_valid_for_subject_name(n).is_ok())
-        {
+        if self.allows(&cert) {
             Ok(verified)
         } else {
             Err(rustls::Error::InvalidCertificate(
