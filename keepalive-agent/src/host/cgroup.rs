@@ -5,6 +5,17 @@
 //! containers, the systemd unit (`system.slice/postgresql@15-main.service`).
 //! Both cgroup versions: the unified (`0::`) line where there is one, else
 //! the v1 `name=systemd` hierarchy, else the first v1 controller's.
+//!
+//! A cgroup's name is chosen by whoever may create it: root, systemd and
+//! the runtimes at the top, but below a user's manager
+//! (`user.slice/user-1000.slice/user@1000.service`) any user process can
+//! make `kubepods-…-pod<victim uid>.slice/cri-containerd-<id>.scope` or
+//! `postgresql.service`. So nothing below a user manager names anyone (the
+//! manager itself does: `user@1000.service`), and of the segments left the
+//! outermost name wins: a container (or a unit with `Delegate=yes`) can
+//! create cgroups below its own, but not above it. A pod uid counts only
+//! below the kubelet's root (`kubepods`, `kubepods.slice`, or a
+//! `*-kubepods.slice` under another cgroup root).
 
 /// Who a cgroup path names; every part is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,6 +24,19 @@ pub struct Identity {
     pub pod_uid: Option<String>,
     /// The systemd unit of a process that is in no container.
     pub service: Option<String>,
+}
+
+/// The segments of `path` that root, systemd or a runtime named: those
+/// down to a user manager (`user@UID.service`) included, none below it.
+fn trusted_segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut below_user_manager = false;
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .take_while(move |s| {
+            let trusted = !below_user_manager;
+            below_user_manager |= s.starts_with("user@") && s.ends_with(".service");
+            trusted
+        })
 }
 
 /// The identity `path` names.
@@ -52,8 +76,9 @@ pub fn path_of(text: &str) -> &str {
 /// (cgroupfs driver: `/docker/<id>`, `/kubepods/burstable/pod<uid>/<id>`)
 /// or wrapped by the systemd driver (`docker-<id>.scope`,
 /// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`).
-/// The innermost match wins, so a container nested in another (kind) is
-/// reported as itself. `crio-conmon-<id>.scope` is CRI-O's monitor, not the
+/// The outermost trusted match wins: a container nested in another (kind)
+/// is the outer one's, which the node's runtime knows and the inner one
+/// cannot forge. `crio-conmon-<id>.scope` is CRI-O's monitor, not the
 /// container, and does not match.
 pub fn container_id(cgroup_path: &str) -> Option<String> {
     const PREFIXES: [&str; 5] = [
@@ -63,7 +88,7 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
         "libpod-",
         "containerd-",
     ];
-    cgroup_path.rsplit('/').find_map(|segment| {
+    trusted_segments(cgroup_path).find_map(|segment| {
         let base = segment.strip_suffix(".scope").unwrap_or(segment);
         let id = PREFIXES
             .iter()
@@ -74,14 +99,19 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
 }
 
 /// The pod uid of the kubelet's layout: `pod<uid>` (cgroupfs) or
-/// `kubepods-<qos>-pod<uid>.slice` with `_` for `-` (systemd), innermost.
+/// `kubepods-<qos>-pod<uid>.slice` with `_` for `-` (systemd), the
+/// outermost below the kubelet's root.
 pub fn pod_uid(cgroup_path: &str) -> Option<String> {
-    cgroup_path.rsplit('/').find_map(|segment| {
-        let base = segment.strip_suffix(".slice").unwrap_or(segment);
-        let at = base.rfind("pod")?;
-        let uid = base[at + 3..].replace('_', "-");
-        is_uid(&uid).then_some(uid)
-    })
+    let is_kubepods_root =
+        |s: &str| s == "kubepods" || s == "kubepods.slice" || s.ends_with("-kubepods.slice");
+    trusted_segments(cgroup_path)
+        .skip_while(|s| !is_kubepods_root(s))
+        .find_map(|segment| {
+            let base = segment.strip_suffix(".slice").unwrap_or(segment);
+            let at = base.rfind("pod")?;
+            let uid = base[at + 3..].replace('_', "-");
+            is_uid(&uid).then_some(uid)
+        })
 }
 
 /// 8-4-4-4-12 hex digits.
@@ -94,11 +124,11 @@ fn is_uid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The innermost systemd service a path names (`foo.service`,
-/// `postgresql@15-main.service`).
+/// The outermost systemd service a path names (`postgresql@15-main.service`;
+/// a user's processes: `user@1000.service`): systemd made it, and what
+/// lies below it is the unit's own to name.
 pub fn service(cgroup_path: &str) -> Option<String> {
-    cgroup_path
-        .rsplit('/')
+    trusted_segments(cgroup_path)
         .find(|s| s.len() > ".service".len() && s.ends_with(".service"))
         .map(str::to_owned)
 }
@@ -200,7 +230,7 @@ mod tests {
             (
                 "/user.slice/user-1000.slice/user@1000.service/app.slice/app-x.service".into(),
                 Identity {
-                    service: Some("app-x.service".into()),
+                    service: Some("user@1000.service".into()),
                     ..Identity::default()
                 },
             ),
@@ -221,6 +251,41 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(identity(&path), want, "{path}");
         }
+    }
+
+    /// What a user (or a container) creates below its own cgroup names no
+    /// one else: the red team's victim pod and `postgresql.service` inside
+    /// a delegated subtree.
+    #[test]
+    fn names_inside_a_delegated_subtree_are_not_trusted() {
+        let systemd_uid = UID.replace('-', "_");
+        let user = "/user.slice/user-65534.slice/user@65534.service";
+        let forged_pod = format!(
+            "{user}/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{systemd_uid}.slice/cri-containerd-{ID}.scope"
+        );
+        assert_eq!(
+            identity(&forged_pod),
+            Identity {
+                service: Some("user@65534.service".into()),
+                ..Identity::default()
+            }
+        );
+        let forged_unit = format!("{user}/app.slice/postgresql.service");
+        assert_eq!(service(&forged_unit).as_deref(), Some("user@65534.service"));
+        // A pod whose container makes cgroups of its own (a kind node, or
+        // a forger): the outer pod and container are its.
+        let outer_uid = "11111111-2222-3333-4444-555555555555";
+        let other = ID.replace('3', "9");
+        let nested = format!("/kubepods/burstable/pod{outer_uid}/{ID}/kubepods/pod{UID}/{other}");
+        assert_eq!(pod_uid(&nested).as_deref(), Some(outer_uid));
+        assert_eq!(container_id(&nested).as_deref(), Some(ID));
+        // A pod uid outside the kubelet's tree names no pod.
+        assert_eq!(pod_uid(&format!("/system.slice/x-pod{UID}.slice")), None);
+        // Another cgroup root (kind's kubelet.slice) is the kubelet's too.
+        let kind = format!(
+            "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{systemd_uid}.slice"
+        );
+        assert_eq!(pod_uid(&kind).as_deref(), Some(UID));
     }
 
     #[test]
