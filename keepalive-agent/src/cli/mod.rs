@@ -10,6 +10,7 @@ pub mod advise;
 pub mod args;
 pub mod client;
 pub mod docs;
+pub mod escape;
 pub mod table;
 pub mod text;
 pub mod values;

@@ -2,7 +2,7 @@
 
 use keepalive_api::{Gap, PathRow, SocketRow};
 
-use super::text::keepalive_triplet;
+use super::{escape::printable, text::keepalive_triplet};
 
 pub const HEADER: &str = "State       Local Address:Port                         Peer Address:Port                          Netns       Process                Pod                            Keepalive idle/intvl/cnt     Idle  Probes Risk";
 
@@ -33,8 +33,8 @@ pub fn line(r: &SocketRow) -> String {
         or_dash(r.local),
         or_dash(r.remote),
         or_dash(r.netns),
-        process,
-        pod,
+        printable(&process),
+        printable(&pod),
         keepalive,
         idle,
         r.probes,

@@ -4,6 +4,8 @@ use std::{fmt::Write as _, io::Write};
 
 use keepalive_api::{Keepalive, Record};
 
+use super::escape::printable;
+
 pub fn write(out: &mut (impl Write + ?Sized), record: &Record, json: bool) -> std::io::Result<()> {
     if json {
         serde_json::to_writer(&mut *out, record)?;
@@ -38,6 +40,11 @@ pub fn keepalive_triplet(k: &Keepalive, mark_socket: bool) -> String {
     )
 }
 
+/// A name of another party's, as the line shows it (see [`printable`]).
+fn shown(name: &str) -> String {
+    printable(name).into_owned()
+}
+
 /// `probe_sent 127.0.0.1:40000 -> 127.0.0.1:5000 netns=… pid=… comm=… probes_out=1`
 pub fn line(r: &Record) -> String {
     let mut line = format!("{:<18}", r.event.as_str());
@@ -52,15 +59,15 @@ pub fn line(r: &Record) -> String {
     field("state", r.state.map(|s| s.to_string()));
     field("netns", r.netns.map(|v| v.to_string()));
     field("pid", r.pid.map(|v| v.to_string()));
-    field("comm", r.comm.clone());
+    field("comm", r.comm.as_deref().map(shown));
     // kubectl's namespace/name.
     let pod = match (&r.namespace, &r.pod) {
         (Some(ns), Some(pod)) => Some(format!("{ns}/{pod}")),
         _ => None,
     };
-    field("pod", pod);
-    field("container", r.container.clone());
-    field("service", r.service.clone());
+    field("pod", pod.as_deref().map(shown));
+    field("container", r.container.as_deref().map(shown));
+    field("service", r.service.as_deref().map(shown));
     field("error", r.error.clone());
     field("cause", r.cause.map(|c| c.to_string()));
     field("class", r.class.map(|c| c.to_string()));
@@ -124,5 +131,18 @@ mod tests {
             line(&r),
             "probe_sent         127.0.0.1:33546 -> 127.0.0.1:51367 state=ESTAB pid=13648 pod=shop/web-0 container=app probes_out=1 keepalive=1.0s/1.0s/3"
         );
+    }
+
+    /// A name that would forge a line or recolour the terminal is one
+    /// escaped field.
+    #[test]
+    fn another_partys_names_cannot_forge_lines() {
+        let mut r = Record::new(RecordKind::SocketClosed, 0.0, 1);
+        r.comm = Some("x\nkeepalive_timeout  1.2.3.4:1".into());
+        r.service = Some("\u{1b}]0;pwned\u{7}.service".into());
+        let l = line(&r);
+        assert_eq!(l.lines().count(), 1, "{l}");
+        assert!(!l.contains('\u{1b}'), "{l}");
+        assert!(l.contains("comm=x\\nkeepalive_timeout"), "{l}");
     }
 }

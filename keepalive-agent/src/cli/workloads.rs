@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use keepalive_api::{Keepalive, Source};
 
+use super::escape::printable;
+
 use crate::model::{
     knowledge::Recommends,
     workload::{Fix, FixKind, IdleCloseFix, IdleCloseFixKind, WorkloadAdvice, apply_sysctls},
@@ -69,7 +71,7 @@ fn headline(w: &WorkloadAdvice) -> String {
     };
     format!(
         "{} — {}{version} [{} by {}]{pids}: {}, {} at risk",
-        w.workload.label(),
+        printable(&w.workload.label()),
         w.title,
         w.program,
         w.evidence,

@@ -1,5 +1,6 @@
 //! The node outside BPF: network namespaces and entering them ([`netns`]),
-//! which process owns a socket ([`owners`]), which program that is
+//! which process owns a socket ([`owners`]) read from `/proc` within a byte
+//! budget ([`procfs`]), which program that is
 //! ([`program`]) and who its cgroup names ([`cgroup`]), each namespace's keepalive
 //! sysctls ([`sysctl`]), TCP socket count ([`sockstat`]) and conntrack ([`conntrack`]), the agent's own
 //! capabilities ([`caps`]), process limits and memory ([`process`]) and
@@ -14,6 +15,7 @@ pub mod netns;
 pub mod outlet;
 pub mod owners;
 pub mod process;
+pub mod procfs;
 pub mod program;
 pub mod runtime;
 pub mod sockstat;

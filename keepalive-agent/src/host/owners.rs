@@ -19,7 +19,7 @@ use std::{
 
 use keepalive_api::Owner;
 
-use super::{cgroup, netns::Netns};
+use super::{cgroup, netns::Netns, procfs};
 
 /// The owners of the wanted socket inodes. Inodes no process holds are
 /// absent from the result. When several processes hold the same socket
@@ -75,7 +75,7 @@ pub fn resolve(inodes: &HashSet<u64>) -> HashMap<u64, Owner> {
         // Read the process's identity only once it owns something we want.
         // If it exited meanwhile, leave its sockets for a later process
         // that shares them, or unresolved.
-        let Ok(comm) = fs::read_to_string(proc_dir.join("comm")) else {
+        let Ok(comm) = procfs::read_lossy(proc_dir.join("comm")) else {
             continue;
         };
         let cgroup = cgroup_path(pid).unwrap_or_default();
@@ -129,7 +129,7 @@ pub fn read_cgroup(owner: &mut Owner) -> bool {
 
 /// The cgroup path of a live process (see [`cgroup::path_of`]).
 fn cgroup_path(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = procfs::read_lossy(format!("/proc/{pid}/cgroup")).ok()?;
     Some(cgroup::path_of(&text).to_owned())
 }
 

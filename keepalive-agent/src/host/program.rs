@@ -104,7 +104,7 @@ pub fn recognize(proc: &Path, exes: &mut HashMap<(u64, u64), ProgramInfo>) -> Pr
             .trim_end_matches(" (deleted)")
             .to_owned()
     });
-    let comm = std::fs::read_to_string(proc.join("comm"))
+    let comm = super::procfs::read_lossy(proc.join("comm"))
         .map(|c| c.trim_end().to_owned())
         .ok();
     let named = [

@@ -4,30 +4,81 @@
 //! that got it (a scraper sends the same ones every time), and the
 //! checks run one at a time off the async threads: a client guessing
 //! passwords costs the agent at most one core, never the ring reader's.
+//!
+//! The header is the client's to choose: it is remembered by its SHA-256
+//! (32 bytes, whatever its length), successes and failures apart, each
+//! bounded and evicted one at a time, oldest first; failures never evict
+//! a success, so a client guessing passwords cannot make the scraper's
+//! credentials wait behind its bcrypt checks again. A header longer than
+//! any real one is refused unchecked.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, OnceLock},
 };
 
 use base64::Engine as _;
 use tokio::sync::Semaphore;
 
-/// Answers remembered before the memory is cleared.
-const REMEMBERED: usize = 256;
+/// Successful credentials remembered (a few scrapers' each).
+const PASSED: usize = 64;
+/// Failed ones remembered.
+const FAILED: usize = 256;
+/// The longest `Authorization` header checked: a user name and a password
+/// of a few hundred bytes each, base64-encoded (bcrypt reads 72 bytes).
+pub const MAX_HEADER: usize = 4096;
+
+type Digest = [u8; 32];
+
+/// Digests remembered, oldest first out.
+#[derive(Default)]
+struct Remembered {
+    set: HashSet<Digest>,
+    order: VecDeque<Digest>,
+}
+
+impl Remembered {
+    fn contains(&self, d: &Digest) -> bool {
+        self.set.contains(d)
+    }
+
+    fn insert(&mut self, d: Digest, bound: usize) {
+        if !self.set.insert(d) {
+            return;
+        }
+        self.order.push_back(d);
+        if self.order.len() > bound
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Answers {
+    passed: Remembered,
+    failed: Remembered,
+}
 
 pub struct BasicAuth {
     users: HashMap<String, String>,
-    /// `Authorization` header value → whether it passed.
-    answers: Mutex<HashMap<String, bool>>,
+    answers: Mutex<Answers>,
     checking: Arc<Semaphore>,
+}
+
+fn digest(header: &str) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, header.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl BasicAuth {
     pub fn new(users: impl IntoIterator<Item = (String, String)>) -> Self {
         BasicAuth {
             users: users.into_iter().collect(),
-            answers: Mutex::new(HashMap::new()),
+            answers: Mutex::new(Answers::default()),
             checking: Arc::new(Semaphore::new(1)),
         }
     }
@@ -35,14 +86,17 @@ impl BasicAuth {
     /// Whether `authorization` (the header's value) names a user with the
     /// right password.
     pub async fn allows(&self, authorization: Option<&str>) -> bool {
-        let Some(header) = authorization else {
+        let Some(header) = authorization.filter(|h| h.len() <= MAX_HEADER) else {
             return false;
         };
-        let remembered = self
-            .answers
-            .lock()
-            .ok()
-            .and_then(|a| a.get(header).copied());
+        let key = digest(header);
+        let remembered = self.answers.lock().ok().and_then(|a| {
+            if a.passed.contains(&key) {
+                Some(true)
+            } else {
+                a.failed.contains(&key).then_some(false)
+            }
+        });
         if let Some(known) = remembered {
             return known;
         }
@@ -66,10 +120,10 @@ impl BasicAuth {
         .unwrap_or(false);
         let ok = known_user && verified;
         if let Ok(mut answers) = self.answers.lock() {
-            if answers.len() >= REMEMBERED {
-                answers.clear();
+            match ok {
+                true => answers.passed.insert(key, PASSED),
+                false => answers.failed.insert(key, FAILED),
             }
-            answers.insert(header.to_owned(), ok);
         }
         ok
     }
@@ -115,5 +169,28 @@ mod tests {
         assert!(!auth.allows(Some(&header("nobody", "s3cret"))).await);
         assert!(!auth.allows(Some("Bearer abc")).await);
         assert!(!auth.allows(None).await);
+    }
+
+    /// Hundreds of distinct wrong (and huge) credentials neither grow the
+    /// memory past its bounds nor push the scraper's success out of it.
+    #[tokio::test]
+    async fn failures_are_bounded_and_never_evict_a_success() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = BasicAuth::new([("prometheus".to_owned(), hash)]);
+        let good = header("prometheus", "s3cret");
+        assert!(auth.allows(Some(&good)).await);
+        for i in 0..(FAILED + 10) {
+            assert!(
+                !auth
+                    .allows(Some(&header("prometheus", &format!("guess{i}"))))
+                    .await
+            );
+        }
+        let huge = header("prometheus", &"x".repeat(MAX_HEADER));
+        assert!(!auth.allows(Some(&huge)).await);
+        let answers = auth.answers.lock().unwrap();
+        assert_eq!(answers.failed.order.len(), FAILED);
+        assert_eq!(answers.failed.set.len(), FAILED);
+        assert!(answers.passed.contains(&digest(&good)));
     }
 }
