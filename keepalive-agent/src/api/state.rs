@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use keepalive_api::{HookStatus, Owner, Record, RecordKind, ResetClass};
+use keepalive_api::{HookStatus, Owner, Record, RecordKind, ResetClass, TcpState};
 use keepalive_common::KernelCounters;
 
 use super::{
@@ -99,6 +99,13 @@ impl AgentState {
                     _ => {}
                 }
             }
+            RecordKind::StateChange => {
+                let ours = (r.old_state, r.state)
+                    == (Some(TcpState::Established), Some(TcpState::FinWait1));
+                if ours {
+                    self.learn_own_idle_close(r);
+                }
+            }
             RecordKind::PeerClose => {
                 let after_idle = r
                     .idle_before_s
@@ -149,10 +156,7 @@ impl AgentState {
             }
             // A close and an error carry the socket's final totals.
             RecordKind::SocketClosed | RecordKind::SocketError => self.credit_totals(r),
-            RecordKind::KeepaliveTimer
-            | RecordKind::WireProbe
-            | RecordKind::StateChange
-            | RecordKind::SysctlChanged => {}
+            RecordKind::KeepaliveTimer | RecordKind::WireProbe | RecordKind::SysctlChanged => {}
         }
     }
 
@@ -216,6 +220,29 @@ impl AgentState {
         };
         r.path = Some(key.label(&self.rules));
         self.paths.fatal(key, gap, why, monotonic_ns());
+    }
+
+    /// Our application closed a connection it had accepted after an idle
+    /// gap: its own idle close, the shortest kept per workload and port.
+    fn learn_own_idle_close(&mut self, r: &Record) {
+        let Some(gap) = r.idle_before_s.filter(|g| *g >= self.table.idle_gap_min_s) else {
+            return;
+        };
+        let Some(entry) = self.table.get(r.cookie) else {
+            return;
+        };
+        let accepted = entry
+            .local
+            .is_some_and(|l| self.table.service_port(entry) == Some(l.port()));
+        if !accepted {
+            return;
+        }
+        let (scope, netns) = self.scope_of(r);
+        let labels = ScopePort {
+            scope,
+            port: self.port_of(r),
+        };
+        self.metrics.observe_idle_close(netns, &labels, gap);
     }
 
     /// A request a server's idle close cost, for the advice.

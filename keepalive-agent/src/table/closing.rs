@@ -35,10 +35,13 @@ pub(super) fn record_close(
         }
         TcpState::FinWait1 => {
             // A server's idle timer restarts with each request and reply.
+            let idle = since_recv.min(since_send);
             let closing = Closing {
                 at_ns,
-                idle_s: since_recv.min(since_send),
+                idle_s: idle,
             };
+            r.idle_before_s = Some(ms(idle));
+            r.since_send_s = Some(ms(since_send));
             table.update(ev.head.cookie, |e| e.closed_here = Some(closing));
         }
         _ => {}

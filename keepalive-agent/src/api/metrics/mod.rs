@@ -64,6 +64,7 @@ pub struct Metrics {
     pub(super) path_survived: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) path_fatal: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) path_idle_close: Family<PathLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub(super) idle_close: Family<ScopePort, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) paths_folded: Counter,
     pub(super) last_folded: u64,
     pub(super) conntrack_timeout: Family<NetnsLabel, Gauge>,
@@ -186,6 +187,12 @@ impl Metrics {
                 r,
                 "keepalive_peer_idle_close",
                 "Shortest idle gap after which a server of the destination group closed a connection we opened (its FIN after silence: the server's idle timeout; a client pool's idle eviction must stay below it; min across the fleet)",
+                Unit::Seconds,
+            ),
+            idle_close: registered_in(
+                r,
+                "keepalive_idle_close",
+                "Shortest idle gap after which the workload's application closed a connection it had accepted (its own idle timeout: its clients' pools must evict idle connections sooner), by workload and port",
                 Unit::Seconds,
             ),
             paths_folded: registered(

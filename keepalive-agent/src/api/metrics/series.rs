@@ -24,6 +24,7 @@ pub struct NetnsSeries {
     resets: HashSet<ResetLabels>,
     peer_closes: HashSet<PeerCloseLabels>,
     resets_sent: HashSet<ResetLabels>,
+    idle_closes: HashSet<ScopePort>,
     blackholes: HashSet<ScopePort>,
     rtt: HashSet<RttLabel>,
 }
@@ -121,6 +122,18 @@ impl Metrics {
         self.resets_sent.get_or_create(labels).inc();
     }
 
+    /// The shortest idle gap after which this workload closed a
+    /// connection it had accepted.
+    pub fn observe_idle_close(&mut self, netns: Option<u32>, labels: &ScopePort, gap_s: f64) {
+        if let Some(s) = self.series_of(netns) {
+            s.idle_closes.insert(labels.clone());
+        }
+        let g = self.idle_close.get_or_create(labels);
+        if g.get() == 0.0 || gap_s < g.get() {
+            g.set(gap_s);
+        }
+    }
+
     pub fn count_blackhole(&mut self, netns: Option<u32>, labels: &ScopePort) {
         if let Some(s) = self.series_of(netns) {
             s.blackholes.insert(labels.clone());
@@ -158,6 +171,9 @@ impl Metrics {
         for l in unheld(&gone.resets_sent, &self.series, |s| &s.resets_sent) {
             self.resets_sent.remove(l);
         }
+        for l in unheld(&gone.idle_closes, &self.series, |s| &s.idle_closes) {
+            self.idle_close.remove(l);
+        }
         for l in unheld(&gone.blackholes, &self.series, |s| &s.blackholes) {
             self.blackholes.remove(l);
         }
@@ -177,6 +193,7 @@ impl Metrics {
                     .chain(s.resets.iter().map(|l| &l.scope))
                     .chain(s.peer_closes.iter().map(|l| &l.scope))
                     .chain(s.resets_sent.iter().map(|l| &l.scope))
+                    .chain(s.idle_closes.iter().map(|l| &l.scope))
                     .chain(s.blackholes.iter().map(|l| &l.scope))
             })
             .map(|scope| scope.workload.clone())
