@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     api::naming::Naming,
-    host::{outlet, program, sysctl::KeepaliveSysctls},
+    host::{go_buildinfo, outlet, sysctl::KeepaliveSysctls},
     model::paths::PathBook,
     table::{Judge, SocketTable},
 };
@@ -80,7 +80,7 @@ impl Metrics {
         // A process-wide count (the recognisers have no metrics handle):
         // the counter follows it.
         {
-            let refused = program::GO_BUILDINFO_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+            let refused = go_buildinfo::REFUSED.load(std::sync::atomic::Ordering::Relaxed);
             let go = a.untrusted_refused.get_or_create(&RefusedLabels {
                 what: "go_buildinfo",
             });
