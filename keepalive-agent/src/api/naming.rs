@@ -56,6 +56,12 @@ impl Naming {
         self.directory.lookup(container_id?, monotonic_ns())
     }
 
+    /// Has the runtime asked about container `id` unless it is known or
+    /// already asked about.
+    pub fn ask_about(&mut self, id: &str) {
+        self.directory.lookup(id, monotonic_ns());
+    }
+
     /// The pod that owns network namespace `netns`, from its process's
     /// cgroup: the runtime's identity (pod level), else the pod uid alone.
     fn netns_pod(&mut self, netns: Option<u32>) -> Option<PodIdentity> {

@@ -105,6 +105,9 @@ impl AgentState {
                 if ours {
                     self.learn_own_idle_close(r);
                 }
+                if r.state == Some(TcpState::SynSent) {
+                    self.ask_about_owner(r.cookie);
+                }
             }
             RecordKind::PeerClose => {
                 let after_idle = r
@@ -318,6 +321,22 @@ impl AgentState {
             .filter_map(|(netns, v)| Some((*netns as u32, v.conntrack?.timeout_established_s)))
             .collect();
         self.sysctls = sysctls;
+    }
+
+    /// A connect just named the socket's owner: the runtime is asked
+    /// about its container now, so that the answer is in before the first
+    /// probe is labelled (a record that goes out is named anyway; a quiet
+    /// agent's would otherwise ask at the first credit, and label that
+    /// one with the cgroup path's fallback).
+    fn ask_about_owner(&mut self, cookie: u64) {
+        let id = self
+            .table
+            .get(cookie)
+            .and_then(|e| e.owner.as_deref())
+            .and_then(|o| o.container_id.as_deref());
+        if let Some(id) = id {
+            self.naming.ask_about(id);
+        }
     }
 
     fn credit_totals(&mut self, r: &Record) {
