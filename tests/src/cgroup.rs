@@ -42,18 +42,42 @@ fn read_u64(path: &Path, key: Option<&str>) -> u64 {
         .unwrap_or_else(|e| panic!("{}: {value:?}: {e}", path.display()))
 }
 
+/// Where the memory controller is: the unified hierarchy's root when it
+/// has it, else v1's memory hierarchy.
+fn memory_root() -> (PathBuf, Version) {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let has_v2_memory =
+        fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+    let (base, version) = if has_v2_memory {
+        (PathBuf::from("/sys/fs/cgroup"), Version::V2)
+    } else {
+        (PathBuf::from("/sys/fs/cgroup/memory"), Version::V1)
+    };
+    assert!(base.is_dir(), "no memory controller at {}", base.display());
+    (base, version)
+}
+
 impl MemoryCgroup {
+    /// The existing group at `path` (a container's, as its runtime made
+    /// it), not removed on drop.
+    pub fn existing(path: &str) -> std::mem::ManuallyDrop<MemoryCgroup> {
+        let (base, version) = memory_root();
+        let path = base.join(path.trim_start_matches('/'));
+        assert!(path.is_dir(), "no memory cgroup at {}", path.display());
+        std::mem::ManuallyDrop::new(MemoryCgroup { path, version })
+    }
+
+    /// The group's memory limit, bytes.
+    pub fn limit(&self) -> u64 {
+        match self.version {
+            Version::V2 => read_u64(&self.path.join("memory.max"), None),
+            Version::V1 => read_u64(&self.path.join("memory.limit_in_bytes"), None),
+        }
+    }
+
     /// A new group limited to `limit` bytes.
     pub fn new(name: &str, limit: u64) -> MemoryCgroup {
-        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
-        let has_v2_memory =
-            fs::read_to_string(v2).is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
-        let (base, version) = if has_v2_memory {
-            (PathBuf::from("/sys/fs/cgroup"), Version::V2)
-        } else {
-            (PathBuf::from("/sys/fs/cgroup/memory"), Version::V1)
-        };
-        assert!(base.is_dir(), "no memory controller at {}", base.display());
+        let (base, version) = memory_root();
         let path = base.join(crate::world::unique(name));
         fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         let g = MemoryCgroup { path, version };

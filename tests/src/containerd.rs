@@ -226,6 +226,133 @@ impl Containerd {
         self.containers.last().expect("just pushed")
     }
 
+    /// Imports an OCI image archive and names it `name` too (the
+    /// reference the kubelet would ask for).
+    pub fn import(&self, archive: &Path, name: &str) {
+        let archive = archive.to_string_lossy();
+        let out = self.ctr(&["images", "import", &archive]);
+        assert!(
+            out.status.success(),
+            "ctr images import {archive}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let imported = crate::oci::ImageConfig::read(Path::new(archive.as_ref())).name;
+        if imported != name {
+            let out = self.ctr(&["images", "tag", "--force", &imported, name]);
+            assert!(
+                out.status.success(),
+                "ctr images tag {imported} {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Runs `image` as container `id` with `ctr run` `flags`, in cgroup
+    /// `cgroup`, running `argv`; its output goes to [`Containerd::output_of`].
+    pub fn run_image(
+        &mut self,
+        id: &str,
+        flags: &[String],
+        cgroup: &str,
+        image: &str,
+        argv: &[String],
+    ) -> &Container {
+        let log = format!("file://{}", self.dir.join(format!("{id}.log")).display());
+        let mut args: Vec<&str> = vec!["run", "-d", "--log-uri", &log, "--cgroup", cgroup];
+        args.extend(flags.iter().map(String::as_str));
+        args.extend([image, id]);
+        args.extend(argv.iter().map(String::as_str));
+        let out = self.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr {}: {}
+{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        let pid = self.task_pid(id);
+        self.containers.push(Container {
+            id: id.to_string(),
+            pid,
+            rootfs: PathBuf::new(),
+            cgroup: cgroup.to_string(),
+        });
+        self.containers.last().expect("just pushed")
+    }
+
+    /// What a container run by [`Containerd::run_image`] printed.
+    pub fn output_of(&self, id: &str) -> String {
+        fs::read_to_string(self.dir.join(format!("{id}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `argv` in a running container (`ctr task exec`), as a probe
+    /// does: Ok on exit 0 within `timeout`.
+    pub fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<(), String> {
+        let exec_id = format!("exec-{}", rng::hex(8));
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", "k8s.io", "task", "exec", "--exec-id", &exec_id, id])
+            .args(argv)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ctr task exec: {e}"))?;
+        let started = std::time::Instant::now();
+        loop {
+            match child.try_wait().map_err(|e| e.to_string())? {
+                Some(status) if status.success() => return Ok(()),
+                Some(status) => {
+                    let mut err = String::new();
+                    use std::io::Read as _;
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    return Err(format!(
+                        "{} exited {status}: {}",
+                        argv.join(" "),
+                        err.trim()
+                    ));
+                }
+                None if started.elapsed() > timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{} timed out after {timeout:?}", argv.join(" ")));
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Sends `signal` (`SIGTERM`) to a container's process.
+    pub fn signal(&self, id: &str, signal: &str) {
+        let out = self.ctr(&["task", "kill", "-s", signal, id]);
+        assert!(
+            out.status.success(),
+            "ctr task kill -s {signal} {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The task's status as `ctr task ls` prints it (RUNNING, STOPPED).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+    }
+
+    /// Deletes a stopped task: its exit code (`ctr task delete` exits
+    /// with the task's code).
+    pub fn delete_task(&self, id: &str) -> i32 {
+        self.ctr(&["task", "delete", id])
+            .status
+            .code()
+            .unwrap_or(-1)
+    }
+
     /// The pid of a running container's process (`ctr task ls`).
     fn task_pid(&self, id: &str) -> u32 {
         let mut pid = None;

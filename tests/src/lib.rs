@@ -4,7 +4,7 @@
 //! always tear down ([`world`]), a middlebox that forgets idle flows
 //! ([`middlebox`]); the kernel's own counters as the oracle
 //! ([`netstat`], [`bpf`]); a memory-limited control group ([`cgroup`]); a
-//! containerd of the test's own running kubelet-labelled containers ([`containerd`]); real servers and clients in a namespace ([`daemon`]); one HTTP client ([`http`]), one way to wait
+//! containerd of the test's own running kubelet-labelled containers ([`containerd`]), pods with keepalive clients in it ([`keepalive_pod`]), a rendered DaemonSet run as a kubelet would ([`kubelet`]) from the built image ([`oci`]); real servers and clients in a namespace ([`daemon`]); one HTTP client ([`http`]), one way to wait
 //! ([`wait`]), clients any user can run ([`nobody`]), `/proc` ([`proc`]), metrics text ([`metrics`]), a real
 //! Prometheus ([`prometheus`]), sockets as applications make them
 //! ([`sock`]) and shared traffic ([`scenario`]).
@@ -19,10 +19,13 @@ pub mod cli;
 pub mod containerd;
 pub mod daemon;
 pub mod http;
+pub mod keepalive_pod;
+pub mod kubelet;
 pub mod metrics;
 pub mod middlebox;
 pub mod netstat;
 pub mod nobody;
+pub mod oci;
 pub mod proc;
 pub mod prometheus;
 pub mod rng;

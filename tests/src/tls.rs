@@ -86,6 +86,15 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A server certificate for `sans` as `name.crt`/`name.key`.
+    pub fn write_server_for(&self, name: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let sans = sans.iter().map(|s| s.to_string()).collect();
+        self.write_pair(
+            name,
+            self.leaf_for(cn, sans, ExtendedKeyUsagePurpose::ServerAuth),
+        )
+    }
+
     /// Writes a server certificate and key as `name.crt`/`name.key`.
     pub fn write_server(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
         self.write_pair(name, self.server(cn))

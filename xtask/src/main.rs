@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmd;
+mod image;
 mod mixin;
 mod setup;
 mod vm;
@@ -34,6 +35,10 @@ enum Command {
     /// cargo fmt --check and clippy -D warnings (the kernel programs for
     /// bpfel), and the generated rules file up to date.
     Lint,
+    /// Build the runtime image from deploy/docker/Dockerfile (docker,
+    /// podman or buildah; a missing Debian base made with debootstrap) and
+    /// write it as an OCI archive under target/image/.
+    Image,
     /// Render deploy/prometheus/keepalive-rules.yml from the mixin's
     /// template and config (deploy/prometheus/mixin/).
     Mixin,
@@ -108,6 +113,11 @@ fn main() -> anyhow::Result<()> {
             all.extend(args);
             cmd::exec("target/release/keepalive-agent", &all)
         }
+        Command::Image => {
+            setup::run()?;
+            build()?;
+            image::build(&root).map(drop)
+        }
         Command::Lint => lint(&root),
         Command::Mixin => mixin::write(&root),
         Command::Bench {
@@ -138,6 +148,8 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build()?;
             if kernels.iter().any(|k| k == "host") {
+                // The deploy suite runs the shipped image under containerd.
+                step("image", || image::build(&root))?;
                 test(&root, &args)?;
             }
             vm_tests(&root, &vms)

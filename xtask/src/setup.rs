@@ -43,6 +43,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // The idle-close suite runs a Node.js HTTP server (the machine image
     // ships Node 20 as `nodejs`; Debian's is 18).
     ("node", "nodejs"),
+    // `cargo xtask image` builds the Dockerfile with buildah, on a Debian
+    // base made with debootstrap when no registry can be reached.
+    ("buildah", "buildah"),
+    ("debootstrap", "debootstrap"),
     // The VM kernel matrix: virtme-ng boots kernels with QEMU and builds
     // its initramfs from busybox and the kernel's modules with depmod.
     ("qemu-system-x86_64", "qemu-system-x86"),

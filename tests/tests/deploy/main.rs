@@ -8,6 +8,9 @@
 //!   socket at risk) answers every dashboard query with data, and fires
 //!   KeepaliveConnectionTimeouts from the rules file as shipped;
 //! - the Kubernetes manifests validate against the API schemas, offline;
+//! - the DaemonSet as rendered, each overlay, runs from the image `cargo
+//!   xtask image` built, under a real containerd with the manifest's own
+//!   security context, mounts, environment and probes (`as_shipped`);
 //! - the systemd unit passes `systemd-analyze verify`;
 //! - the privileges both give the agent (capabilities, user) are enough for
 //!   everything it does, and the one beyond the brief's list is needed.
@@ -109,6 +112,7 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 mod alerts;
+mod as_shipped;
 mod dashboard;
 mod kubernetes;
 mod privileges;
