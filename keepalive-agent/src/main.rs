@@ -1,26 +1,8 @@
-//! keepalive-agent: loads the kernel programs, follows their events and
-//! reports TCP keepalive per socket.
-//!
-//! Layers, each depending only on those listed before it:
-//! - [`model`]: pure types and policy (clock, keepalive settings, causes, risk);
-//! - [`kernel`]: facts about the running kernel (BTF, offsets, kallsyms, HZ);
-//! - [`host`]: the node outside BPF (namespaces, owners, sysctls, capabilities);
-//! - [`bpf`]: the loaded object (loader, hooks, TC, iterator, ring, counters);
-//! - [`table`]: the socket table and how an event changes it;
-//! - [`cli`]: arguments, the HTTP client commands, text output;
-//! - [`api`]: HTTP routes, server, filters, metrics, shared state;
-//! - [`run`]: the `run` command as named phases.
-
-mod api;
-mod bpf;
-mod cli;
-mod host;
-mod kernel;
-mod model;
-mod run;
-mod table;
+//! The `keepalive-agent` command: parses the command line and runs one
+//! command of the library's.
 
 use clap::Parser as _;
+use keepalive_agent::{cli, host, run};
 
 fn main() -> std::process::ExitCode {
     let cli = match cli::args::Cli::try_parse() {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod cmd;
+mod fuzz;
 mod image;
 mod mixin;
 mod setup;
@@ -39,6 +40,15 @@ enum Command {
     /// podman or buildah; a missing Debian base made with debootstrap) and
     /// write it as an OCI archive under target/image/.
     Image,
+    /// Build the fuzz targets (fuzz/, nightly, libFuzzer) and run each for
+    /// a bounded time from its corpus; a crash or memory blow-up fails.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Targets to run (all by default).
+        targets: Vec<String>,
+    },
     /// Render deploy/prometheus/keepalive-rules.yml from the mixin's
     /// template and config (deploy/prometheus/mixin/).
     Mixin,
@@ -118,6 +128,10 @@ fn main() -> anyhow::Result<()> {
             build()?;
             image::build(&root).map(drop)
         }
+        Command::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(&root, seconds, &targets)
+        }
         Command::Lint => lint(&root),
         Command::Mixin => mixin::write(&root),
         Command::Bench {
@@ -151,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                 // The deploy suite runs the shipped image under containerd.
                 step("image", || image::build(&root))?;
                 test(&root, &args)?;
+                step("fuzz targets, 20 s each", || fuzz::run(&root, 20, &[]))?;
             }
             vm_tests(&root, &vms)
         }

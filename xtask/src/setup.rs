@@ -15,6 +15,9 @@ use crate::cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13";
 
+/// cargo-fuzz, which runs the fuzz targets (libFuzzer, nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// (binary, Debian package) the build and the integration tests need.
 const PACKAGES: &[(&str, &str)] = &[
     // containerd-client's build compiles containerd's protobufs.
@@ -64,6 +67,7 @@ const KUBERNETES_VALIDATE: &str = "1.37.0";
 pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     debian_packages()?;
     python_packages()
 }
@@ -132,6 +136,32 @@ fn cargo_bin() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
     home.join("bin")
+}
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let bin = cargo_bin().join("cargo-fuzz");
+    if let Ok(v) = cmd::output(bin.to_str().unwrap_or("cargo-fuzz"), &["--version"])
+        && v.trim().ends_with(CARGO_FUZZ_VERSION)
+    {
+        eprintln!("setup: {} present", v.trim());
+        return Ok(());
+    }
+    crate::step(
+        &format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION}"),
+        || {
+            cmd::run(
+                "cargo",
+                &[
+                    "install",
+                    "cargo-fuzz",
+                    "--locked",
+                    "--version",
+                    CARGO_FUZZ_VERSION,
+                    "--force",
+                ],
+            )
+        },
+    )
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

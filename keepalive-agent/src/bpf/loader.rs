@@ -24,6 +24,10 @@ pub enum LoadError {
     Object(#[from] aya::EbpfError),
     #[error("hook {hook} could not be attached in any mode: {reason}")]
     Hook { hook: Hook, reason: HookRefusal },
+    #[error(
+        "this binary was built without its kernel programs (KEEPALIVE_WITHOUT_KERNEL_PROGRAMS, for the fuzz targets): build it with `cargo xtask build`"
+    )]
+    NoKernelPrograms,
 }
 
 /// Why a hook could not be attached.
@@ -50,6 +54,9 @@ pub struct Loaded {
 }
 
 pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(LoadError::NoKernelPrograms);
+    }
     let btf = AyaBtf::from_sys_fs()?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))

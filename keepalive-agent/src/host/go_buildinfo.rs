@@ -2,7 +2,11 @@
 //! (`debug/buildinfo` in Go's standard library). The executable is another
 //! process's to choose: every size in it is bounded before it is read.
 
-use std::{fs::File, path::Path};
+use std::{
+    fs::File,
+    io::{Read, Seek},
+    path::Path,
+};
 
 use object::{Object, ObjectSection, ReadCache, ReadCacheOps, ReadRef};
 
@@ -65,11 +69,13 @@ impl<'a, R: ReadCacheOps> ReadRef<'a> for Bounded<'a, R> {
 /// (its 32-byte header and the version after it), whatever size the
 /// section claims.
 pub fn version(proc: &Path) -> Option<Option<String>> {
-    go_version_of(File::open(proc.join("exe")).ok()?)
+    version_in(File::open(proc.join("exe")).ok()?)
 }
 
-fn go_version_of(file: File) -> Option<Option<String>> {
-    let cache = ReadCache::new(file);
+/// [`version`] of an executable's bytes (a file, or the fuzz targets'
+/// input).
+pub fn version_in<R: Read + Seek>(executable: R) -> Option<Option<String>> {
+    let cache = ReadCache::new(executable);
     let elf = object::File::parse(Bounded(&cache)).ok()?;
     let section = elf.section_by_name(".go.buildinfo")?;
     let (offset, size) = section.file_range()?;
@@ -189,7 +195,7 @@ mod tests {
         // 32 GiB declared (more than the machine's memory, in a sparse
         // file): only the header and the version are read.
         let file = crafted_elf(32 << 30, b"go1.22.5");
-        assert_eq!(go_version_of(file), Some(Some("go1.22.5".into())));
+        assert_eq!(version_in(file), Some(Some("go1.22.5".into())));
     }
 
     #[test]
@@ -197,11 +203,8 @@ mod tests {
         let refused = || REFUSED.load(std::sync::atomic::Ordering::Relaxed);
         let before = refused();
         let control = vec![0x1b; 1 << 20];
-        assert_eq!(go_version_of(crafted_elf(2 << 20, &control)), Some(None));
-        assert_eq!(
-            go_version_of(crafted_elf(4096, b"go1.22\n[fake]")),
-            Some(None)
-        );
+        assert_eq!(version_in(crafted_elf(2 << 20, &control)), Some(None));
+        assert_eq!(version_in(crafted_elf(4096, b"go1.22\n[fake]")), Some(None));
         assert!(refused() >= before + 2);
         assert_eq!(go_version_text(b"go1.23rc1"), Some("go1.23rc1".into()));
         assert_eq!(go_version_text(&[b'1'; 65]), None);

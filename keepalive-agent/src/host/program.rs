@@ -199,7 +199,11 @@ const MAX_MAPS_LINES: usize = 16384;
 
 /// The first telling library in the process's mappings.
 fn library(proc: &Path) -> Option<Program> {
-    let maps = BufReader::new(File::open(proc.join("maps")).ok()?);
+    library_in(BufReader::new(File::open(proc.join("maps")).ok()?))
+}
+
+/// [`library`] from the text of a `/proc/PID/maps`.
+pub fn library_in(maps: impl BufRead) -> Option<Program> {
     let mut lines = maps.lines().map_while(Result::ok).take(MAX_MAPS_LINES);
     lines.find_map(|line| {
         let file = line.rsplit('/').next()?;

@@ -10,15 +10,25 @@ use std::{fs, io};
 /// namespace; `None` when that cannot be known, which means "read it".
 pub fn tcp_sockets_here() -> Option<u64> {
     let v4 = fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
-    let hashed_v6 = match fs::read_to_string("/proc/thread-self/net/sockstat6") {
-        Ok(v6) => field(&v6, "TCP6:", "inuse")?,
+    let v6 = match fs::read_to_string("/proc/thread-self/net/sockstat6") {
+        Ok(v6) => Some(v6),
         // No IPv6 in this kernel: no IPv6 socket either.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(_) => return None,
     };
-    let hashed_v4 = field(&v4, "TCP:", "inuse")?;
-    let time_wait = field(&v4, "TCP:", "tw")?;
-    Some(hashed_v4 + time_wait + hashed_v6)
+    tcp_sockets_in(&v4, v6.as_deref())
+}
+
+/// [`tcp_sockets_here`] from the texts of `sockstat` and `sockstat6`
+/// (None: the kernel has no IPv6).
+pub fn tcp_sockets_in(v4: &str, v6: Option<&str>) -> Option<u64> {
+    let hashed_v6 = match v6 {
+        Some(v6) => field(v6, "TCP6:", "inuse")?,
+        None => 0,
+    };
+    let hashed_v4 = field(v4, "TCP:", "inuse")?;
+    let time_wait = field(v4, "TCP:", "tw")?;
+    hashed_v4.checked_add(time_wait)?.checked_add(hashed_v6)
 }
 
 /// The number after `name` on the line that starts with `line`

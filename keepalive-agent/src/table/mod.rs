@@ -199,6 +199,10 @@ impl SocketTable {
         self.live.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
     /// Cookies of the live sockets, in order: what a streamed `/sockets`
     /// walks, a chunk at a time.
     pub fn live_cookies(&self) -> Vec<u64> {

@@ -128,6 +128,10 @@ impl Directory {
     pub fn len(&self) -> usize {
         self.known.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
 }
 
 #[cfg(test)]

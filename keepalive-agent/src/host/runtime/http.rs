@@ -92,8 +92,8 @@ impl HttpRuntime {
     }
 }
 
-/// The labels and name in an inspect reply.
-fn parse(kind: RuntimeKind, json: &serde_json::Value) -> ContainerInfo {
+/// The labels and name in CRI-O's or Docker's inspect reply.
+pub fn parse(kind: RuntimeKind, json: &serde_json::Value) -> ContainerInfo {
     let (labels, name) = match kind {
         RuntimeKind::Docker => (&json["Config"]["Labels"], &json["Name"]),
         RuntimeKind::Crio | RuntimeKind::Containerd => (&json["labels"], &json["name"]),

@@ -10,7 +10,7 @@
 mod chain;
 mod containerd;
 pub mod directory;
-mod http;
+pub mod http;
 mod labels;
 
 use std::{

@@ -217,6 +217,10 @@ impl PathBook {
     pub fn len(&self) -> usize {
         self.groups.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
 }
 
 #[cfg(test)]
