@@ -82,9 +82,38 @@ pub fn connection_cap(asked: u64, nofile: u64) -> usize {
     asked.min(room).max(1) as usize
 }
 
+/// The soft limit on open files in force.
+pub fn nofile_limit() -> u64 {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
+        return 1024;
+    }
+    rlim.rlim_cur
+}
+
+/// The most descriptors the TC attachments may bring the process to: the
+/// limit less the API's connections and half the reserve (namespaces,
+/// iterators and `/proc` while they are read).
+pub fn attachment_ceiling(max_connections: u64, nofile: u64) -> u64 {
+    nofile
+        .saturating_sub(connection_cap(max_connections, nofile) as u64)
+        .saturating_sub(RESERVED_FDS / 2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachments_leave_the_api_its_connections() {
+        assert_eq!(attachment_ceiling(256, 1024), 640);
+        assert_eq!(attachment_ceiling(256, 1 << 20), (1 << 20) - 256 - 128);
+        assert_eq!(attachment_ceiling(256, 100), 0);
+    }
 
     #[test]
     fn connections_leave_the_reserve_free() {

@@ -60,6 +60,10 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
     log_hooks(&hooks);
     let filter = InterfaceFilter(args.interfaces.clone());
     let mut tc = TcAttacher::default();
+    tc.descriptor_ceiling = Some(process::attachment_ceiling(
+        args.max_connections,
+        process::nofile_limit(),
+    ));
     if args.tc_baseline {
         tc.classifiers = tc::Classifiers::Baseline;
     }
@@ -183,13 +187,15 @@ fn attach_tc(
         }
     };
     info!(
-        "tc: classifiers on {} interfaces ({} failed)",
-        report.total, report.failed
+        "tc: classifiers on {} interfaces ({} failed){}",
+        report.total,
+        report.failed,
+        report.left().map(|l| format!("; {l}")).unwrap_or_default()
     );
     HookStatus {
         hook: Hook::Tc,
         mode: tc::mode(),
         live: report.total > 0,
-        note: (report.failed > 0).then(|| format!("{} interfaces failed", report.failed)),
+        note: report.left(),
     }
 }

@@ -44,14 +44,20 @@ pub fn tc(attached: &mut Attached, state: &Shared) {
     };
     if report.attached + report.detached > 0 {
         info!(
-            "tc: +{} -{} interfaces, {} attached",
-            report.attached, report.detached, report.total
+            "tc: +{} -{} interfaces, {} attached{}",
+            report.attached,
+            report.detached,
+            report.total,
+            report.left().map(|l| format!("; {l}")).unwrap_or_default()
         );
     }
+    s.metrics
+        .agent
+        .refused("tc_interface", report.refused_descriptors as u64);
     s.tc_interfaces = report.total;
     if let Some(hook) = s.hooks.iter_mut().find(|h| h.hook == Hook::Tc) {
         hook.live = report.total > 0;
-        hook.note = (report.failed > 0).then(|| format!("{} interfaces failed", report.failed));
+        hook.note = report.left();
     }
 }
 

@@ -123,6 +123,7 @@ mod bad_input;
 mod health;
 mod hook_fallback;
 mod hostile_clients;
+mod hostile_interfaces;
 mod least_privilege;
 mod lost_events;
 mod map_full;

@@ -255,7 +255,7 @@ impl AgentHealth {
             untrusted_refused: registered(
                 r,
                 "keepalive_agent_untrusted_refused",
-                "Input from other processes refused as unlike what it claims to be, by what (go_buildinfo: a Go build info whose version is not a toolchain's), counted instead of kept",
+                "Input from other processes refused, by what (go_buildinfo: a Go build info whose version is not a toolchain's; tc_interface: an interface not given classifiers because the descriptors it would take are the API's), counted instead of kept",
             ),
             kernel_stalls: registered(
                 r,
@@ -357,6 +357,13 @@ impl AgentHealth {
                 "Lines not written to stdout or stderr because the stream was not read fast enough (a full pipe never stalls the agent)",
             ),
         }
+    }
+
+    /// `n` more of `what` refused (see `keepalive_agent_untrusted_refused`).
+    pub fn refused(&self, what: &'static str, n: u64) {
+        self.untrusted_refused
+            .get_or_create(&RefusedLabels { what })
+            .inc_by(n);
     }
 
     /// How a scan of `scan`'s kind went, and how long it took.

@@ -21,6 +21,7 @@ mod links;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -112,10 +113,20 @@ struct Interface {
 #[derive(Default)]
 pub struct TcAttacher {
     pub classifiers: Classifiers,
+    /// The most open descriptors attaching may bring the process to (a
+    /// TCX link is one per direction): what is left is the API's.
+    pub descriptor_ceiling: Option<u64>,
     attached: BTreeMap<Interface, Attachment>,
     /// Failures already logged, so a broken interface does not flood logs.
     failed: BTreeSet<Interface>,
 }
+
+/// Interfaces attached in one pass at most, and how long a pass attaches:
+/// any user can make thousands of namespaces and interfaces (an
+/// unprivileged user namespace), and a pass blocks the loop that serves
+/// signals and inventories; the rest wait for the next pass.
+const ATTACH_PER_PASS: usize = 64;
+const ATTACH_TIME_PER_PASS: Duration = Duration::from_millis(500);
 
 /// What one sync changed.
 #[derive(Debug, Default)]
@@ -124,6 +135,39 @@ pub struct SyncReport {
     pub detached: usize,
     pub failed: usize,
     pub total: usize,
+    /// Left for the next pass (this one's budget was spent).
+    pub deferred: usize,
+    /// Not attached: the descriptors they would take are the API's.
+    pub refused_descriptors: usize,
+}
+
+impl SyncReport {
+    /// What this pass left undone, for the log and the hook's note.
+    pub fn left(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.failed > 0 {
+            parts.push(format!("{} interfaces failed", self.failed));
+        }
+        if self.deferred > 0 {
+            parts.push(format!(
+                "{} wait for the next pass ({ATTACH_PER_PASS} or {} ms per pass)",
+                self.deferred,
+                ATTACH_TIME_PER_PASS.as_millis()
+            ));
+        }
+        if self.refused_descriptors > 0 {
+            parts.push(format!(
+                "{} refused: the descriptors they would take are the API's (raise LimitNOFILE)",
+                self.refused_descriptors
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// Descriptors the process holds now.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
 impl TcAttacher {
@@ -209,9 +253,25 @@ impl TcAttacher {
                 a.path.clone_from(p);
             }
         }
+        let started = Instant::now();
+        let mut open = self.descriptor_ceiling.map(|_| open_descriptors());
         for (ns, key, name) in seen {
             if self.attached.contains_key(&key) || self.failed.contains(&key) {
                 continue;
+            }
+            if report.attached + report.failed >= ATTACH_PER_PASS
+                || started.elapsed() >= ATTACH_TIME_PER_PASS
+            {
+                report.deferred += 1;
+                continue;
+            }
+            if let (Some(ceiling), Some(n)) = (self.descriptor_ceiling, open.as_mut()) {
+                // Two links (TCX), and the namespace's descriptor while in it.
+                if *n + 3 > ceiling {
+                    report.refused_descriptors += 1;
+                    continue;
+                }
+                *n += 2;
             }
             match attach_both(ebpf, &ns, &name, self.classifiers) {
                 Ok(links) => {
