@@ -124,6 +124,7 @@ mod health;
 mod hook_fallback;
 mod hostile_clients;
 mod hostile_interfaces;
+mod hostile_processes;
 mod least_privilege;
 mod lost_events;
 mod map_full;
