@@ -2,7 +2,8 @@
 //! network namespace of its own (`unshare -Urn`) with 150 veth pairs, as
 //! the red team did. The agent, under a 300-descriptor limit, must attach
 //! a bounded number per pass (the rest later), refuse, counted, the ones
-//! whose descriptors are the API's, keep answering, and stop on SIGTERM.
+//! whose descriptors are the API's, fold the namespace's series into the
+//! node's, keep answering, and stop on SIGTERM.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -61,7 +62,7 @@ fn interfaces_a_user_makes_are_attached_in_bounded_passes_within_the_descriptor_
     let hostile = HostileNamespace::make();
     let agent = Daemon::launch(Launch {
         prefix: &["prlimit", "--nofile=300:300", "--"],
-        args: &["--rescan-seconds", "1"],
+        args: &["--rescan-seconds", "1", "--inventory-seconds", "1"],
         ..Launch::default()
     })
     .unwrap_or_else(|e| panic!("agent did not become ready: {e:#?}"));
@@ -94,6 +95,28 @@ fn interfaces_a_user_makes_are_attached_in_bounded_passes_within_the_descriptor_
     assert!(
         attached < (2 * PAIRS) as f64,
         "{attached} interfaces attached under a 300-descriptor limit"
+    );
+    // nobody's namespace has the node's settings and no pod: its sysctl
+    // series are the node's, folded and counted.
+    let ino = std::fs::read_link(format!("/proc/{}/ns/net", hostile.0.id()))
+        .expect("nobody's namespace")
+        .to_string_lossy()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .to_string();
+    let folded = eventually(Duration::from_secs(10), || {
+        agent
+            .metric(
+                "keepalive_agent_untrusted_refused_total",
+                &[("what", "netns_series")],
+            )
+            .is_some_and(|v| v >= 1.0)
+    });
+    assert!(folded, "no namespace folded");
+    let (_, text) = agent.get("/metrics");
+    assert!(
+        !text.contains(&format!("netns=\"{ino}\"")),
+        "series of nobody's namespace {ino}"
     );
     // The API takes connections beyond what attaching could have used.
     let clients = keepalive_tests::nobody::Clients::start(&agent.addr(), 20, Some("/healthz"), 30);

@@ -8,6 +8,7 @@
 pub mod agent;
 mod handles;
 mod labels;
+mod netns_fold;
 mod process;
 mod render;
 mod runtime;
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub(super) idle_close: Family<ScopePort, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub(super) paths_folded: Counter,
     pub(super) last_folded: u64,
+    /// Namespaces whose sysctl and conntrack series are folded, counted.
+    pub(super) netns_folded: netns_fold::FoldCount,
     pub(super) conntrack_timeout: Family<NetnsLabel, Gauge>,
     pub(super) conntrack_loose: Family<NetnsLabel, Gauge>,
     pub rtt: Family<RttLabel, Histogram>,
@@ -201,6 +204,7 @@ impl Metrics {
                 "Path observations folded into path=\"other\" because --max-paths groups were full",
             ),
             last_folded: 0,
+            netns_folded: netns_fold::FoldCount::default(),
             conntrack_timeout: registered_in(
                 r,
                 "keepalive_conntrack_tcp_timeout_established",

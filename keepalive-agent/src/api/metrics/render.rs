@@ -10,7 +10,7 @@ use prometheus_client::{encoding::text::encode, metrics::counter::Counter};
 use super::agent::{RefusedLabels, SocketKnownLabels, StreamLabels, UnhookedLabels};
 use super::{
     HookLabels, Metrics, NetnsLabel, PathLabel, PortLabel, RiskLabels, Scope, SeriesKey,
-    SocketsLabels,
+    SocketsLabels, netns_fold,
 };
 use crate::{
     api::naming::Naming,
@@ -116,13 +116,26 @@ impl Metrics {
         self.sysctl_time.clear();
         self.sysctl_intvl.clear();
         self.sysctl_probes.clear();
-        for (netns, v) in s.sysctls {
+        let node = node_netns();
+        let fold = netns_fold::fold(s.sysctls, node, |n| {
+            let (_, pod) = s.naming.pod_of_netns(n as u32);
+            pod.0.is_some_and(|p| !p.is_empty())
+        });
+        let newly = self.netns_folded.newly(&fold.folded, s.sysctls);
+        self.agent.refused("netns_series", newly);
+        let shown: BTreeMap<u64, KeepaliveSysctls> = s
+            .sysctls
+            .iter()
+            .filter(|(n, _)| fold.shown.contains(n))
+            .map(|(n, v)| (*n, *v))
+            .collect();
+        for (netns, v) in &shown {
             let l = netns_label(s.naming, *netns);
             self.sysctl_time.get_or_create(&l).set(v.time_s.into());
             self.sysctl_intvl.get_or_create(&l).set(v.intvl_s.into());
             self.sysctl_probes.get_or_create(&l).set(v.probes.into());
         }
-        self.render_conntrack(s.sysctls, s.naming);
+        self.render_conntrack(&shown, s.naming);
         self.runtime.render(&s.naming.directory);
         self.render_paths(s.judge);
 
@@ -239,6 +252,12 @@ impl Metrics {
 }
 
 /// A namespace's gauges' labels: its inode and the pod owning it.
+/// The agent's own network namespace (the node's, with host network).
+fn node_netns() -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
+}
+
 fn netns_label(naming: &mut Naming, netns: u64) -> NetnsLabel {
     // Namespace inodes are 32-bit (`ns.inum`).
     let netns = netns as u32;
