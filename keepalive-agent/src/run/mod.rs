@@ -9,6 +9,7 @@
 mod attach;
 mod identity;
 mod periodic;
+mod recognize;
 mod ring;
 mod serve;
 

@@ -18,7 +18,7 @@ use crate::{
     bpf::iter,
     host::{
         netns::{self, NetnsError},
-        owners, process, program, sysctl,
+        owners, process, sysctl,
     },
     kernel::hz,
     model::clock::{Clock, monotonic_ns},
@@ -145,7 +145,7 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         s.naming.refresh(s.table.owners());
         s.names_changed();
     }
-    recognize_programs(state);
+    super::recognize::start(state);
     // The scan's buffers were as large as the node's socket count.
     process::release_freed_memory();
     log::debug!(
@@ -157,22 +157,6 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         started.elapsed().as_millis()
     );
     Ok(())
-}
-
-/// The programs of new owners (and of reused pids), recognised outside
-/// the lock: reading a binary's headers takes longer than an ACK may wait.
-fn recognize_programs(state: &Shared) {
-    let (owners, known) = match state.lock() {
-        Ok(s) => (
-            s.table.owners().map(|o| o.pid).collect::<HashSet<u32>>(),
-            s.naming.programs.start_times(),
-        ),
-        Err(_) => return,
-    };
-    let found = program::recognize_changed(&owners, &known);
-    if let Ok(mut s) = state.lock() {
-        s.naming.programs.update(found, &owners);
-    }
 }
 
 /// Two inventories of our own namespace 250 ms apart: each record carries

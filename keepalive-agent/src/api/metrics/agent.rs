@@ -24,12 +24,15 @@ pub enum Scan {
     Inventory,
     /// Every namespace's keepalive sysctls.
     Sysctl,
+    /// The programs of the sockets' owners (`run::recognize`).
+    Programs,
 }
 
 impl Scan {
     pub const fn as_str(self) -> &'static str {
         match self {
             Scan::Tc => "tc",
+            Scan::Programs => "programs",
             Scan::Inventory => "inventory",
             Scan::Sysctl => "sysctl",
         }
@@ -255,7 +258,7 @@ impl AgentHealth {
             untrusted_refused: registered(
                 r,
                 "keepalive_agent_untrusted_refused",
-                "Input from other processes refused, by what (go_buildinfo: a Go build info whose version is not a toolchain's; tc_interface: an interface not given classifiers because the descriptors it would take are the API's), counted instead of kept",
+                "Input from other processes refused, by what (go_buildinfo: a Go build info whose version is not a toolchain's; tc_interface: an interface not given classifiers because the descriptors it would take are the API's; netns_series: a namespace whose sysctl series are folded into the node's), counted instead of kept",
             ),
             kernel_stalls: registered(
                 r,
@@ -295,17 +298,17 @@ impl AgentHealth {
             scan_errors: registered(
                 r,
                 "keepalive_agent_scan_errors",
-                "Scans of the node that failed (namespaces could not be listed, out of descriptors): what the agent knew is kept, by scan (tc, inventory, sysctl)",
+                "Scans of the node that failed (namespaces could not be listed, out of descriptors): what the agent knew is kept, by scan (tc, inventory, sysctl, programs)",
             ),
             scan_ok: registered(
                 r,
                 "keepalive_agent_scan_success",
-                "1 when the last scan of its kind succeeded, by scan (tc, inventory, sysctl)",
+                "1 when the last scan of its kind succeeded, by scan (tc, inventory, sysctl, programs)",
             ),
             scan_duration: registered_in(
                 r,
                 "keepalive_agent_scan_duration",
-                "How long the last scan of its kind took, by scan (tc, inventory, sysctl)",
+                "How long the last scan of its kind took, by scan (tc, inventory, sysctl, programs)",
                 Unit::Seconds,
             ),
             scan_last_success: registered_in(

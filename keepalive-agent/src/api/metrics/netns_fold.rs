@@ -115,6 +115,10 @@ mod tests {
         assert_eq!(f.shown.len(), MAX_SHOWN);
         assert!(f.shown.contains(&1));
         assert!((5000..5010).all(|n| f.shown.contains(&n)));
-        assert_eq!(f.folded.len(), 2010 - (MAX_SHOWN - 1), "the node takes one place");
+        assert_eq!(
+            f.folded.len(),
+            2010 - (MAX_SHOWN - 1),
+            "the node takes one place"
+        );
     }
 }
