@@ -5,23 +5,11 @@
 use keepalive_agent::api::filters::{Filter, Param};
 use libfuzzer_sys::fuzz_target;
 
-const ALL: [Param; 9] = [
-    Param::Port,
-    Param::Pid,
-    Param::Netns,
-    Param::State,
-    Param::Event,
-    Param::Risk,
-    Param::Namespace,
-    Param::Pod,
-    Param::Container,
-];
-
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let pairs: Vec<(&str, &str)> = text
         .split('&')
         .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
         .collect();
-    let _ = Filter::parse(pairs.iter().copied(), &ALL);
+    let _ = Filter::parse(pairs.iter().copied(), &Param::ALL);
 });

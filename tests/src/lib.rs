@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod containerd;
 pub mod daemon;
+pub mod golang;
 pub mod http;
 pub mod keepalive_pod;
 pub mod kubelet;

@@ -96,21 +96,7 @@ func main() {{
         ),
     )
     .unwrap();
-    let out = dir.join(name);
-    let cache = dir.join("gocache");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .env("GOCACHE", &cache)
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("HOME", dir)
-        .status()
-        .expect("go is installed by cargo xtask setup");
-    assert!(status.success(), "go build {name}");
-    out
+    keepalive_tests::golang::build(dir, &src, name)
 }
 
 const PYTHON_CLIENT: &str = r#"

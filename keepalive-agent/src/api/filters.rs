@@ -19,6 +19,19 @@ pub enum Param {
 }
 
 impl Param {
+    /// Every parameter (an endpoint takes a subset).
+    pub const ALL: [Param; 9] = [
+        Param::Port,
+        Param::Pid,
+        Param::Netns,
+        Param::State,
+        Param::Event,
+        Param::Risk,
+        Param::Namespace,
+        Param::Pod,
+        Param::Container,
+    ];
+
     pub const fn name(self) -> &'static str {
         match self {
             Param::Port => "port",
@@ -188,17 +201,7 @@ impl Filter {
 mod tests {
     use super::*;
 
-    const ALL: &[Param] = &[
-        Param::Port,
-        Param::Pid,
-        Param::Netns,
-        Param::State,
-        Param::Event,
-        Param::Risk,
-        Param::Namespace,
-        Param::Pod,
-        Param::Container,
-    ];
+    const ALL: &[Param] = &Param::ALL;
 
     #[test]
     fn parses_and_rejects() {

@@ -160,19 +160,7 @@ fn assert_within_limit(agent: &Daemon, memory: &MemoryCgroup, what: &str) {
 fn go_binary_claiming_512_mib(dir: &Path) -> PathBuf {
     let src = dir.join("main.go");
     std::fs::write(&src, GO_PROGRAM).unwrap();
-    let out = dir.join("hostile-go");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("HOME", dir)
-        .status()
-        .expect("go is installed by cargo xtask setup");
-    assert!(status.success(), "go build");
+    let out = keepalive_tests::golang::build(dir, &src, "hostile-go");
     let mut elf = std::fs::read(&out).unwrap();
     let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
     let u64_at =
