@@ -12,13 +12,15 @@
 //! what it can is checked afterwards against the kernel's view of the
 //! container's process ([`Plan::assert_applied`]).
 
+mod applied;
+pub mod caps;
+mod mounts;
 pub mod probe;
 pub mod values;
 
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -27,6 +29,7 @@ use std::{
 use serde_json::Value;
 
 use crate::oci::ImageConfig;
+use caps::{RUNTIME_DEFAULT_CAPS, cap_bit, cap_mask};
 use probe::Probe;
 
 /// The node the pod runs on, as the downward API names it.
@@ -102,97 +105,6 @@ pub fn render(dir: &Path) -> Vec<Value> {
 pub struct Volumes {
     pub host_paths: BTreeMap<String, PathBuf>,
     pub secrets: BTreeMap<String, PathBuf>,
-}
-
-/// containerd's default capabilities (oci.defaultUnixCaps, Docker's set),
-/// which a `drop: [ALL]` removes.
-const RUNTIME_DEFAULT_CAPS: [&str; 14] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
-/// Capability numbers (include/uapi/linux/capability.h).
-const CAPS: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
-fn cap_bit(name: &str) -> u32 {
-    CAPS.iter()
-        .position(|c| *c == name)
-        .unwrap_or_else(|| panic!("unknown capability {name}")) as u32
-}
-
-/// A capability set from a `/proc/PID/status` line's hex mask.
-pub fn cap_names(mask: u64) -> Vec<String> {
-    (0..CAPS.len())
-        .filter(|b| mask >> b & 1 == 1)
-        .map(|b| CAPS[b].to_string())
-        .collect()
-}
-
-fn status_field(pid: u32, key: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {key}"))
-        .trim()
-        .to_string()
-}
-
-fn cap_mask(pid: u32, key: &str) -> u64 {
-    u64::from_str_radix(&status_field(pid, key), 16).expect("a capability mask")
 }
 
 /// The pod's spec and its container, as the kubelet hands them to the runtime.
@@ -491,138 +403,5 @@ impl Plan {
             "guaranteed" => format!("/kubepods/pod{pod_uid}"),
             q => format!("/kubepods/{q}/pod{pod_uid}"),
         };
-    }
-
-    fn mounts(&mut self, pod: &Value, container: &Value, volumes: &Volumes) {
-        let pod_volumes: BTreeMap<String, &Value> = pod["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| (v["name"].as_str().expect("a volume name").to_string(), v))
-            .collect();
-        for m in container["volumeMounts"].as_array().into_iter().flatten() {
-            let name = m["name"].as_str().expect("a mount's volume");
-            let v = pod_volumes
-                .get(name)
-                .unwrap_or_else(|| panic!("volumeMount {name} names no volume"));
-            let source = if let Some(path) = v["hostPath"]["path"].as_str() {
-                let source = volumes
-                    .host_paths
-                    .get(path)
-                    .cloned()
-                    .unwrap_or_else(|| PathBuf::from(path));
-                check_host_path(&source, v["hostPath"]["type"].as_str().unwrap_or(""));
-                source
-            } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-                let dir = volumes
-                    .secrets
-                    .get(secret)
-                    .unwrap_or_else(|| panic!("the test has no files for Secret {secret}"));
-                let mode = v["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-                for f in std::fs::read_dir(dir).expect("a Secret's folder").flatten() {
-                    std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(mode))
-                        .expect("a Secret file's mode");
-                }
-                dir.clone()
-            } else {
-                self.not_honoured.push(format!(
-                    "volume {name}: only hostPath and secret are mounted"
-                ));
-                continue;
-            };
-            let mut options = vec!["rbind", if m["readOnly"] == true { "ro" } else { "rw" }];
-            match m["mountPropagation"].as_str() {
-                Some("HostToContainer") => options.push("rslave"),
-                Some("Bidirectional") => options.push("rshared"),
-                _ => options.push("rprivate"),
-            }
-            let dst = m["mountPath"].as_str().expect("a mountPath");
-            self.flags.extend([
-                "--mount".into(),
-                format!(
-                    "type=bind,src={},dst={dst},options={}",
-                    source.display(),
-                    options.join(":")
-                ),
-            ]);
-        }
-    }
-
-    /// The kernel's view of the container's first process matches the
-    /// plan: capabilities (bounding set exactly), no_new_privs, seccomp
-    /// filter mode, user, read-only root, and the node's namespaces.
-    pub fn assert_applied(&self, pid: u32) {
-        let bounding = cap_names(cap_mask(pid, "CapBnd"));
-        let mut expected = self.capabilities.clone();
-        expected.sort();
-        let mut got = bounding.clone();
-        got.sort();
-        assert_eq!(got, expected, "the container's bounding set");
-        assert_eq!(
-            status_field(pid, "NoNewPrivs") == "1",
-            self.no_new_privileges,
-            "no_new_privs"
-        );
-        assert_eq!(
-            status_field(pid, "Seccomp") == "2",
-            self.seccomp,
-            "seccomp filter mode"
-        );
-        if let Some((uid, gid)) = self.run_as {
-            let uids = status_field(pid, "Uid");
-            let gids = status_field(pid, "Gid");
-            assert_eq!(
-                uids.split_whitespace().next(),
-                Some(uid.to_string().as_str())
-            );
-            assert_eq!(
-                gids.split_whitespace().next(),
-                Some(gid.to_string().as_str())
-            );
-        }
-        let mountinfo =
-            std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-        let root = mountinfo
-            .lines()
-            .find(|l| l.split_whitespace().nth(4) == Some("/"))
-            .expect("the container's root mount");
-        let root_ro = root
-            .split_whitespace()
-            .nth(5)
-            .is_some_and(|o| o.split(',').any(|o| o == "ro"));
-        assert_eq!(root_ro, self.read_only_root, "read-only root: {root}");
-        let ns = |p: u32, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).ok();
-        let me = std::process::id();
-        assert_eq!(
-            ns(pid, "net") == ns(me, "net"),
-            self.host_network,
-            "host network"
-        );
-        assert_eq!(ns(pid, "pid") == ns(me, "pid"), self.host_pid, "host PID");
-    }
-}
-
-/// hostPath's `type` check, as the kubelet makes it before the mount.
-fn check_host_path(path: &Path, kind: &str) {
-    let meta = std::fs::metadata(path);
-    match kind {
-        "DirectoryOrCreate" => std::fs::create_dir_all(path).expect("a DirectoryOrCreate hostPath"),
-        "Directory" => assert!(
-            meta.is_ok_and(|m| m.is_dir()),
-            "hostPath {} is not a directory",
-            path.display()
-        ),
-        "Socket" => assert!(
-            meta.is_ok_and(|m| m.file_type().is_socket()),
-            "hostPath {} is not a socket",
-            path.display()
-        ),
-        "File" => assert!(
-            meta.is_ok_and(|m| m.is_file()),
-            "hostPath {} is not a file",
-            path.display()
-        ),
-        "" => {}
-        other => panic!("hostPath type {other} is not checked by this test's kubelet"),
     }
 }
