@@ -251,13 +251,13 @@ impl Metrics {
     }
 }
 
-/// A namespace's gauges' labels: its inode and the pod owning it.
 /// The agent's own network namespace (the node's, with host network).
 fn node_netns() -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
 }
 
+/// A namespace's gauges' labels: its inode and the pod owning it.
 fn netns_label(naming: &mut Naming, netns: u64) -> NetnsLabel {
     // Namespace inodes are 32-bit (`ns.inum`).
     let netns = netns as u32;
