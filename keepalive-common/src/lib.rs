@@ -75,7 +75,9 @@ pub struct KernelConfig {
     /// flight now outstanding started (`tcp_rate_skb_sent` sets it only
     /// when nothing was in flight, so retransmissions leave it alone).
     pub tp_first_tx_mstamp: u32,
-    pub _pad_offsets: u32,
+    /// `struct sock`: `sk_uid` (kuid_t): the socket's owner, `uid:` in
+    /// `ss -e`; an accepted socket has its listener's (`sk_clone_lock`).
+    pub sk_uid: u32,
     /// Sizes in bytes (1 or 4) of members whose type changed across kernels.
     pub tp_keepalive_probes_size: u8,
     pub net_keepalive_probes_size: u8,
@@ -306,7 +308,9 @@ pub struct StateEvent {
     pub acks_total: u32,
     pub old_state: u8,
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The socket's owner (`sk_uid`); [`NO_UID`] when not read.
+    pub uid: u32,
     /// Leaving ESTABLISHED only (a close by either end): jiffies since the
     /// last data received (`icsk_ack.lrcvtime`, which the FIN's own ACK
     /// processing leaves alone, unlike `rcv_tstamp`) and since the last
@@ -314,6 +318,9 @@ pub struct StateEvent {
     pub idle_jiffies: u32,
     pub since_send_jiffies: u32,
 }
+
+/// [`StateEvent::uid`] not read (the kernel's own `INVALID_UID`).
+pub const NO_UID: u32 = u32::MAX;
 
 pub const STATE_EVENT_SIZE: usize = 128;
 const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
 };
 use keepalive_common::{
-    ClosedCounts, Event, EventKind, FlowKey, TIMER_KEEPALIVE, TIMER_NONE, counter, flag,
+    ClosedCounts, Event, EventKind, FlowKey, NO_UID, TIMER_KEEPALIVE, TIMER_NONE, counter, flag,
 };
 
 use crate::{
@@ -98,6 +98,8 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.probes_total = probes_total;
         ev.acks_total = acks_total;
         (ev.pid, ev.cgroup_id, ev.comm) = current_task();
+        // Whose share of the agent's table the socket takes.
+        ev.uid = read::<u32>(sk, config!(sk_uid)).unwrap_or(NO_UID);
         let _ = Probed::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         ev.tuple.state = new;
         if new == TCP_CLOSE {

@@ -3,7 +3,8 @@
 //! length; all three begin with a [`Head`](keepalive_common::Head).
 
 use keepalive_common::{
-    ACK_EVENT_SIZE, AckEvent, EVENT_SIZE, Event, EventKind, STATE_EVENT_SIZE, StateEvent, flag,
+    ACK_EVENT_SIZE, AckEvent, EVENT_SIZE, Event, EventKind, NO_UID, STATE_EVENT_SIZE, StateEvent,
+    flag,
 };
 
 /// Copies a record out of ring-buffer memory, widened to an [`Event`];
@@ -44,6 +45,18 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         _ => return None,
     }
     Some(ev)
+}
+
+/// The socket's owner uid, where the record carries one (a state change).
+pub fn owner_uid(bytes: &[u8]) -> Option<u32> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    let compact = (STATE_EVENT_SIZE..EVENT_SIZE).contains(&bytes.len());
+    if kind != EventKind::StateChange as u32 || !compact {
+        return None;
+    }
+    let at = std::mem::offset_of!(StateEvent, uid);
+    let uid = u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+    (uid != NO_UID).then_some(uid)
 }
 
 /// The events one ring-buffer record stands for, in order: a `ProbeSent`
@@ -127,6 +140,7 @@ mod tests {
             pid: 1234,
             old_state: 2,
             flags: flag::HAS_TUPLE,
+            uid: 65534,
             ..StateEvent::default()
         };
         st.tuple.netns = 42;
@@ -135,6 +149,12 @@ mod tests {
         // SAFETY: StateEvent is plain old data.
         let bytes: [u8; STATE_EVENT_SIZE] = unsafe { std::mem::transmute(st) };
         let ev = decode(&bytes).expect("a compact state change decodes");
+        assert_eq!(owner_uid(&bytes), Some(65534));
+        assert_eq!(owner_uid(&ack_bytes(9)), None, "an ACK carries no owner");
+        st.uid = NO_UID;
+        // SAFETY: StateEvent is plain old data.
+        let unread: [u8; STATE_EVENT_SIZE] = unsafe { std::mem::transmute(st) };
+        assert_eq!(owner_uid(&unread), None);
         assert_eq!((ev.head.ts_ns, ev.pid, ev.cgroup_id), (5, 1234, 77));
         assert_eq!((ev.tuple, ev.comm, ev.old_state), (st.tuple, st.comm, 2));
         assert!(decode(&bytes[..100]).is_none(), "short records are refused");

@@ -99,7 +99,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         tp_srtt_us: btf.find_member("tcp_sock", "srtt_us")?.offset,
         // Delivery-rate sampling (4.10+).
         tp_first_tx_mstamp: btf.find_member("tcp_sock", "first_tx_mstamp")?.offset,
-        _pad_offsets: 0,
+        // kuid_t since 4.10, long before the tracepoints this agent needs.
+        sk_uid: btf.member("sock", "sk_uid")?.offset,
         tp_keepalive_probes_size: byte_or_int("tcp_sock.keepalive_probes", probes)?,
         net_keepalive_probes_size: byte_or_int("net.ipv4.sysctl_tcp_keepalive_probes", net_probes)?,
         icsk_retransmits_size: byte_or_int("inet_connection_sock.icsk_retransmits", retransmits)?,

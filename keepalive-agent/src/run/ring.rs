@@ -83,8 +83,10 @@ impl Sink {
                         warn!("short ring buffer record ({} bytes)", item.len());
                         continue;
                     };
+                    let uid = ring::owner_uid(&item);
                     for ev in ring::unfold(ev) {
-                        let Some(mut record) = apply::to_record(&ev, &mut state.table, &self.clock)
+                        let Some(mut record) =
+                            apply::to_record(&ev, uid, &mut state.table, &self.clock)
                         else {
                             continue;
                         };

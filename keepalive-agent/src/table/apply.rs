@@ -62,8 +62,14 @@ fn owner_of(ev: &Event) -> Owner {
     }
 }
 
-/// Builds the record for `ev`, updating `table` (tuples, owners, closes).
-pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<Record> {
+/// Builds the record for `ev`, updating `table` (tuples, owners, closes);
+/// `uid`: the socket's owner, where the ring record carried it.
+pub fn to_record(
+    ev: &Event,
+    uid: Option<u32>,
+    table: &mut SocketTable,
+    clock: &Clock,
+) -> Option<Record> {
     let kind = EventKind::from_u32(ev.head.kind)?;
     if kind == EventKind::Retransmitting && !new_idle_stall(ev, table, clock) {
         // A stall that followed no idle gap, or one already reported.
@@ -91,7 +97,7 @@ pub fn to_record(ev: &Event, table: &mut SocketTable, clock: &Clock) -> Option<R
         // A closed socket has released its local port (reads 0): keep the
         // tuple the table knew.
         if ev.tuple.sport != 0 {
-            table.set_tuple(cookie, &ev.tuple);
+            table.set_tuple(cookie, &ev.tuple, uid);
         }
     }
     fill(&mut r, kind, ev, cause, table, clock);
@@ -308,10 +314,10 @@ mod tests {
         let mut table = SocketTable::new(10);
         let mut sent = socket_event(EventKind::ProbeSent, flag::KEEPALIVE_ON | flag::HAS_TUPLE);
         sent.settings.sock_time = 250;
-        let r = to_record(&sent, &mut table, &clock).unwrap();
+        let r = to_record(&sent, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::ProbeSent);
         assert_eq!(r.keepalive.unwrap().idle_source, Source::Socket);
-        let r = to_record(&decode(&ack_bytes(9)).unwrap(), &mut table, &clock).unwrap();
+        let r = to_record(&decode(&ack_bytes(9)).unwrap(), None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::ProbeAck);
         assert_eq!((r.rtt_us, r.seq), (Some(81.0), Some(41)));
         assert_eq!(r.local.unwrap().to_string(), "192.0.2.1:1000");
@@ -325,7 +331,7 @@ mod tests {
         let clock = Clock::new(250);
         let mut table = SocketTable::new(10);
         let sent = socket_event(EventKind::ProbeSent, flag::KEEPALIVE_ON | flag::HAS_TUPLE);
-        to_record(&sent, &mut table, &clock).unwrap();
+        to_record(&sent, None, &mut table, &clock).unwrap();
         table.set_owner(
             9,
             Owner {
@@ -335,13 +341,13 @@ mod tests {
                 ..Owner::default()
             },
         );
-        let mut r = to_record(&sent, &mut table, &clock).unwrap();
+        let mut r = to_record(&sent, None, &mut table, &clock).unwrap();
         assert_eq!((r.pid, r.comm.as_deref()), (None, None));
         add_owner(&mut r, &table);
         assert_eq!((r.pid, r.comm.as_deref()), (Some(77), Some("redis-server")));
         assert_eq!(r.container_id.as_deref(), Some("c0ffee"));
         table.close(9);
-        let mut closed = to_record(&sent, &mut table, &clock).unwrap();
+        let mut closed = to_record(&sent, None, &mut table, &clock).unwrap();
         add_owner(&mut closed, &table);
         assert_eq!(closed.pid, Some(77));
     }
@@ -355,13 +361,13 @@ mod tests {
         let mut ev = socket_event(EventKind::StateChange, flag::HAS_TUPLE);
         ev.old_state = 2;
         ev.tuple.netns = 42;
-        let r = to_record(&ev, &mut table, &clock).unwrap();
+        let r = to_record(&ev, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::StateChange);
         assert_eq!((r.netns, r.state), (Some(42), Some(TcpState::Established)));
         assert_eq!(r.old_state, Some(TcpState::SynSent));
         ev.old_state = 1;
         ev.tuple.state = 7;
-        let r = to_record(&ev, &mut table, &clock).unwrap();
+        let r = to_record(&ev, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::SocketClosed);
         assert!(!table.is_live(9) && table.get(9).is_some());
     }
@@ -373,15 +379,15 @@ mod tests {
         let mut ev = socket_event(EventKind::SocketError, flag::HAS_TUPLE);
         ev.err = ETIMEDOUT;
         ev.timer = keepalive_common::TIMER_KEEPALIVE;
-        let r = to_record(&ev, &mut table, &clock).unwrap();
+        let r = to_record(&ev, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::KeepaliveTimeout);
         assert_eq!(r.cause, Some(Cause::Keepalive));
         assert_eq!(r.error.as_deref(), Some("ETIMEDOUT"));
         ev.timer = keepalive_common::TIMER_WRITE;
-        let r = to_record(&ev, &mut table, &clock).unwrap();
+        let r = to_record(&ev, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::ConnectionTimeout);
         ev.err = 104;
-        let r = to_record(&ev, &mut table, &clock).unwrap();
+        let r = to_record(&ev, None, &mut table, &clock).unwrap();
         assert_eq!(r.event, RecordKind::SocketError);
     }
 }

@@ -74,6 +74,7 @@ mod tests {
                 dport: 22,
                 ..Tuple::default()
             },
+            None,
         );
         // Events for probes 1 and 2, then lost ones; a scan reads 5.
         assert_eq!(t.credit(1, Some(1), None).unwrap().probes, 1);
@@ -87,7 +88,7 @@ mod tests {
         assert_eq!(t.credit(1, Some(6), Some(6)).unwrap().probes, 1);
         // Seen again (TIME-WAIT keeps the cookie): its credits come along,
         // and a late event of an old total adds nothing.
-        t.set_tuple(1, &Tuple::default());
+        t.set_tuple(1, &Tuple::default(), None);
         assert_eq!(t.credit(1, Some(6), Some(6)).unwrap().probes, 0);
         assert!(t.credit(2, Some(1), None).is_none(), "unknown socket");
     }

@@ -71,6 +71,8 @@ pub struct Entry {
     /// [`super::credit`]).
     pub credited_probes: u64,
     pub credited_acks: u64,
+    /// Whose share of the table it takes: its owner's uid, once known.
+    pub(super) holder: super::share::Holder,
     /// Inventory generation that last saw the socket.
     pub(super) generation: u64,
 }
@@ -121,6 +123,7 @@ impl Default for Entry {
             closed_here: None,
             credited_probes: 0,
             credited_acks: 0,
+            holder: None,
             generation: 0,
         }
     }

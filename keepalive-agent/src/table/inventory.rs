@@ -66,7 +66,10 @@ impl SocketTable {
             if TcpState::from_kernel(rec.tuple.state) == TcpState::Listen {
                 self.listening.insert((rec.tuple.netns, rec.tuple.sport));
             }
-            let Some(e) = self.entry(rec.cookie) else {
+            // iter/tcp reads 0 as a TIME-WAIT socket's uid (it has no
+            // owner left, bpf_iter_tcp_seq_show): not root's share.
+            let holder = (rec.flags & flag::FULL_SOCK != 0).then_some(rec.uid);
+            let Some(e) = self.entry(rec.cookie, holder) else {
                 continue;
             };
             let (local, remote) = addr::endpoints(&rec.tuple);

@@ -25,6 +25,7 @@ mod entry;
 mod hasher;
 mod inventory;
 mod owners;
+mod share;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -40,6 +41,7 @@ use hasher::CookieMap;
 pub use inventory::Survival;
 use keepalive_api::{Owner, SocketRow, TcpState};
 use keepalive_common::Tuple;
+use share::{Admission, Holder, Shares};
 pub use view::{Judge, row};
 
 use crate::model::addr;
@@ -63,8 +65,13 @@ pub struct SocketTable {
     /// at every inventory, which would walk every descriptor of the node
     /// for one socket.
     unfindable: owners::Unfindable,
-    /// Sockets not recorded because the table was full.
+    /// Who holds the room: a full table is shared between users.
+    shares: Shares,
+    /// Sockets not recorded because the table was full and their user
+    /// held as many as any other.
     pub refused: u64,
+    /// Sockets dropped from a full table for another user's.
+    pub evicted: u64,
     /// The shortest silence from the peer that counts as an idle gap
     /// (`--idle-gap-seconds`): what an idle reset or blackhole follows.
     pub idle_gap_min_s: f64,
@@ -72,6 +79,20 @@ pub struct SocketTable {
 
 /// The default `--idle-gap-seconds`.
 pub const IDLE_GAP_MIN_S: f64 = 1.0;
+
+/// A new live entry for `cookie`. A closed socket seen again (its
+/// TIME-WAIT form keeps the cookie) is the same socket: what the table knew
+/// of it, its credits included, comes back with it. `generation`: born in
+/// this pass, an inventory that started before the socket existed must not
+/// count it as gone.
+fn revived(closed: &mut CookieMap<Entry>, cookie: u64, generation: u64, holder: Holder) -> Entry {
+    let mut entry = closed.remove(&cookie).unwrap_or_default();
+    entry.generation = generation;
+    if let Some(uid) = holder {
+        (entry.holder, entry.uid) = (holder, uid);
+    }
+    entry
+}
 
 impl SocketTable {
     pub fn new(capacity: usize) -> Self {
@@ -84,44 +105,77 @@ impl SocketTable {
             unfindable: owners::Unfindable::default(),
             capacity,
             generation: 0,
+            shares: Shares::default(),
             refused: 0,
+            evicted: 0,
             idle_gap_min_s: IDLE_GAP_MIN_S,
         }
     }
 
-    /// The live entry of `cookie`, created if there is room.
-    fn entry(&mut self, cookie: u64) -> Option<&mut Entry> {
-        let full = self.live.len() >= self.capacity;
-        // One lookup for a socket the table knows: an inventory makes one
-        // such call per socket of the node.
-        let vacant = match self.live.entry(cookie) {
-            hash_map::Entry::Occupied(known) => return Some(known.into_mut()),
-            hash_map::Entry::Vacant(vacant) => vacant,
-        };
-        if full {
+    /// The live entry of `cookie`, created if there is room (see
+    /// [`share`]): `holder` is its owner's uid where the caller knows it.
+    fn entry(&mut self, cookie: u64, holder: Holder) -> Option<&mut Entry> {
+        // A full table makes room first (the lookup is paid only then).
+        if self.live.len() >= self.capacity
+            && !self.live.contains_key(&cookie)
+            && !self.make_room_for(holder)
+        {
             self.refused += 1;
             return None;
         }
-        // Born in this pass: an inventory that started before the socket
-        // existed must not count it as gone.
-        let generation = self.generation;
-        // A closed socket seen again (its TIME-WAIT form keeps the cookie)
-        // is the same socket: what the table knew of it, its credits
-        // included, comes back with it.
-        let revived = self
-            .closed
-            .remove(&cookie)
-            .map(|e| Entry { generation, ..e });
-        Some(vacant.insert(revived.unwrap_or(Entry {
-            generation,
-            ..Entry::default()
-        })))
+        // One lookup for a socket the table knows: an inventory makes one
+        // such call per socket of the node.
+        match self.live.entry(cookie) {
+            hash_map::Entry::Occupied(known) => {
+                let e = known.into_mut();
+                if holder.is_some() && e.holder != holder {
+                    self.shares.moved(e.holder, holder, cookie);
+                    e.holder = holder;
+                    e.uid = holder.unwrap_or(e.uid);
+                }
+                Some(e)
+            }
+            hash_map::Entry::Vacant(vacant) => {
+                let entry = revived(&mut self.closed, cookie, self.generation, holder);
+                self.shares.add(entry.holder, cookie);
+                Some(vacant.insert(entry))
+            }
+        }
+    }
+
+    /// Drops a socket of the largest holder for one of `holder`'s, if the
+    /// shares allow it.
+    fn make_room_for(&mut self, holder: Holder) -> bool {
+        let live = &self.live;
+        let Admission::Evict(victim) = self
+            .shares
+            .admit(holder, &|c| live.get(&c).map(share::held))
+        else {
+            return false;
+        };
+        self.forget(victim);
+        self.evicted += 1;
+        true
+    }
+
+    /// Removes a live entry, its listening port and its share.
+    fn forget(&mut self, cookie: u64) -> Option<Entry> {
+        let entry = self.live.remove(&cookie)?;
+        if entry.state == TcpState::Listen
+            && let (Some(netns), Some(local)) = (entry.netns, entry.local)
+        {
+            self.listening.remove(&(netns, local.port()));
+        }
+        let live = &self.live;
+        self.shares
+            .remove(entry.holder, &|c| live.get(&c).map(share::held));
+        Some(entry)
     }
 
     /// Records where a socket is, from an event that read a full tuple.
-    pub fn set_tuple(&mut self, cookie: u64, t: &Tuple) {
+    pub fn set_tuple(&mut self, cookie: u64, t: &Tuple, holder: Holder) {
         let (local, remote) = addr::endpoints(t);
-        if let Some(e) = self.entry(cookie) {
+        if let Some(e) = self.entry(cookie, holder) {
             e.local = Some(local);
             e.remote = Some(remote);
             e.netns = Some(t.netns);
@@ -155,14 +209,9 @@ impl SocketTable {
 
     /// Moves the socket to the recently-closed set, evicting the oldest.
     pub fn close(&mut self, cookie: u64) {
-        let Some(entry) = self.live.remove(&cookie) else {
+        let Some(entry) = self.forget(cookie) else {
             return;
         };
-        if entry.state == TcpState::Listen
-            && let (Some(netns), Some(local)) = (entry.netns, entry.local)
-        {
-            self.listening.remove(&(netns, local.port()));
-        }
         if self.closed.len() >= RECENTLY_CLOSED
             && let Some(old) = self.closed_order.pop_front()
         {

@@ -83,7 +83,7 @@ impl SocketTable {
     }
 
     pub fn set_shared_owner(&mut self, cookie: u64, owner: Arc<Owner>) {
-        if let Some(e) = self.entry(cookie) {
+        if let Some(e) = self.entry(cookie, None) {
             e.owner = Some(owner);
         }
     }

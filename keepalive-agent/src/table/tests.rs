@@ -29,9 +29,9 @@ fn inventory_closes_the_unseen_but_not_the_newborn() {
         sport: 1,
         ..Tuple::default()
     };
-    t.set_tuple(1, &tuple);
+    t.set_tuple(1, &tuple, None);
     t.begin_inventory();
-    t.set_tuple(2, &tuple);
+    t.set_tuple(2, &tuple, None);
     t.apply_inventory(&[], &Clock::new(250));
     t.end_inventory_of(7);
     assert!(!t.is_live(1), "unseen by the pass: gone");
@@ -71,6 +71,62 @@ fn bounded_and_counted() {
     t.set_owner(3, owner(3));
     assert_eq!(t.refused, 1);
     assert!(t.get(3).is_some());
+}
+
+/// One user filling the table cannot keep another's sockets out: the
+/// newcomer takes the place of the filler's socket, a keepalive-off one
+/// first; the filler's own newcomers are refused; an inventory that learns
+/// a socket's uid counts it under that user.
+#[test]
+fn a_full_table_is_shared_between_users() {
+    let clock = Clock::new(250);
+    let mut t = SocketTable::new(4);
+    let record = |cookie: u64, uid: u32, keepalive: bool| SocketRecord {
+        cookie,
+        uid,
+        tuple: Tuple {
+            netns: 7,
+            sport: cookie as u16,
+            state: 1,
+            ..Tuple::default()
+        },
+        flags: flag::FULL_SOCK | if keepalive { flag::KEEPALIVE_ON } else { 0 },
+        ..SocketRecord::default()
+    };
+    let filler: Vec<_> = (1..=4).map(|c| record(c, 65534, c != 3)).collect();
+    t.apply_inventory(&filler, &clock);
+    t.set_tuple(5, &Tuple::default(), Some(65534));
+    assert_eq!(
+        (t.len(), t.refused, t.evicted),
+        (4, 1, 0),
+        "the filler's own: refused"
+    );
+    // root connects: the filler's keepalive-off socket (3) makes room.
+    t.set_tuple(6, &Tuple::default(), Some(0));
+    assert!(t.is_live(6) && !t.is_live(3));
+    assert_eq!(t.evicted, 1);
+    // A socket of unknown owner is a holder of its own, then moves to
+    // root's share once an inventory reads its uid.
+    t.set_tuple(7, &Tuple::default(), None);
+    assert!(
+        t.is_live(7) && !t.is_live(1),
+        "the filler's oldest goes next"
+    );
+    t.apply_inventory(&[record(7, 0, true)], &clock);
+    assert_eq!(
+        (
+            t.get(7).unwrap().uid,
+            t.shares.of(Some(0)),
+            t.shares.of(None)
+        ),
+        (0, 2, 0)
+    );
+    // Two each: the next of either is refused, whoever came first.
+    t.set_tuple(8, &Tuple::default(), Some(0));
+    t.set_tuple(9, &Tuple::default(), Some(65534));
+    assert_eq!((t.len(), t.refused, t.evicted), (4, 3, 2));
+    // Evicted sockets are not closed: no close record, not findable.
+    assert!(t.get(3).is_none());
 }
 
 #[test]

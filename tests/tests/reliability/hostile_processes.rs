@@ -343,3 +343,82 @@ print("ready", flush=True); sys.stdin.read()
     remove_up_to_user_slice(&as_pod);
     remove_up_to_user_slice(&as_unit);
 }
+
+/// Listens on 127.0.0.1:PORT and connects to itself N times, keepalive
+/// off, holding every end; prints "ready".
+const FILL_PROGRAM: &str = r#"
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.bind(("127.0.0.1", port))
+srv.listen(n)
+held = []
+for i in range(n):
+    held.append(socket.create_connection(("127.0.0.1", port)))
+    held.append(srv.accept()[0])
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// Nobody fills a 64-socket table with 201 sockets of its own; root's new
+/// keepalive connection still appears, both ends, with its probes: the
+/// filler's sockets make room (finding 4: first come was first kept).
+#[test]
+fn a_user_filling_the_socket_table_does_not_hide_another_users_connection() {
+    let agent = Daemon::launch(Launch {
+        args: &["--max-sockets", "64", "--inventory-seconds", "1"],
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("agent did not become ready: {e:#?}"));
+    let fill_port = keepalive_tests::prometheus::free_port();
+    let filler = Nobody::run(
+        &[
+            "/usr/bin/python3",
+            "-c",
+            FILL_PROGRAM,
+            &fill_port.to_string(),
+            "100",
+        ],
+        None,
+    );
+    // Inventories take the filler's sockets in until the table is full.
+    let refused = eventually_some(Duration::from_secs(10), || {
+        agent
+            .metric("keepalive_agent_sockets_refused_total", &[])
+            .filter(|v| *v > 0.0)
+    })
+    .expect("a full table refuses the filler's sockets");
+    let nobody_rows = agent.sockets("").iter().filter(|r| r.uid == 65534).count();
+    let (client, server) = keepalive_pairs(1).pop().unwrap();
+    let port = client.peer_addr().unwrap().port();
+    let ours = eventually_some(Duration::from_secs(10), || {
+        let rows: Vec<SocketRow> = agent
+            .sockets(&format!("port={port}"))
+            .into_iter()
+            .filter(|r| r.keepalive.as_ref().is_some_and(|k| k.enabled) && r.probes > 0)
+            .collect();
+        (!rows.is_empty()).then_some(rows)
+    })
+    .expect("root's keepalive connection, with its probes, in a table nobody filled");
+    let evicted = agent
+        .metric("keepalive_agent_sockets_evicted_total", &[])
+        .unwrap_or(0.0);
+    let shares = agent.sockets("");
+    let (root, nobody) = (
+        shares.iter().filter(|r| r.uid == 0).count(),
+        shares.iter().filter(|r| r.uid == 65534).count(),
+    );
+    eprintln!(
+        "table of 64: nobody held {nobody_rows} before root connected, refused {refused}; \
+         then root {root} (its keepalive end with {} probes), nobody {nobody}, evicted {evicted}",
+        ours[0].probes
+    );
+    assert!(ours.iter().all(|r| r.uid == 0), "{ours:?}");
+    assert!(
+        evicted >= 1.0,
+        "keepalive_agent_sockets_evicted_total {evicted}"
+    );
+    assert!(nobody < nobody_rows, "the filler kept all {nobody_rows}");
+    drop((client, server, filler));
+    agent.stop();
+}

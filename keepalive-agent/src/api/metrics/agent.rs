@@ -124,6 +124,7 @@ pub struct AgentHealth {
     pub(super) socket_map_full: Counter,
     pub(super) read_errors: Counter,
     pub(super) sockets_refused: Counter,
+    pub(super) sockets_evicted: Counter,
     pub clients_dropped: Counter,
     pub(super) tc_interfaces: Gauge,
     pub(super) tracked: Gauge,
@@ -278,7 +279,12 @@ impl AgentHealth {
             sockets_refused: registered(
                 r,
                 "keepalive_agent_sockets_refused",
-                "Sockets the agent's table could not track because it was full",
+                "Sockets the agent's table did not take in: it was full and their user (sk_uid) held as many sockets of it as any other",
+            ),
+            sockets_evicted: registered(
+                r,
+                "keepalive_agent_sockets_evicted",
+                "Sockets dropped from the agent's full table to make room for a socket of a user holding fewer (a keepalive-off one of the largest holder first, else its oldest)",
             ),
             clients_dropped: registered(
                 r,

@@ -84,6 +84,7 @@ pub struct Metrics {
     pub(super) series: series::SeriesByNetns,
     pub(super) last_kernel: KernelCounters,
     pub(super) last_refused: u64,
+    pub(super) last_evicted: u64,
     pub(super) ports: PortLabels,
     /// Distinct workloads labelled, capped by `--max-workloads`, and the
     /// count of what was folded.
@@ -250,6 +251,7 @@ impl Metrics {
             series: Default::default(),
             last_kernel: KernelCounters::default(),
             last_refused: 0,
+            last_evicted: 0,
             ports: PortLabels::new(config.max_port_labels),
             workloads: WorkloadLabels::new(config.max_workloads, workloads_folded),
             netns_label: config.netns_label,

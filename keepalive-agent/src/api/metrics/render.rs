@@ -100,6 +100,10 @@ impl Metrics {
             .sockets_refused
             .inc_by(s.table.refused.saturating_sub(self.last_refused));
         self.last_refused = s.table.refused;
+        self.agent
+            .sockets_evicted
+            .inc_by(s.table.evicted.saturating_sub(self.last_evicted));
+        self.last_evicted = s.table.evicted;
         self.agent.tc_interfaces.set(s.tc_interfaces as i64);
         let streams = [("stdout", outlet::stdout()), ("stderr", outlet::stderr())];
         for (i, (stream, outlet)) in streams.into_iter().enumerate() {
