@@ -282,3 +282,56 @@ fn retries_for_unfindable_owners_back_off() {
     t.set_owners_by_inode(HashMap::from([(77, owner(3))]), &HashSet::from([77]));
     assert_eq!(t.unfindable_owners(), (0, UNFINDABLE_RETRY));
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Opens (by a uid of four, or of unknown owner) and closes.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Open(Option<u32>),
+        Close(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => prop::option::weighted(0.9, 0u32..4).prop_map(Op::Open),
+                1 => (0u64..400).prop_map(Op::Close),
+            ],
+            1..400,
+        )
+    }
+
+    proptest! {
+        /// Whatever the order of arrivals, the table stays within its
+        /// capacity, its shares add up to what it holds, and a socket is
+        /// refused only when its user holds as many as any other but one.
+        #[test]
+        fn a_full_table_refuses_only_the_largest_holders(capacity in 1usize..32, ops in ops()) {
+            let mut t = SocketTable::new(capacity);
+            let mut next = 0u64;
+            for op in ops {
+                match op {
+                    Op::Open(holder) => {
+                        let refused = t.refused;
+                        next += 1;
+                        t.set_tuple(next, &Tuple::default(), holder);
+                        if t.refused > refused {
+                            let mine = t.shares.of(holder);
+                            let most = t.shares.holders().map(|(_, n)| n).max().unwrap_or(0);
+                            prop_assert!(mine + 1 >= most, "{holder:?} holds {mine}, refused below {most}");
+                        } else {
+                            prop_assert!(t.is_live(next));
+                        }
+                    }
+                    Op::Close(cookie) => t.close(cookie),
+                }
+                prop_assert!(t.len() <= capacity);
+                prop_assert_eq!(t.shares.holders().map(|(_, n)| n).sum::<usize>(), t.len());
+            }
+        }
+    }
+}

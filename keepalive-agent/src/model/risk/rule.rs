@@ -141,6 +141,13 @@ fn parse_destination(s: &str) -> Result<Destination, RiskError> {
             return Err(bad());
         }
         (Some(format!("{inside}{len}")), port)
+    } else if s
+        .split('/')
+        .next()
+        .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        // An IPv6 block without a port needs no brackets: 2001:db8::/32.
+        (Some(s.to_string()), None)
     } else {
         match s.split_once(':') {
             Some((net, port)) => (Some(net.to_string()), Some(port)),

@@ -144,3 +144,54 @@ fn the_first_middlebox_to_forget_is_the_one_judged() {
         assert_eq!(text.parse::<Rule>().unwrap().to_string(), text);
     }
 }
+
+mod properties {
+    use std::net::IpAddr;
+
+    use proptest::prelude::*;
+
+    use super::super::{
+        profiles::{PROFILES, Profile},
+        *,
+    };
+
+    fn profile() -> impl Strategy<Value = Profile> {
+        prop_oneof![
+            prop::sample::select(PROFILES.to_vec()),
+            (1u32..=86_400).prop_map(|secs| Profile {
+                name: "custom",
+                idle_timeout_s: secs,
+                l7: false,
+                note: "configured idle timeout",
+            }),
+        ]
+    }
+
+    fn net() -> impl Strategy<Value = (IpAddr, u8)> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, len)| (IpAddr::from(a), len)),
+            (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, len)| (IpAddr::from(a), len)),
+        ]
+    }
+
+    fn destination() -> impl Strategy<Value = Destination> {
+        (prop::option::of(net()), prop::option::of(1u16..))
+            .prop_filter("a destination names a block or a port", |(n, p)| {
+                n.is_some() || p.is_some()
+            })
+            .prop_map(|(net, port)| Destination { net, port })
+    }
+
+    proptest! {
+        /// What `Display` writes, `--idle-timeout` reads back unchanged.
+        #[test]
+        fn a_rule_written_out_reads_back_the_same(
+            profile in profile(),
+            destination in prop::option::of(destination()),
+        ) {
+            let rule = Rule { profile, destination };
+            let text = rule.to_string();
+            prop_assert_eq!(text.parse::<Rule>(), Ok(rule), "{}", text);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The BTF reader against hand-made blobs, corrupted bytes and this machine's own kernel BTF.
 
 mod builder;
+mod properties;
 
 use std::path::Path;
 
