@@ -82,19 +82,6 @@ pub fn connection_cap(asked: u64, nofile: u64) -> usize {
     asked.min(room).max(1) as usize
 }
 
-/// The soft limit on open files in force.
-pub fn nofile_limit() -> u64 {
-    let mut rlim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } != 0 {
-        return 1024;
-    }
-    rlim.rlim_cur
-}
-
 /// The most descriptors the TC attachments may bring the process to: the
 /// limit less the API's connections and half the reserve (namespaces,
 /// iterators and `/proc` while they are read).

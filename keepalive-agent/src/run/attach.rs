@@ -37,7 +37,12 @@ pub struct Attached {
 /// The ring buffer, polled by its reader task.
 pub type Ring = AsyncFd<RingBuf<MapData>>;
 
-pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached, Ring)> {
+/// `nofile`: the soft limit on open files in force.
+pub fn attach(
+    args: &RunArgs,
+    config: &KernelConfig,
+    nofile: u64,
+) -> anyhow::Result<(Attached, Ring)> {
     let hz = hz::detect();
     let opts = LoadOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
@@ -60,10 +65,7 @@ pub fn attach(args: &RunArgs, config: &KernelConfig) -> anyhow::Result<(Attached
     log_hooks(&hooks);
     let filter = InterfaceFilter(args.interfaces.clone());
     let mut tc = TcAttacher::default();
-    tc.descriptor_ceiling = Some(process::attachment_ceiling(
-        args.max_connections,
-        process::nofile_limit(),
-    ));
+    tc.descriptor_ceiling = Some(process::attachment_ceiling(args.max_connections, nofile));
     if args.tc_baseline {
         tc.classifiers = tc::Classifiers::Baseline;
     }

@@ -124,7 +124,7 @@ async fn run(
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::catch()?;
-    let (mut attached, ring) = tokio::task::block_in_place(|| attach(&args, &config))?;
+    let (mut attached, ring) = tokio::task::block_in_place(|| attach(&args, &config, nofile))?;
     let clock = Clock::new(attached.hz);
     let (state, sysctl_watch) = build_state(&args, &mut attached, &clock)?;
     let (events, _) = broadcast::channel::<Arc<Record>>(4096);

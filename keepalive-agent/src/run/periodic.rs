@@ -53,7 +53,7 @@ pub fn tc(attached: &mut Attached, state: &Shared) {
     }
     s.metrics
         .agent
-        .refused("tc_interface", report.refused_descriptors as u64);
+        .refused("tc_interface", report.newly_refused as u64);
     s.tc_interfaces = report.total;
     if let Some(hook) = s.hooks.iter_mut().find(|h| h.hook == Hook::Tc) {
         hook.live = report.total > 0;

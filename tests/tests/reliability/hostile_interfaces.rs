@@ -82,6 +82,19 @@ fn interfaces_a_user_makes_are_attached_in_bounded_passes_within_the_descriptor_
             .is_some_and(|v| v >= 1.0)
     });
     assert!(refused, "no refusal counted: {:#?}", agent.stderr());
+    // Each interface is counted once, however many passes (2 s) it waits.
+    std::thread::sleep(Duration::from_secs(5));
+    let refusals = agent
+        .metric(
+            "keepalive_agent_untrusted_refused_total",
+            &[("what", "tc_interface")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        refusals <= (2 * PAIRS) as f64,
+        "{refusals} refusals for {} interfaces: counted again at every pass",
+        2 * PAIRS
+    );
     let open = agent
         .metric("process_open_fds", &[])
         .expect("process_open_fds");

@@ -119,6 +119,9 @@ pub struct TcAttacher {
     attached: BTreeMap<Interface, Attachment>,
     /// Failures already logged, so a broken interface does not flood logs.
     failed: BTreeSet<Interface>,
+    /// Interfaces refused for descriptors, so that each is counted once
+    /// however many passes it waits.
+    refused: BTreeSet<Interface>,
 }
 
 /// Interfaces attached in one pass at most, and how long a pass attaches:
@@ -143,6 +146,8 @@ pub struct SyncReport {
     pub deferred: usize,
     /// Not attached: the descriptors they would take are the API's.
     pub refused_descriptors: usize,
+    /// Of those, refused for the first time.
+    pub newly_refused: usize,
 }
 
 impl SyncReport {
@@ -246,6 +251,8 @@ impl TcAttacher {
         }
         self.failed
             .retain(|key| live.contains(key) || unread.contains(&key.inode));
+        self.refused
+            .retain(|key| live.contains(key) || unread.contains(&key.inode));
         // Where each namespace is reachable now, for the ones whose old
         // path no longer leads there.
         let paths: BTreeMap<u64, PathBuf> = seen
@@ -274,6 +281,9 @@ impl TcAttacher {
                 // Two links (TCX), and the namespace's descriptor while in it.
                 if *n + 3 > ceiling {
                     report.refused_descriptors += 1;
+                    if self.refused.insert(key) {
+                        report.newly_refused += 1;
+                    }
                     continue;
                 }
                 *n += 2;
@@ -281,6 +291,7 @@ impl TcAttacher {
             match attach_both(ebpf, &ns, &name, self.classifiers) {
                 Ok(links) => {
                     info!("tc: classifiers attached to {name} in netns {}", ns.inode);
+                    self.refused.remove(&key);
                     self.attached.insert(
                         key,
                         Attachment {
