@@ -88,7 +88,11 @@ pub struct KernelConfig {
     pub sock_keepopen_bit: u8,
     /// 0 until the agent has filled the struct.
     pub enabled: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 1],
+    /// The most `SOCKETS` entries the sockets of one user (`sk_uid`) may
+    /// hold, so that one user filling the map does not blind the agent to
+    /// the others; 0: no limit.
+    pub socket_share: u32,
 }
 
 /// What a ring-buffer record reports ([`Head::kind`]).
@@ -378,6 +382,9 @@ pub struct SocketCounters {
     /// egress, ACK, state change): a later look that finds it higher counts the probes of runs
     /// the kernel ran without our timer hooks.
     pub probes_out_seen: u64,
+    /// The socket's owner (`sk_uid`), whose share of the map it takes.
+    pub uid: u32,
+    pub _pad: u32,
 }
 
 /// Key of the probes in flight, as the local side sees the flow.
@@ -500,6 +507,10 @@ pub struct KernelCounters {
     /// closed port, or a connection whose time-wait ended): not reported.
     #[cfg_attr(feature = "serde", serde(default))]
     pub resets_sent_no_socket: u64,
+    /// Sockets not tracked in `SOCKETS` because their user already held
+    /// its share of the map ([`KernelConfig::socket_share`]).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub socket_share_refused: u64,
 }
 
 /// Slots of the `COUNTERS` array: one per [`KernelCounters`] field.

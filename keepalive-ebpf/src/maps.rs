@@ -6,8 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use keepalive_common::{
-    COUNTER_SLOTS, ClosedCounts, FlowKey, ProbeInFlight, SocketCounters, counter,
+    COUNTER_SLOTS, ClosedCounts, FlowKey, NO_UID, ProbeInFlight, SocketCounters, counter,
 };
+
+use crate::kernel::{config, read};
 
 /// Events for the agent. Every failed reservation counts as `EVENTS_LOST`.
 #[map]
@@ -18,6 +20,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// `SOCKET_MAP_FULL`; entries are removed when the socket closes.
 #[map]
 pub static SOCKETS: HashMap<u64, SocketCounters> = HashMap::with_max_entries(65536, 0);
+
+/// How many `SOCKETS` entries each user's sockets hold (by `sk_uid`):
+/// created with a socket's first entry, never more than
+/// `KernelConfig::socket_share`. Allocated as used (a user per entry at
+/// most: sized like `SOCKETS` by the agent).
+#[map]
+pub static HELD: HashMap<u32, u32> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Probes seen on egress whose ACK has not come back yet, one per flow (a
 /// flow's next probe replaces its last). A plain hash, not LRU, so nothing
@@ -158,41 +169,99 @@ pub fn count(index: u32, n: u64) {
     }
 }
 
-/// The per-socket counters of `cookie`, created when absent.
+/// The per-socket counters of `cookie` (socket `sk`), created when absent
+/// and its user's share allows.
 #[inline(always)]
-pub fn socket_counters(cookie: u64, probes_out: u8) -> Option<*mut SocketCounters> {
+pub fn socket_counters(sk: u64, cookie: u64, probes_out: u8) -> Option<*mut SocketCounters> {
     if cookie == 0 {
         return None;
     }
     if let Some(ptr) = SOCKETS.get_ptr_mut(cookie) {
         return Some(ptr);
     }
+    let uid = read::<u32>(sk, config!(sk_uid)).unwrap_or(NO_UID);
+    if !take_share(uid) {
+        count(counter!(socket_share_refused), 1);
+        return None;
+    }
     // Probes sent before the hooks first saw the socket are not ours to count.
     let fresh = SocketCounters {
         probes_out_seen: probes_out.into(),
+        uid,
         ..SocketCounters::default()
     };
     // BPF_NOEXIST: a concurrent creator wins, we then use its entry.
-    if SOCKETS.insert(cookie, fresh, 1).is_err() && SOCKETS.get_ptr_mut(cookie).is_none() {
-        count(counter!(socket_map_full), 1);
-        return None;
+    if SOCKETS.insert(cookie, fresh, 1).is_err() {
+        give_back_share(uid);
+        if SOCKETS.get_ptr_mut(cookie).is_none() {
+            count(counter!(socket_map_full), 1);
+            return None;
+        }
     }
     SOCKETS.get_ptr_mut(cookie)
 }
 
+/// Removes a socket's counters, giving its entry back to its user's share.
+#[inline(always)]
+pub fn forget_socket(cookie: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(uid) = (unsafe { SOCKETS.get(cookie) }).map(|c| c.uid) else {
+        return;
+    };
+    // Only the one removal that succeeds gives the entry back.
+    if SOCKETS.remove(cookie).is_ok() {
+        give_back_share(uid);
+    }
+}
+
+/// One more entry for `uid`, if its share allows (a race of two CPUs may
+/// pass the limit by one each: a bound, not an exact count).
+#[inline(always)]
+fn take_share(uid: u32) -> bool {
+    let limit = config!(socket_share);
+    if let Some(n) = HELD.get_ptr_mut(uid) {
+        // SAFETY: a live map value, read at once.
+        if limit != 0 && unsafe { core::ptr::read_volatile(n) } >= limit {
+            return false;
+        }
+        add32(n, 1);
+        return true;
+    }
+    const BPF_NOEXIST: u64 = 1;
+    if HELD.insert(uid, 1, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // A concurrent first entry of the same user, or HELD full.
+    match HELD.get_ptr_mut(uid) {
+        Some(n) => {
+            add32(n, 1);
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn give_back_share(uid: u32) {
+    if let Some(n) = HELD.get_ptr_mut(uid) {
+        add32(n, u32::MAX);
+    }
+}
+
 /// Counts `probes` keepalive probes (`wire` of them seen by TC) for the
-/// socket `cookie`, creating its counters if needed (`probes_out`: the
+/// socket `sk` of `cookie`, creating its counters if needed (`probes_out`: the
 /// socket's `icsk_probes_out` once they are sent); returns its totals of
 /// probes and ACKs for the event that reports them.
 #[inline(always)]
 pub fn count_socket_probes(
+    sk: u64,
     cookie: u64,
     probes: u64,
     wire: u64,
     now_ns: u64,
     probes_out: u8,
 ) -> (u32, u32) {
-    let Some(c) = socket_counters(cookie, probes_out) else {
+    let Some(c) = socket_counters(sk, cookie, probes_out) else {
         return (0, 0);
     };
     // SAFETY: `c` points at a live map value; `add` updates atomically.

@@ -15,7 +15,10 @@ use keepalive_common::{
 use crate::{
     emit::{emit, emit_state},
     kernel::{ETIMEDOUT, Memory, Probed, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, config, read},
-    maps::{CLOSED, IN_FLIGHT, SOCKETS, count, recover_unseen_probes, remove_in_flight, scratch},
+    maps::{
+        CLOSED, IN_FLIGHT, SOCKETS, count, forget_socket, recover_unseen_probes, remove_in_flight,
+        scratch,
+    },
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -84,7 +87,7 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
             in_timer = true;
         }
         if !in_timer {
-            let _ = SOCKETS.remove(cookie);
+            forget_socket(cookie);
         }
     }
     let sent = emit_state(cookie, |ev| {

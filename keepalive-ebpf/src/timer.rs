@@ -26,7 +26,8 @@ use crate::{
     emit::emit,
     kernel::{self, Memory, Probed, config, read},
     maps::{
-        SOCKETS, add, count, count_socket_probes, recover_unseen_probes, scratch, socket_counters,
+        SOCKETS, add, count, count_socket_probes, forget_socket, recover_unseen_probes, scratch,
+        socket_counters,
     },
 };
 
@@ -72,7 +73,7 @@ pub fn on_entry(timer: u64) -> Result<(), i64> {
     if cookie == 0 {
         count(counter!(no_cookie), 1);
     }
-    if let Some(c) = socket_counters(cookie, scratch.probes_out_before) {
+    if let Some(c) = socket_counters(sk, cookie, scratch.probes_out_before) {
         // SAFETY: `c` points at a live map value.
         add(unsafe { &raw mut (*c).timer_fires }, 1);
     }
@@ -101,7 +102,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
         // the socket, so it is not read again (the state change counted
         // what it had not seen). Its counters go now.
         count(counter!(closed_in_timer), 1);
-        let _ = SOCKETS.remove(scratch.cookie);
+        forget_socket(scratch.cookie);
         return Ok(());
     }
     let sk = scratch.sk;
@@ -160,7 +161,7 @@ pub fn on_exit(timer: u64) -> Result<(), i64> {
     }
     let wire_ifindex = scratch.wire_ifindex;
     count(counter!(probes), sent);
-    let (probes_total, acks_total) = count_socket_probes(cookie, sent, 0, now_ns, after);
+    let (probes_total, acks_total) = count_socket_probes(sk, cookie, sent, 0, now_ns, after);
     let snd_una = read::<u32>(sk, config!(tp_snd_una)).unwrap_or(0);
     emit(EventKind::ProbeSent, cookie, |ev| {
         ev.timer = TIMER_KEEPALIVE;

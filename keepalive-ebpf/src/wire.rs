@@ -254,7 +254,7 @@ pub fn on_egress(ctx: &TcContext) -> Result<(), i64> {
         count(counter!(probes_wire_only), 1);
         // The callback counts the probe once this send returns.
         let probes_out = Probed::probes_out(sk).unwrap_or(0).saturating_add(1);
-        let (probes_total, acks_total) = count_socket_probes(cookie, 1, 1, now, probes_out);
+        let (probes_total, acks_total) = count_socket_probes(sk, cookie, 1, 1, now, probes_out);
         // SAFETY: no arguments; reads the kernel's jiffies.
         let now_jiffies = unsafe { bpf_jiffies64() } as u32;
         emit(EventKind::ProbeSent, cookie, |ev| {

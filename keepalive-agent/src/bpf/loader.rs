@@ -53,16 +53,29 @@ pub struct Loaded {
     pub iterator: Result<(), IterError>,
 }
 
+/// The most of the kernel's socket map one user's sockets may hold: three
+/// quarters, so that one user filling it leaves the others a quarter (the
+/// agent's own table shares its room the same way, by the same `sk_uid`).
+pub fn socket_share(max_sockets: u32) -> u32 {
+    (max_sockets - max_sockets / 4).max(1)
+}
+
 pub fn load(config: &KernelConfig, opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoKernelPrograms);
     }
     let btf = AyaBtf::from_sys_fs()?;
+    let config = KernelConfig {
+        socket_share: socket_share(opts.max_sockets),
+        ..*config
+    };
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
-        .override_global("CONFIG", config, true)
+        .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("SOCKETS", opts.max_sockets)
+        // A user per socket entry at most.
+        .map_max_entries("HELD", opts.max_sockets)
         .load(EBPF_OBJECT)?;
     let mut hooks = vec![hooks::attach_timers(&mut ebpf, &btf, opts.timer_mode)?];
     for (hook, prog) in [

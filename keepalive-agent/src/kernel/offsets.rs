@@ -108,7 +108,9 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         net_syn_retries_size: byte_or_int("net.ipv4.sysctl_tcp_syn_retries", syn_retries)?,
         sock_keepopen_bit: keepopen_bit(btf)?,
         enabled: 1,
-        _pad: [0; 5],
+        _pad: [0; 1],
+        // Set by the loader from --max-sockets.
+        socket_share: 0,
     })
 }
 

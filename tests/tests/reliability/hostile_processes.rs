@@ -344,25 +344,35 @@ print("ready", flush=True); sys.stdin.read()
     remove_up_to_user_slice(&as_unit);
 }
 
-/// Listens on 127.0.0.1:PORT and connects to itself N times, keepalive
-/// off, holding every end; prints "ready".
+/// Listens on 127.0.0.1:PORT and connects to itself N times, holding
+/// every end; with "keepalive", each client probes every second. Prints
+/// "ready".
 const FILL_PROGRAM: &str = r#"
 import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, keepalive = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "keepalive"
 srv = socket.socket()
 srv.bind(("127.0.0.1", port))
 srv.listen(n)
 held = []
 for i in range(n):
-    held.append(socket.create_connection(("127.0.0.1", port)))
+    c = socket.socket()
+    if keepalive:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+    c.connect(("127.0.0.1", port))
+    held.append(c)
     held.append(srv.accept()[0])
 print("ready", flush=True)
 sys.stdin.read()
 "#;
 
-/// Nobody fills a 64-socket table with 201 sockets of its own; root's new
-/// keepalive connection still appears, both ends, with its probes: the
-/// filler's sockets make room (finding 4: first come was first kept).
+/// Nobody fills a 64-socket table, and the kernel's socket map with 100
+/// probing sockets, all its own; root's new keepalive connection (in a
+/// namespace of its own, to count its probes) still appears, both ends,
+/// its probes counted exactly: the filler's sockets make room in the
+/// table, and the kernel map keeps a quarter for other users (finding 4:
+/// first come was first kept, in both).
 #[test]
 fn a_user_filling_the_socket_table_does_not_hide_another_users_connection() {
     let agent = Daemon::launch(Launch {
@@ -378,47 +388,65 @@ fn a_user_filling_the_socket_table_does_not_hide_another_users_connection() {
             FILL_PROGRAM,
             &fill_port.to_string(),
             "100",
+            "keepalive",
         ],
         None,
     );
-    // Inventories take the filler's sockets in until the table is full.
+    // Inventories take the filler's sockets in until the table is full,
+    // and its probes fill its share of the kernel map.
     let refused = eventually_some(Duration::from_secs(10), || {
         agent
             .metric("keepalive_agent_sockets_refused_total", &[])
             .filter(|v| *v > 0.0)
     })
     .expect("a full table refuses the filler's sockets");
+    let share_refused = eventually_some(Duration::from_secs(10), || {
+        agent
+            .metric("keepalive_agent_socket_map_share_refused_total", &[])
+            .filter(|v| *v > 0.0)
+    })
+    .expect("the kernel map refuses the filler's sockets past its share");
     let nobody_rows = agent.sockets("").iter().filter(|r| r.uid == 65534).count();
-    let (client, server) = keepalive_pairs(1).pop().unwrap();
-    let port = client.peer_addr().unwrap().port();
-    let ours = eventually_some(Duration::from_secs(10), || {
-        let rows: Vec<SocketRow> = agent
-            .sockets(&format!("port={port}"))
-            .into_iter()
-            .filter(|r| r.keepalive.as_ref().is_some_and(|k| k.enabled) && r.probes > 0)
-            .collect();
-        (!rows.is_empty()).then_some(rows)
+    let ns = Netns::new("kshare");
+    let before = ns.run(|| tcp_ext("TCPKeepAlive"));
+    let (client, server) = ns.run(|| keepalive_pairs(1).pop().unwrap());
+    let cookie = sock::cookie(&client);
+    std::thread::sleep(Duration::from_secs(4));
+    let (low, row, high) = eventually_some(Duration::from_secs(10), || {
+        let low = ns.run(|| tcp_ext("TCPKeepAlive")) - before;
+        let row = agent.sockets("").into_iter().find(|r| r.cookie == cookie)?;
+        let high = ns.run(|| tcp_ext("TCPKeepAlive")) - before;
+        (row.probes > 0).then_some((low, row, high))
     })
     .expect("root's keepalive connection, with its probes, in a table nobody filled");
     let evicted = agent
         .metric("keepalive_agent_sockets_evicted_total", &[])
         .unwrap_or(0.0);
-    let shares = agent.sockets("");
-    let (root, nobody) = (
-        shares.iter().filter(|r| r.uid == 0).count(),
-        shares.iter().filter(|r| r.uid == 65534).count(),
-    );
+    let rows = agent.sockets("");
+    let nobody = rows.iter().filter(|r| r.uid == 65534).count();
     eprintln!(
-        "table of 64: nobody held {nobody_rows} before root connected, refused {refused}; \
-         then root {root} (its keepalive end with {} probes), nobody {nobody}, evicted {evicted}",
-        ours[0].probes
+        "table of 64: nobody held {nobody_rows} before root connected (refused {refused}, \
+         kernel map share refused {share_refused}); root's keepalive end: {} probes \
+         (its namespace's TCPKeepAlive {low}..={high}); nobody then {nobody} of 64, evicted {evicted}",
+        row.probes
     );
-    assert!(ours.iter().all(|r| r.uid == 0), "{ours:?}");
+    assert_eq!(row.uid, 0, "{row:?}");
+    assert!(
+        (low..=high).contains(&row.probes),
+        "{} probes counted, TCPKeepAlive {low}..={high}",
+        row.probes
+    );
     assert!(
         evicted >= 1.0,
         "keepalive_agent_sockets_evicted_total {evicted}"
     );
-    assert!(nobody < nobody_rows, "the filler kept all {nobody_rows}");
+    // Both ends of root's connection hold a place; the filler never all.
+    let accepted = sock::cookie(&server);
+    assert!(
+        rows.iter().any(|r| r.cookie == accepted),
+        "root's accepted end"
+    );
+    assert!(nobody < 64, "the filler holds the whole table");
     drop((client, server, filler));
     agent.stop();
 }

@@ -122,6 +122,7 @@ pub struct AgentHealth {
     pub(super) kernel_stalls: Counter,
     pub(super) untrusted_refused: Family<RefusedLabels, Counter>,
     pub(super) socket_map_full: Counter,
+    pub(super) socket_map_share_refused: Counter,
     pub(super) read_errors: Counter,
     pub(super) sockets_refused: Counter,
     pub(super) sockets_evicted: Counter,
@@ -270,6 +271,11 @@ impl AgentHealth {
                 r,
                 "keepalive_agent_socket_map_full",
                 "Sockets the kernel map could not track because it was full",
+            ),
+            socket_map_share_refused: registered(
+                r,
+                "keepalive_agent_socket_map_share_refused",
+                "Sockets the kernel map did not track because their user (sk_uid) already held its share of it (three quarters of --max-sockets)",
             ),
             read_errors: registered(
                 r,

@@ -56,13 +56,14 @@ impl Metrics {
         // grew since the last scrape.
         let (k, last) = (s.kernel, self.last_kernel);
         let a = &self.agent;
-        let mirrored: [(&Counter, Field); 7] = [
+        let mirrored: [(&Counter, Field); 8] = [
             (&a.events_lost, |c| c.events_lost),
             (&a.kernel_probes, |c| c.probes),
             (&a.kernel_timeouts, |c| c.keepalive_timeouts),
             (&a.kernel_resets, |c| c.resets),
             (&a.kernel_stalls, |c| c.retransmit_stalls),
             (&a.socket_map_full, |c| c.socket_map_full),
+            (&a.socket_map_share_refused, |c| c.socket_share_refused),
             (&a.read_errors, |c| c.read_errors),
         ];
         for (counter, field) in mirrored {
