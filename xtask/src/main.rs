@@ -72,6 +72,10 @@ enum Command {
         /// full check; not part of CI).
         #[arg(long, value_name = "MINUTES")]
         soak: Option<u64>,
+        /// Instead: only the idle node at each size (its window in seconds,
+        /// 60 by default), for a look at the fleet's cost.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+        idle: Option<u64>,
     },
     /// Holds idle keepalive connections for the benchmark until stdin closes.
     #[command(hide = true)]
@@ -140,12 +144,14 @@ fn main() -> anyhow::Result<()> {
             json,
             compare,
             soak,
+            idle,
         } => {
             setup::run()?;
             build()?;
-            match soak {
-                Some(minutes) => bench::soak(minutes),
-                None => bench::run(quick, steps, json, compare),
+            match (soak, idle) {
+                (Some(minutes), _) => bench::soak(minutes),
+                (None, Some(seconds)) => bench::idle_only(seconds, quick),
+                (None, None) => bench::run(quick, steps, json, compare),
             }
         }
         Command::BenchHold {

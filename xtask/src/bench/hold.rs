@@ -34,11 +34,22 @@ impl Holders {
     /// `n` connections in the namespace `netns`, ready when this returns;
     /// `timing` says whose keepalive timing they have.
     pub fn spawn(netns: &str, n: usize, timing: Timing) -> anyhow::Result<Holders> {
+        Self::spawn_by(netns, n, PER_HOLDER, timing)
+    }
+
+    /// As [`Holders::spawn`], `per_holder` connections per process at most
+    /// (processes, as a node's pods have them).
+    pub fn spawn_by(
+        netns: &str,
+        n: usize,
+        per_holder: usize,
+        timing: Timing,
+    ) -> anyhow::Result<Holders> {
         let exe = std::env::current_exe().context("locating the xtask binary")?;
         let mut holders = Holders(Vec::new());
         let mut left = n;
         while left > 0 {
-            let conns = left.min(PER_HOLDER);
+            let conns = left.min(per_holder.clamp(1, PER_HOLDER));
             left -= conns;
             let child = Command::new("ip")
                 .args(["netns", "exec", netns])
@@ -69,6 +80,12 @@ impl Holders {
             }
         }
         Ok(holders)
+    }
+
+    /// Both sets, held together.
+    pub fn join(mut self, mut other: Holders) -> Holders {
+        self.0.append(&mut other.0);
+        Holders(std::mem::take(&mut self.0))
     }
 }
 

@@ -17,6 +17,7 @@ use keepalive_tests::agent::Launch;
 use serde_json::{Value, json};
 
 mod hold;
+mod idle;
 mod nowire;
 mod scale;
 mod soak;
@@ -103,7 +104,7 @@ impl Agent {
     }
 
     /// (user+system CPU seconds, RSS MiB, peak RSS MiB)
-    fn usage(&self) -> (f64, f64, f64) {
+    pub(crate) fn usage(&self) -> (f64, f64, f64) {
         let pid = self.inner.pid();
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let fields: Vec<&str> = stat
@@ -168,7 +169,7 @@ fn events_lost(agent: &Agent) -> anyhow::Result<u64> {
 }
 
 /// The calling thread's namespace's `TCPKeepAlive` (the test kit's reader).
-fn tcp_keepalive_counter() -> u64 {
+pub(crate) fn tcp_keepalive_counter() -> u64 {
     keepalive_tests::netstat::tcp_ext("TCPKeepAlive")
 }
 
@@ -244,35 +245,6 @@ fn exactness_and_scale(n: usize, window: Duration) -> anyhow::Result<Value> {
     }))
 }
 
-/// An idle node: `n` established keepalive connections with the default
-/// sysctls (no probe due in the window), the agent at its defaults; its
-/// CPU over `window` and its RSS.
-fn idle_node(n: usize, window: Duration) -> anyhow::Result<Value> {
-    let ns = Netns::new("kabenchidle")?;
-    let agent = Agent::start(&["--max-sockets", &(4 * n + 1024).to_string()])?;
-    let socks = hold::Holders::spawn(&ns.0, n, hold::Timing::Sysctl)?;
-    // The first inventory after the burst of connections is not idle work.
-    std::thread::sleep(Duration::from_secs(12));
-    let before = ns.run(tcp_keepalive_counter)?;
-    let (cpu0, _, _) = agent.usage();
-    let t0 = Instant::now();
-    std::thread::sleep(window);
-    let elapsed = t0.elapsed().as_secs_f64();
-    let (cpu1, rss, peak_rss) = agent.usage();
-    let probes = ns.run(tcp_keepalive_counter)? - before;
-    drop(socks);
-    agent.stop()?;
-    Ok(json!({
-        "connections": n,
-        "sockets": 2 * n,
-        "window_s": elapsed,
-        "kernel_probes": probes,
-        "agent_cpu_percent": 100.0 * (cpu1 - cpu0) / elapsed,
-        "agent_rss_mib": rss,
-        "agent_peak_rss_mib": peak_rss,
-    }))
-}
-
 fn startup() -> anyhow::Result<Value> {
     let agent = Agent::start(&[])?;
     let v = json!({
@@ -340,21 +312,7 @@ fn print_round_spread(tc: &Value) {
     }
 }
 
-fn print_idle(idle: &Value) {
-    let f = |k: &str| idle[k].as_f64().unwrap_or(f64::NAN);
-    let cpu = f("agent_cpu_percent");
-    println!(
-        "target: idle node ({} sockets, default sysctls, {:.0} s): agent CPU <= 0.2 % of a core: {} ({cpu:.2} %; RSS {:.1} MiB, peak {:.1} MiB; {} probes in the window)",
-        idle["sockets"],
-        f("window_s"),
-        verdict(cpu <= 0.2),
-        f("agent_rss_mib"),
-        f("agent_peak_rss_mib"),
-        idle["kernel_probes"],
-    );
-}
-
-fn verdict(ok: bool) -> &'static str {
+pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }
 
@@ -505,6 +463,14 @@ fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
     );
 }
 
+/// `--idle`: the idle node at each size alone.
+pub fn idle_only(window_s: u64, quick: bool) -> anyhow::Result<()> {
+    crate::require_root("the benchmark")?;
+    let idle = idle::step(Duration::from_secs(window_s), quick)?;
+    idle::print(&idle);
+    Ok(())
+}
+
 pub fn run(
     quick: bool,
     steps: Vec<usize>,
@@ -540,9 +506,7 @@ pub fn run(
         Duration::from_secs(if quick { 2 } else { 4 }),
         if quick { 3 } else { 5 },
     )?;
-    let idle_window = Duration::from_secs(if quick { 20 } else { 60 });
-    eprintln!("bench: idle node, 10000 connections with the default sysctls for {idle_window:?}…");
-    let idle = idle_node(10_000, idle_window)?;
+    let idle = idle::step(Duration::from_secs(if quick { 20 } else { 60 }), quick)?;
     eprintln!("bench: start-up…");
     let start = startup()?;
     let result = json!({ "exactness": exact, "no_wire": no_wire, "scale": scale, "tc": tc, "idle": idle, "startup": start });
@@ -551,7 +515,7 @@ pub fn run(
     print_verdicts(&exact, &tc, &start);
     nowire::print(&no_wire);
     scale::print(&scale);
-    print_idle(&idle);
+    idle::print(&idle);
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = path.parent() {
