@@ -153,7 +153,9 @@ impl SocketTable {
         else {
             return false;
         };
-        self.forget(victim);
+        // Kept with the recently closed: what it was credited stays known,
+        // so its later events (or its return) are not counted twice.
+        self.close(victim);
         self.evicted += 1;
         true
     }

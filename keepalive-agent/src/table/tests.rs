@@ -101,6 +101,7 @@ fn a_full_table_is_shared_between_users() {
         (4, 1, 0),
         "the filler's own: refused"
     );
+    t.credit(3, Some(5), Some(5));
     // root connects: the filler's keepalive-off socket (3) makes room.
     t.set_tuple(6, &Tuple::default(), Some(0));
     assert!(t.is_live(6) && !t.is_live(3));
@@ -125,8 +126,9 @@ fn a_full_table_is_shared_between_users() {
     t.set_tuple(8, &Tuple::default(), Some(0));
     t.set_tuple(9, &Tuple::default(), Some(65534));
     assert_eq!((t.len(), t.refused, t.evicted), (4, 3, 2));
-    // Evicted sockets are not closed: no close record, not findable.
-    assert!(t.get(3).is_none());
+    // An evicted socket is kept with the recently closed: its credits
+    // stay known, and come back if it is taken in again.
+    assert!(!t.is_live(3) && t.get(3).is_some_and(|e| e.credited_probes == 5));
 }
 
 #[test]
