@@ -8,7 +8,7 @@
 //! largest holder itself is refused. Users end with equal shares of a full
 //! table, whoever came first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque, hash_map};
 
 /// A socket's holder: its owner's uid, `None` until one is known.
 pub type Holder = Option<u32>;
@@ -27,8 +27,8 @@ pub fn held(e: &super::Entry) -> (Holder, bool) {
     )
 }
 
-/// What the shares need to know of a cookie: its holder and whether its
-/// keepalive is on, while it is in the table.
+/// What the shares need to know of a cookie while it is in the table: its
+/// holder and whether it is worth keeping (see [`held`]).
 pub type Lookup<'a> = &'a dyn Fn(u64) -> Option<(Holder, bool)>;
 
 #[derive(Debug, Default)]
@@ -61,31 +61,35 @@ impl Shares {
         h.order.push_back(cookie);
     }
 
-    /// One of `holder`'s sockets left the table (or moved to another
-    /// holder); its cookie in `order` is dropped once such cookies
-    /// outnumber the live ones, so churn cannot grow it.
+    /// One of `holder`'s sockets left the table; its cookie in `order` is
+    /// dropped once such cookies outnumber the live ones, so churn cannot
+    /// grow it.
     pub fn remove(&mut self, holder: Holder, lookup: Lookup<'_>) {
-        let Some(h) = self.held.get_mut(&holder) else {
-            return;
-        };
-        h.count = h.count.saturating_sub(1);
-        if h.count == 0 {
-            self.held.remove(&holder);
-        } else if h.order.len() > 2 * h.count + 64 {
+        if let Some(h) = self.release(holder)
+            && h.order.len() > 2 * h.count + 64
+        {
             h.order
                 .retain(|c| lookup(*c).is_some_and(|(held_by, _)| held_by == holder));
         }
     }
 
+    /// One socket fewer for `holder`: its holding, while it holds any.
+    fn release(&mut self, holder: Holder) -> Option<&mut Holding> {
+        let hash_map::Entry::Occupied(mut o) = self.held.entry(holder) else {
+            return None;
+        };
+        o.get_mut().count = o.get().count.saturating_sub(1);
+        if o.get().count == 0 {
+            o.remove();
+            return None;
+        }
+        Some(o.into_mut())
+    }
+
     /// A socket's holder became known (or changed): counted under its
     /// new one; its cookie under the old one is dropped when met.
     pub fn moved(&mut self, from: Holder, to: Holder, cookie: u64) {
-        if let Some(h) = self.held.get_mut(&from) {
-            h.count = h.count.saturating_sub(1);
-            if h.count == 0 {
-                self.held.remove(&from);
-            }
-        }
+        self.release(from);
         self.add(to, cookie);
     }
 
