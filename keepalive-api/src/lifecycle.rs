@@ -26,7 +26,11 @@ impl HookStatus {
     /// bring back a hook the kernel refuses, so a replaced hook must not
     /// fail readiness; `keepalive_agent_hook_up` still reads 0 for it.
     pub fn is_down(&self) -> bool {
-        !self.live && !matches!(self.mode, HookMode::None | HookMode::Wire)
+        !self.live
+            && !matches!(
+                self.mode,
+                HookMode::None | HookMode::Wire | HookMode::Inventory
+            )
     }
 }
 

@@ -232,6 +232,8 @@ vocabulary! {
         InetSkErrorReport = "inet_sk_error_report",
         TcpReceiveReset = "tcp_receive_reset",
         TcpSendReset = "tcp_send_reset",
+        /// Keepalive options as processes set them (`cgroup/setsockopt`).
+        Setsockopt = "setsockopt",
         Tc = "tc",
         SocketInventory = "socket_inventory",
     }
@@ -248,8 +250,13 @@ vocabulary! {
         Netlink = "netlink",
         /// The `iter/tcp` socket iterator.
         Iter = "iter",
+        /// On the cgroup v2 root.
+        CgroupSockopt = "cgroup_sockopt",
         /// No timer hook: the TC classifiers count probes alone.
         Wire = "wire",
+        /// No setsockopt hook: the inventory finds option changes, every
+        /// `--inventory-seconds`.
+        Inventory = "inventory",
         /// Off by choice (`--no-tc`).
         None = "none",
     }

@@ -78,6 +78,11 @@ pub struct KernelConfig {
     /// `struct sock`: `sk_uid` (kuid_t): the socket's owner, `uid:` in
     /// `ss -e`; an accepted socket has its listener's (`sk_clone_lock`).
     pub sk_uid: u32,
+    /// `struct bpf_sockopt_kern`: `sk`, the socket a `cgroup/setsockopt`
+    /// program's context stands for (read from the context as a plain
+    /// address: the verifier forbids arithmetic on its `bpf_sock`);
+    /// [`NOT_RESOLVED`] where the kernel's BTF lacks it.
+    pub sockopt_kern_sk: u32,
     /// Sizes in bytes (1 or 4) of members whose type changed across kernels.
     pub tp_keepalive_probes_size: u8,
     pub net_keepalive_probes_size: u8,
@@ -321,12 +326,60 @@ pub struct StateEvent {
     /// data sent (`lsndtime`).
     pub idle_jiffies: u32,
     pub since_send_jiffies: u32,
+    /// Entering ESTABLISHED only: the keepalive settings the connection
+    /// starts with (`flag::KEEPALIVE_ON` says whether SO_KEEPALIVE is set),
+    /// so that no inventory is needed to know them. Not read: all zero
+    /// (`net_time`, a sysctl whose minimum is 1, tells).
+    pub settings: KeepaliveSettings,
+    pub user_timeout_ms: u32,
+    pub _pad2: u32,
 }
+
+/// The ring buffer's record of a keepalive option a process sets on a
+/// socket the agent already knows (`cgroup/setsockopt`), as asked: the
+/// hook runs before the kernel applies (or refuses) it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OptionEvent {
+    /// `head.kind` is [`OPTION_SET_KIND`].
+    pub head: Head,
+    /// One of [`option`].
+    pub option: u32,
+    /// The `int` the caller passed (its first 4 bytes when `optlen` is
+    /// larger, as the kernel reads it).
+    pub value: i32,
+    /// The caller's `optlen`: under 4 the kernel refuses the call (EINVAL).
+    pub optlen: u32,
+    pub _pad: u32,
+}
+
+/// [`Head::kind`] of an [`OptionEvent`]; not an [`EventKind`]: it changes
+/// the table, it is no event of the socket's.
+pub const OPTION_SET_KIND: u32 = 10;
+
+pub const OPTION_EVENT_SIZE: usize = 48;
+const _: () = assert!(core::mem::size_of::<OptionEvent>() == OPTION_EVENT_SIZE);
+
+/// The socket options [`OptionEvent`] reports.
+pub mod option {
+    /// `SOL_SOCKET`/`SO_KEEPALIVE`.
+    pub const KEEPALIVE: u32 = 1;
+    /// `IPPROTO_TCP`/`TCP_KEEPIDLE` (seconds).
+    pub const KEEPIDLE: u32 = 2;
+    /// `IPPROTO_TCP`/`TCP_KEEPINTVL` (seconds).
+    pub const KEEPINTVL: u32 = 3;
+    /// `IPPROTO_TCP`/`TCP_KEEPCNT`.
+    pub const KEEPCNT: u32 = 4;
+}
+
+/// A [`KernelConfig`] offset the kernel's BTF does not have: the programs
+/// that need it do nothing.
+pub const NOT_RESOLVED: u32 = u32::MAX;
 
 /// [`StateEvent::uid`] not read (the kernel's own `INVALID_UID`).
 pub const NO_UID: u32 = u32::MAX;
 
-pub const STATE_EVENT_SIZE: usize = 128;
+pub const STATE_EVENT_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<StateEvent>() == STATE_EVENT_SIZE);
 
 pub const ACK_EVENT_SIZE: usize = 56;
@@ -334,7 +387,7 @@ const _: () = assert!(core::mem::size_of::<AckEvent>() == ACK_EVENT_SIZE);
 
 pub const EVENT_SIZE: usize = 200;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 192);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 200);
 
 /// One socket from the `iter/tcp` inventory: every TCP socket of the
 /// namespace the iterator was created in, with what only the kernel knows

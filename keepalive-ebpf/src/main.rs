@@ -27,6 +27,8 @@ mod programs;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
+mod sockopt;
+#[cfg(target_arch = "bpf")]
 mod timer;
 #[cfg(target_arch = "bpf")]
 mod wire;

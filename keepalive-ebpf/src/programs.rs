@@ -6,11 +6,11 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
-    macros::{btf_tracepoint, classifier, fentry, fexit},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, TcContext},
+    macros::{btf_tracepoint, cgroup_sockopt, classifier, fentry, fexit},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, SockoptContext, TcContext},
 };
 
-use crate::{inventory, sock, timer, wire};
+use crate::{inventory, sock, sockopt, timer, wire};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: we only observe, the next program decides.
 const TC_NEXT: i32 = -1;
@@ -105,6 +105,13 @@ pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     let _ = sock::on_send_reset(sk as u64, cookie);
     0
+}
+
+/// Keepalive options set on known sockets; 1: the call goes on, unchanged.
+#[cgroup_sockopt(setsockopt)]
+pub fn keepalive_setsockopt(ctx: SockoptContext) -> i32 {
+    let _ = sockopt::on_setsockopt(&ctx);
+    1
 }
 
 /// The benchmark's baseline: classifiers that do nothing, attached the way

@@ -105,6 +105,16 @@ pub fn on_set_state(sk: u64, cookie: u64, old: i32, new: i32) -> Result<(), i64>
         ev.uid = read::<u32>(sk, config!(sk_uid)).unwrap_or(NO_UID);
         let _ = Probed::fill_tuple(&mut ev.tuple, &mut ev.flags, sk);
         ev.tuple.state = new;
+        if new == TCP_ESTABLISHED {
+            // What the connection starts with (set before connect, or
+            // inherited from the listener): later changes come from the
+            // setsockopt hook.
+            if Probed::keepalive_on(sk).unwrap_or(false) {
+                ev.flags |= flag::KEEPALIVE_ON;
+            }
+            let _ = Probed::settings(sk, &mut ev.settings);
+            ev.user_timeout_ms = read::<u32>(sk, config!(icsk_user_timeout)).unwrap_or(0);
+        }
         if new == TCP_CLOSE {
             // A probe still waiting for its ACK will never get one.
             remove_in_flight(&FlowKey::of(&ev.tuple));

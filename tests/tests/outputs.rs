@@ -171,6 +171,101 @@ fn sockets_that_predate_the_agent_show_their_keepalive_settings() {
     assert_eq!(changes, 1);
 }
 
+/// The agent at its defaults (no `--inventory-seconds`): the setsockopt
+/// hook follows option changes, inventories only reconcile (every 120 s),
+/// so what `/sockets` says after a change within two seconds, with one
+/// inventory done, came from the hook.
+#[test]
+fn keepalive_options_set_after_connect_are_in_sockets_at_once() {
+    let ns = Netns::new("kaopt");
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_keepalive_time=321"]);
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_keepalive_intvl=17"]);
+    ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_keepalive_probes=5"]);
+    let agent = Agent::start(&[]);
+    let (_, text) = agent.get("/metrics");
+    assert_eq!(
+        value(&text, "keepalive_agent_hook_up", &[("hook", "setsockopt")]),
+        Some(1.0),
+        "the setsockopt hook is not live"
+    );
+    let netns = ns.inode();
+    let fast = Keepalive {
+        idle: 30,
+        intvl: 5,
+        cnt: 3,
+    };
+    let (listener, before, after, off_later, refused) = ns.run(|| {
+        let listener = sock::listen("127.0.0.1:0".parse().unwrap());
+        let to = listener.local_addr().unwrap();
+        // Set before connect: its ESTABLISHED event carries them.
+        let before = sock::connect(to, Some(fast));
+        let after = sock::connect(to, None);
+        let off_later = sock::connect(to, Some(fast));
+        let refused = sock::connect(to, Some(fast));
+        (listener, before, after, off_later, refused)
+    });
+    let _accepted: Vec<_> = (0..4).map(|_| listener.accept().unwrap()).collect();
+    let inventories = || {
+        let (_, text) = agent.get("/metrics");
+        value(
+            &text,
+            "keepalive_agent_scan_last_success_timestamp_seconds",
+            &[("scan", "inventory")],
+        )
+    };
+    let first_inventory = inventories();
+    // Changed once connected: only the hook can tell before 120 s.
+    sock::set_keepalive(&socket2::SockRef::from(&after), fast);
+    socket2::SockRef::from(&off_later)
+        .set_keepalive(false)
+        .unwrap();
+    let einval = socket2::SockRef::from(&refused)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(40_000)));
+    assert!(einval.is_err(), "TCP_KEEPIDLE 40000 accepted");
+    let expected = [
+        (sock::cookie(&before), (true, 30.0, 5.0, 3)),
+        (sock::cookie(&after), (true, 30.0, 5.0, 3)),
+        (sock::cookie(&off_later), (false, 30.0, 5.0, 3)),
+        (sock::cookie(&refused), (true, 30.0, 5.0, 3)),
+    ];
+    let seen = |rows: &[SocketRow]| -> Vec<(u64, (bool, f64, f64, u32))> {
+        expected
+            .iter()
+            .map(|(c, _)| {
+                let k = rows
+                    .iter()
+                    .find(|r| r.cookie == *c)
+                    .and_then(|r| r.keepalive.clone());
+                (*c, k.map(|k| triplet(&k).0).unwrap_or_default())
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut rows = agent.sockets(&format!("netns={netns}"));
+    while seen(&rows) != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rows = agent.sockets(&format!("netns={netns}"));
+    }
+    assert_eq!(seen(&rows), expected);
+    assert_eq!(
+        settings(row(&rows, sock::cookie(&after))).idle_source,
+        Source::Socket
+    );
+    assert_eq!(inventories(), first_inventory, "an inventory ran");
+    // The risk gauges follow: three on, one off (and the listener's
+    // accepted ends, which inherit the sysctls with keepalive off).
+    let (_, text) = agent.get("/metrics");
+    let n = netns.to_string();
+    assert_eq!(
+        value(
+            &text,
+            "keepalive_sockets",
+            &[("netns", &n), ("keepalive", "on")]
+        ),
+        Some(3.0)
+    );
+}
+
 /// The at-risk gauges by reason, and established sockets by keepalive on/off.
 fn assert_risk_metrics(agent: &Agent, netns: u64) {
     let (_, text) = agent.get("/metrics");

@@ -66,10 +66,15 @@ pub const KERNELS: &[Kernel] = &[
 /// from both ends (the peer's FIN, the stale reuse's RST received and the
 /// data after close's RST sent: from a time-wait socket, which the
 /// tracepoint shows from 6.10 on, and from the full socket's abort on
-/// data, on every kernel) and an idle abort.
+/// data, on every kernel), an idle abort, and keepalive options set after
+/// connect followed by the setsockopt hook.
 const SUITES: &[(&str, &[&str])] = &[
     ("pipeline", &[]),
     ("causes", &[]),
+    (
+        "outputs",
+        &["keepalive_options_set_after_connect_are_in_sockets_at_once"],
+    ),
     (
         "middlebox",
         &[

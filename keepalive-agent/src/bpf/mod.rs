@@ -2,7 +2,8 @@
 //! this kernel's offsets ([`loader`]), attach the tracing hooks in the best
 //! mode the kernel permits ([`hooks`]), the TC classifiers in every
 //! namespace ([`tc`]), walk sockets with the iterator ([`iter`]), decode
-//! the ring buffer's records ([`ring`]) and read the exact counters
+//! the ring buffer's records ([`ring`]), follow option changes
+//! ([`sockopt`]) and read the exact counters
 //! ([`counters`]). Errors keep aya's error; a verifier log is trimmed to
 //! its reason when printed ([`error`]).
 //!
@@ -16,4 +17,5 @@ pub mod hooks;
 pub mod iter;
 pub mod loader;
 pub mod ring;
+pub mod sockopt;
 pub mod tc;

@@ -1,10 +1,11 @@
 //! The ring buffer's records as the kernel wrote them: a full [`Event`],
 //! or a compact [`AckEvent`] or [`StateEvent`], told apart by kind and
-//! length; all three begin with a [`Head`](keepalive_common::Head).
+//! length, or an [`OptionEvent`] (no event of the socket's: a change of
+//! its settings); each begins with a [`Head`](keepalive_common::Head).
 
 use keepalive_common::{
-    ACK_EVENT_SIZE, AckEvent, EVENT_SIZE, Event, EventKind, NO_UID, STATE_EVENT_SIZE, StateEvent,
-    flag,
+    ACK_EVENT_SIZE, AckEvent, EVENT_SIZE, Event, EventKind, NO_UID, OPTION_EVENT_SIZE,
+    OPTION_SET_KIND, OptionEvent, STATE_EVENT_SIZE, StateEvent, flag,
 };
 
 /// Copies a record out of ring-buffer memory, widened to an [`Event`];
@@ -41,10 +42,22 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             ev.flags = st.flags;
             ev.idle_jiffies = st.idle_jiffies;
             ev.since_send_jiffies = st.since_send_jiffies;
+            ev.settings = st.settings;
+            ev.user_timeout_ms = st.user_timeout_ms;
         }
         _ => return None,
     }
     Some(ev)
+}
+
+/// A keepalive option set on a known socket, when the record is one.
+pub fn decode_option(bytes: &[u8]) -> Option<OptionEvent> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    if kind != OPTION_SET_KIND || bytes.len() < OPTION_EVENT_SIZE {
+        return None;
+    }
+    // SAFETY: OptionEvent is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<OptionEvent>()) })
 }
 
 /// The socket's owner uid, where the record carries one (a state change).

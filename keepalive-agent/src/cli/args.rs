@@ -127,9 +127,16 @@ pub struct RunArgs {
     /// Seconds between scans for new namespaces and interfaces.
     #[arg(long, env = "KEEPALIVE_RESCAN_SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_seconds: u64,
-    /// Seconds between socket inventories and sysctl reads.
-    #[arg(long, env = "KEEPALIVE_INVENTORY_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub inventory_seconds: u64,
+    /// Seconds between sysctl reads, and between socket inventories while
+    /// no setsockopt hook follows option changes (then it is
+    /// --reconcile-seconds unless this is given).
+    #[arg(long, env = "KEEPALIVE_INVENTORY_SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub inventory_seconds: Option<u64>,
+    /// Seconds between socket inventories while the setsockopt hook follows
+    /// option changes: the inventory then only reconciles (events lost,
+    /// the idle and timer columns, idle gaps survived).
+    #[arg(long, env = "KEEPALIVE_RECONCILE_SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub reconcile_seconds: u64,
     /// Distinct port label values in metrics before the rest read "other".
     #[arg(long, env = "KEEPALIVE_MAX_PORT_LABELS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_port_labels: u64,
@@ -323,6 +330,27 @@ pub struct EventsArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// The default when option changes can only be found by looking.
+const INVENTORY_SECONDS: u64 = 10;
+
+impl RunArgs {
+    /// Between sysctl reads (and probe-in-flight expiry).
+    pub fn sysctl_period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.inventory_seconds.unwrap_or(INVENTORY_SECONDS))
+    }
+
+    /// Between socket inventories: a slow reconciliation when the setsockopt
+    /// hook follows option changes, unless `--inventory-seconds` says.
+    pub fn inventory_period(&self, options_followed: bool) -> std::time::Duration {
+        let seconds = match self.inventory_seconds {
+            Some(s) => s,
+            None if options_followed => self.reconcile_seconds,
+            None => INVENTORY_SECONDS,
+        };
+        std::time::Duration::from_secs(seconds)
+    }
+}
 
 #[cfg(test)]
 mod tests {

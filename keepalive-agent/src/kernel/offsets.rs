@@ -4,7 +4,7 @@
 //! cannot be resolved is an error naming it; nothing falls back to a
 //! constant compiled for one kernel.
 
-use keepalive_common::KernelConfig;
+use keepalive_common::{KernelConfig, NOT_RESOLVED};
 
 use super::{
     btf::{Btf, BtfError, Member},
@@ -101,6 +101,10 @@ pub fn resolve(btf: &Btf) -> Result<KernelConfig, OffsetsError> {
         tp_first_tx_mstamp: btf.find_member("tcp_sock", "first_tx_mstamp")?.offset,
         // kuid_t since 4.10, long before the tracepoints this agent needs.
         sk_uid: btf.member("sock", "sk_uid")?.offset,
+        // Only the setsockopt hook needs it: without it that hook is off.
+        sockopt_kern_sk: btf
+            .member("bpf_sockopt_kern", "sk")
+            .map_or(NOT_RESOLVED, |m| m.offset),
         tp_keepalive_probes_size: byte_or_int("tcp_sock.keepalive_probes", probes)?,
         net_keepalive_probes_size: byte_or_int("net.ipv4.sysctl_tcp_keepalive_probes", net_probes)?,
         icsk_retransmits_size: byte_or_int("inet_connection_sock.icsk_retransmits", retransmits)?,

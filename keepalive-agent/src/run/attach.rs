@@ -14,6 +14,7 @@ use super::periodic::calibrate_hz;
 use crate::{
     bpf::{
         loader::{self, LoadOptions, Loaded},
+        sockopt,
         tc::{self, InterfaceFilter, TcAttacher},
     },
     cli::args::RunArgs,
@@ -28,6 +29,8 @@ pub struct Attached {
     pub tc: TcAttacher,
     pub filter: InterfaceFilter,
     pub inventory_live: bool,
+    /// The setsockopt hook is live: inventories only reconcile.
+    pub options_followed: bool,
     pub hz: u32,
     pub in_flight: BpfHashMap<MapData, FlowKey, ProbeInFlight>,
     /// Final counts of sockets whose close event was lost.
@@ -62,6 +65,9 @@ pub fn attach(
             h.note.as_deref().unwrap_or("the timer hooks are off")
         );
     }
+    let options = sockopt::attach(&mut ebpf, config);
+    let options_followed = options.live;
+    hooks.push(options);
     log_hooks(&hooks);
     let filter = InterfaceFilter(args.interfaces.clone());
     let mut tc = TcAttacher::default();
@@ -117,6 +123,7 @@ pub fn attach(
         tc,
         filter,
         inventory_live,
+        options_followed,
         hz,
         in_flight,
         closed,

@@ -213,10 +213,26 @@ async fn follow(
     let clock = sink.clock;
     let mut rescan = tokio::time::interval(Duration::from_secs(args.rescan_seconds));
     rescan.tick().await;
-    let mut inventory_tick = tokio::time::interval(Duration::from_secs(args.inventory_seconds));
+    let inventory_every = args.inventory_period(attached.options_followed);
+    info!(
+        "socket inventory every {} s{}",
+        inventory_every.as_secs(),
+        if attached.options_followed {
+            " (reconciliation: option changes come from the setsockopt hook)"
+        } else {
+            ""
+        }
+    );
+    let mut inventory_tick = tokio::time::interval(inventory_every);
     inventory_tick.tick().await;
+    let mut sysctl_tick = tokio::time::interval(args.sysctl_period());
+    sysctl_tick.tick().await;
     let mut health = tokio::time::interval(Duration::from_secs(1));
     let mut lost_reported = 0u64;
+    // Lost events not yet made good by an inventory, and when the last
+    // such inventory ran.
+    let mut lost_unreconciled = false;
+    let mut reconciled: Option<Instant> = None;
     let (stop_reader, reader_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut reader = tokio::spawn(read_ring(ring, sink.clone(), reader_stopped));
     loop {
@@ -231,14 +247,26 @@ async fn follow(
             }
             _ = inventory_tick.tick() => {
                 tokio::task::block_in_place(|| periodic::inventory(attached, &state, &clock));
+            }
+            _ = sysctl_tick.tick() => {
                 periodic::expire_in_flight(&mut attached.in_flight, &state);
                 periodic::sysctls(&mut sysctl_watch, &state, Some(&sink));
+                tokio::task::block_in_place(|| periodic::names(&state));
             }
             _ = health.tick() => {
                 let c = lock(&state)?.refresh_kernel().context("reading kernel counters")?;
                 if c.events_lost > lost_reported {
                     warn!("ring buffer full: {} events lost so far (kernel counters stay exact)", c.events_lost);
                     lost_reported = c.events_lost;
+                    lost_unreconciled = true;
+                }
+                // Opens, closes or option changes may be among the lost:
+                // an inventory sets the table right, at once, and at most
+                // as often as without the setsockopt hook.
+                if lost_unreconciled && reconciled.is_none_or(|t| t.elapsed() >= args.sysctl_period()) {
+                    inventory_tick.reset_immediately();
+                    reconciled = Some(Instant::now());
+                    lost_unreconciled = false;
                 }
             }
             _ = signals.stop() => break,

@@ -87,7 +87,6 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     // Unlistable namespaces end the pass before it starts: no socket is
     // taken for gone.
     let all = netns::all()?;
-    let netns_owners = owners::netns_owners(&all);
     let Ok(mut s) = state.lock() else {
         return Ok(());
     };
@@ -138,14 +137,8 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
     if let Ok(mut s) = state.lock() {
         s.table.set_owners_by_inode(found, &wanted);
         unfindable = s.table.unfindable_owners();
-        let s = &mut *s;
-        s.naming.netns_owners = netns_owners;
-        // Containers no socket or namespace refers to are gone; new ones
-        // are asked about.
-        s.naming.refresh(s.table.owners());
-        s.names_changed();
     }
-    super::recognize::start(state);
+    names(state);
     // The scan's buffers were as large as the node's socket count.
     process::release_freed_memory();
     log::debug!(
@@ -157,6 +150,24 @@ fn scan_sockets(ebpf: &mut aya::Ebpf, state: &Shared, clock: &Clock) -> Result<(
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// Who each namespace and container is: the namespaces' owners (a pod's
+/// sandbox), containers asked about (new ones) or forgotten (gone), the
+/// programs recognized. At every inventory and every sysctl read (a new
+/// pod is named within `--inventory-seconds`, however rare inventories).
+pub fn names(state: &Shared) {
+    let Ok(all) = netns::all() else { return };
+    let netns_owners = owners::netns_owners(&all);
+    if let Ok(mut s) = state.lock() {
+        let s = &mut *s;
+        s.naming.netns_owners = netns_owners;
+        // Containers no socket or namespace refers to are gone; new ones
+        // are asked about.
+        s.naming.refresh(s.table.owners());
+        s.names_changed();
+    }
+    super::recognize::start(state);
 }
 
 /// Two inventories of our own namespace 250 ms apart: each record carries

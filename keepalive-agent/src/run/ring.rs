@@ -79,6 +79,10 @@ impl Sink {
                 let mut state = lock(&self.state)?;
                 while records.len() < BATCH {
                     let Some(item) = ring.next() else { break };
+                    if let Some(set) = ring::decode_option(&item) {
+                        state.table.set_option(&set);
+                        continue;
+                    }
                     let Some(ev) = ring::decode(&item) else {
                         warn!("short ring buffer record ({} bytes)", item.len());
                         continue;

@@ -200,8 +200,13 @@ fn fill(
             if new == TcpState::SynSent {
                 record_owner(ev, table);
                 table.update(ev.head.cookie, |e| e.opened = Opened::Active);
+            } else if new == TcpState::Listen {
+                // listen() runs in the owner's context too.
+                record_owner(ev, table);
+                table.listen(ev.head.cookie, ev.tuple.netns, ev.tuple.sport);
             } else if old == TcpState::SynRecv && new == TcpState::Established {
                 table.update(ev.head.cookie, |e| e.opened = Opened::Passive);
+                table.inherit_listener_owner(ev.head.cookie, ev.tuple.netns, ev.tuple.sport);
             } else if old == TcpState::Established && new == TcpState::FinWait1 {
                 // close() or shutdown() runs in the owner's context: a
                 // server's accepted socket is named here if no inventory
@@ -212,6 +217,11 @@ fn fill(
             }
             if old == TcpState::Established {
                 record_close(r, ev, new, table, clock);
+            }
+            // What the connection starts with (`net_time`, a sysctl of at
+            // least 1, is 0 where the kernel did not read them).
+            if new == TcpState::Established && ev.settings.net_time != 0 {
+                r.keepalive = settings();
             }
             r.probes = Some(ev.probes_total);
             r.acks = Some(ev.acks_total);
@@ -275,9 +285,13 @@ fn remember(kind: EventKind, ev: &Event, r: &Record, table: &mut SocketTable) {
             e.first_unanswered_probe_ns = None;
             e.last_rtt_us = r.rtt_us;
         }
+        EventKind::StateChange => {
+            if r.keepalive.is_some() {
+                e.keepalive = r.keepalive.clone();
+            }
+        }
         EventKind::WireProbe
         | EventKind::SocketError
-        | EventKind::StateChange
         | EventKind::ConnectionReset
         | EventKind::Retransmitting
         | EventKind::ResetSent => {}

@@ -64,7 +64,7 @@ impl SocketTable {
                 continue;
             }
             if TcpState::from_kernel(rec.tuple.state) == TcpState::Listen {
-                self.listening.insert((rec.tuple.netns, rec.tuple.sport));
+                self.listen(rec.cookie, rec.tuple.netns, rec.tuple.sport);
             }
             // iter/tcp reads 0 as a TIME-WAIT socket's uid (it has no
             // owner left, bpf_iter_tcp_seq_show): not root's share.

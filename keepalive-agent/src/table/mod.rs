@@ -40,11 +40,11 @@ pub use entry::{Entry, Opened};
 use hasher::CookieMap;
 pub use inventory::Survival;
 use keepalive_api::{Owner, SocketRow, TcpState};
-use keepalive_common::Tuple;
+use keepalive_common::{OptionEvent, Tuple};
 use share::{Admission, Holder, Shares};
 pub use view::{Judge, row};
 
-use crate::model::addr;
+use crate::model::{addr, keepalive};
 
 /// How many closed sockets stay findable.
 const RECENTLY_CLOSED: usize = 4096;
@@ -59,6 +59,9 @@ pub struct SocketTable {
     /// (namespace, port) of the listening sockets: an accepted socket that
     /// predates the agent is known by its local port being one.
     listening: HashSet<(u32, u16)>,
+    /// The listener of each (namespace, port), by cookie: whose an
+    /// accepted socket is.
+    listeners: HashMap<(u32, u16), u64>,
     capacity: usize,
     generation: u64,
     /// Sockets a `/proc` walk found no owner for: not looked for again
@@ -102,6 +105,7 @@ impl SocketTable {
             closed: CookieMap::default(),
             closed_order: VecDeque::new(),
             listening: HashSet::new(),
+            listeners: HashMap::new(),
             unfindable: owners::Unfindable::default(),
             capacity,
             generation: 0,
@@ -167,6 +171,7 @@ impl SocketTable {
             && let (Some(netns), Some(local)) = (entry.netns, entry.local)
         {
             self.listening.remove(&(netns, local.port()));
+            self.listeners.remove(&(netns, local.port()));
         }
         let live = &self.live;
         self.shares
@@ -193,6 +198,42 @@ impl SocketTable {
     }
 
     /// A live or recently closed socket, to change.
+    /// Socket `cookie` listens on `port` in namespace `netns`.
+    pub fn listen(&mut self, cookie: u64, netns: u32, port: u16) {
+        self.listening.insert((netns, port));
+        self.listeners.insert((netns, port), cookie);
+    }
+
+    /// An accepted socket is owned by its listener's process: accept
+    /// completes in softirq, where no event names one (a pre-forked
+    /// server's worker that calls accept() is its listener's child).
+    pub fn inherit_listener_owner(&mut self, cookie: u64, netns: u32, port: u16) {
+        let owner = self
+            .listeners
+            .get(&(netns, port))
+            .and_then(|l| self.live.get(l))
+            .and_then(|l| l.owner.clone());
+        if let (Some(owner), Some(e)) = (owner, self.live.get_mut(&cookie))
+            && e.owner.is_none()
+        {
+            e.owner = Some(owner);
+        }
+    }
+
+    /// A keepalive option set on a socket of the table, applied as the
+    /// kernel applies it; false when the table has no settings of it yet
+    /// (the next inventory reads them).
+    pub fn set_option(&mut self, set: &OptionEvent) -> bool {
+        let Some(e) = self.live.get_mut(&set.head.cookie) else {
+            return false;
+        };
+        let Some(k) = &e.keepalive else { return false };
+        if let Some(k) = keepalive::with_option(k, set) {
+            e.keepalive = Some(k);
+        }
+        true
+    }
+
     fn entry_any_mut(&mut self, cookie: u64) -> Option<&mut Entry> {
         if self.live.contains_key(&cookie) {
             return self.live.get_mut(&cookie);

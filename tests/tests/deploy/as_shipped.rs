@@ -282,6 +282,13 @@ fn the_shipped_daemonset_runs_from_its_image_under_containerd() {
     assert_eq!(base, tls, "overlays/metrics-tls renders the base unchanged");
     let mut s = start(overlay, Scrape::Tls);
     let ready = assert_runs(overlay, &s);
+    // The host's cgroup hierarchy is mounted: option changes are followed
+    // at the cgroup v2 root, not left to inventories.
+    assert_eq!(
+        s.metric("keepalive_agent_hook_up", &[("hook", "setsockopt")]),
+        Some(1.0),
+        "the setsockopt hook is down in the shipped DaemonSet"
+    );
 
     // A pod's probes, counted exactly; the pod named through the mounted
     // runtime socket. The pod's program waits until the agent has named

@@ -189,18 +189,29 @@ fn assert_host_paths(pod: &Value, c: &Value) {
         BTreeSet::from([
             "/sys/kernel/btf",
             "/run/netns",
-            "/run/containerd/containerd.sock"
+            "/run/containerd/containerd.sock",
+            "/sys/fs/cgroup"
         ]),
-        "no /proc from the host: hostPID shows the host's processes; the runtime's socket alone; no /boot (HZ is measured)"
+        "no /proc from the host: hostPID shows the host's processes; the runtime's socket alone; no /boot (HZ is measured); the cgroup hierarchy for the setsockopt hook's root"
     );
     for m in c["volumeMounts"].as_array().unwrap() {
         if !volumes.contains_key(m["name"].as_str().unwrap()) {
             continue;
         }
         assert_eq!(m["readOnly"], true, "{m}");
+        // The host's cgroup hierarchy goes beside the container's own.
+        fn looks_at(host: &str) -> &str {
+            match host {
+                "/sys/fs/cgroup" => "/host/sys/fs/cgroup",
+                other => other,
+            }
+        }
         assert_eq!(
             m["mountPath"].as_str(),
-            volumes.get(m["name"].as_str().unwrap()).copied(),
+            volumes
+                .get(m["name"].as_str().unwrap())
+                .copied()
+                .map(looks_at),
             "mounted where the agent looks"
         );
         if m["mountPath"] == "/run/netns" {

@@ -10,7 +10,13 @@ fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
     let interfaces = agent.ready.interfaces.len();
     assert!(interfaces >= 1, "{:?}", agent.ready);
     assert_eq!(held.tcx_links.len(), 2 * interfaces, "{held:?}");
-    assert_eq!(held.links.len(), 6 + 2 * interfaces, "{held:?}");
+    // The setsockopt hook's cgroup link, where it is live.
+    let options = agent.ready.hook(Hook::Setsockopt).is_some_and(|h| h.live);
+    assert_eq!(
+        held.links.len(),
+        6 + usize::from(options) + 2 * interfaces,
+        "{held:?}"
+    );
     let (progs, maps, _) = daemon::live();
     let names = |objs: &[daemon::Object], ids: &BTreeSet<u64>| {
         objs.iter()
@@ -18,7 +24,7 @@ fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
             .map(|o| o.name.clone())
             .collect::<BTreeSet<String>>()
     };
-    let expected: BTreeSet<String> = [
+    let mut expected: BTreeSet<String> = [
         "timer_expire_entry",
         "timer_expire_exit",
         "inet_sock_set_state",
@@ -31,6 +37,9 @@ fn assert_holds_its_objects(agent: &Daemon) -> daemon::BpfIds {
     ]
     .map(String::from)
     .into();
+    if options {
+        expected.insert("keepalive_setsockopt".into());
+    }
     let timer_mode = agent.ready.hook(Hook::KeepaliveTimer).map(|h| h.mode);
     if timer_mode == Some(HookMode::TpBtf) {
         assert_eq!(names(&progs, &held.progs), expected);

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 mod hold;
 mod idle;
 mod nowire;
+mod reconcile;
 mod scale;
 mod soak;
 mod tc;
@@ -99,7 +100,7 @@ impl Agent {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.inner.addr())
     }
 
@@ -467,7 +468,10 @@ fn print_verdicts(exact: &[Value], tc: &Value, start: &Value) {
 pub fn idle_only(window_s: u64, quick: bool) -> anyhow::Result<()> {
     crate::require_root("the benchmark")?;
     let idle = idle::step(Duration::from_secs(window_s), quick)?;
+    eprintln!("bench: reconciliation after lost events…");
+    let reconciled = reconcile::step()?;
     idle::print(&idle);
+    reconcile::print(&reconciled);
     Ok(())
 }
 
@@ -507,15 +511,18 @@ pub fn run(
         if quick { 3 } else { 5 },
     )?;
     let idle = idle::step(Duration::from_secs(if quick { 20 } else { 60 }), quick)?;
+    eprintln!("bench: reconciliation after lost events…");
+    let reconciled = reconcile::step()?;
     eprintln!("bench: start-up…");
     let start = startup()?;
-    let result = json!({ "exactness": exact, "no_wire": no_wire, "scale": scale, "tc": tc, "idle": idle, "startup": start });
+    let result = json!({ "exactness": exact, "no_wire": no_wire, "scale": scale, "tc": tc, "idle": idle, "reconcile": reconciled, "startup": start });
 
     print_exactness(&exact);
     print_verdicts(&exact, &tc, &start);
     nowire::print(&no_wire);
     scale::print(&scale);
     idle::print(&idle);
+    reconcile::print(&reconciled);
 
     let path = json_out.unwrap_or_else(|| PathBuf::from("target/bench/latest.json"));
     if let Some(dir) = path.parent() {

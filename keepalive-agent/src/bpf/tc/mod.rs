@@ -17,6 +17,7 @@
 //! has already removed them with it.
 
 mod links;
+mod looks;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,6 +32,7 @@ use aya::{
 use keepalive_api::HookMode;
 use links::{Links, detach_in};
 use log::{info, warn};
+use looks::{Look, Looks};
 
 use super::{
     error::{ProgramFailure, Trimmed},
@@ -122,6 +124,7 @@ pub struct TcAttacher {
     /// Interfaces refused for descriptors, so that each is counted once
     /// however many passes it waits.
     refused: BTreeSet<Interface>,
+    looks: Looks,
 }
 
 /// Interfaces attached in one pass at most, and how long a pass attaches:
@@ -207,8 +210,18 @@ impl TcAttacher {
         // attachments stay as they are (forgetting them would attach a
         // second filter next time).
         let mut unread = BTreeSet::new();
-        for ns in netns::all()? {
+        let all = netns::all()?;
+        let listed: BTreeSet<u64> = all.iter().map(|ns| ns.inode).collect();
+        for ns in all {
+            let look = Look::of(&ns);
+            if self.looks.unchanged(ns.inode, look) {
+                unread.insert(ns.inode);
+                continue;
+            }
             let read = netns::run_in(&ns.path, || Ok((netns::cookie()?, netns::interfaces()?)));
+            if read.as_ref().is_ok_and(Result::is_ok) {
+                self.looks.entered(ns.inode, look);
+            }
             match read
                 .map_err(TcError::from)
                 .and_then(|r| r.map_err(TcError::Read))
@@ -266,6 +279,7 @@ impl TcAttacher {
         }
         let started = Instant::now();
         let mut open = self.descriptor_ceiling.map(|_| open_descriptors());
+        let mut unfinished = BTreeSet::new();
         for (ns, key, name) in seen {
             if self.attached.contains_key(&key) || self.failed.contains(&key) {
                 continue;
@@ -275,12 +289,14 @@ impl TcAttacher {
                 || (done >= ATTACH_AT_LEAST && started.elapsed() >= ATTACH_TIME_PER_PASS)
             {
                 report.deferred += 1;
+                unfinished.insert(ns.inode);
                 continue;
             }
             if let (Some(ceiling), Some(n)) = (self.descriptor_ceiling, open.as_mut()) {
                 // Two links (TCX), and the namespace's descriptor while in it.
                 if *n + 3 > ceiling {
                     report.refused_descriptors += 1;
+                    unfinished.insert(ns.inode);
                     if self.refused.insert(key) {
                         report.newly_refused += 1;
                     }
@@ -317,6 +333,7 @@ impl TcAttacher {
             }
         }
         report.total = self.attached.len();
+        self.looks.end_pass(unfinished, &listed);
         Ok(report)
     }
 

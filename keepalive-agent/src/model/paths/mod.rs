@@ -6,11 +6,12 @@
 //! What the agent can see: a gap survived is observed when a connection
 //! that was idle at one socket scan has received something by the next
 //! (the bound is the idle at the earlier scan, so it is short of the true
-//! gap by up to `--inventory-seconds`), and exactly when a keepalive probe
-//! sent after an idle gap is answered. A fatal gap is exact (jiffies). What
-//! it cannot see: gaps that end between scans without a probe, connections
-//! on loopback, and a middlebox that forgets flows without telling either
-//! end until the next packet (that gap shows only when one is sent).
+//! gap by up to the interval between inventories), and exactly when a
+//! keepalive probe sent after an idle gap is answered. A fatal gap is
+//! exact (jiffies). What it cannot see: gaps that end between scans
+//! without a probe, connections on loopback, and a middlebox that forgets
+//! flows without telling either end until the next packet (that gap shows
+//! only when one is sent).
 //!
 //! Beside the middleboxes' timeouts, each group keeps the idle gaps at
 //! which its servers closed connections we opened (the peer's FIN after
