@@ -197,7 +197,6 @@ impl SocketTable {
         }
     }
 
-    /// A live or recently closed socket, to change.
     /// Socket `cookie` listens on `port` in namespace `netns`.
     pub fn listen(&mut self, cookie: u64, netns: u32, port: u16) {
         self.listening.insert((netns, port));
@@ -234,6 +233,7 @@ impl SocketTable {
         true
     }
 
+    /// A live or recently closed socket, to change.
     fn entry_any_mut(&mut self, cookie: u64) -> Option<&mut Entry> {
         if self.live.contains_key(&cookie) {
             return self.live.get_mut(&cookie);
